@@ -1,0 +1,31 @@
+"""Roles: from the config lists first, then from the room's power levels."""
+
+from __future__ import annotations
+
+from bot.chat import Chat
+from bot.config import AccessConfig
+from bot.registry import Role
+
+
+class Access:
+    def __init__(self, config: AccessConfig, chat: Chat) -> None:
+        self._config = config
+        self._chat = chat
+
+    async def role(self, room_id: str, user_id: str) -> Role | None:
+        """The member's role now, or None if they are not in the room."""
+        if user_id in self._config.admins:
+            return Role.ADMIN
+        if user_id in self._config.operators:
+            return Role.OPERATOR
+        membership = await self._chat.membership(room_id, user_id)
+        if not membership.member:
+            return None
+        return self.role_for(membership.power_level, membership.creator)
+
+    def role_for(self, power_level: int, creator: bool = False) -> Role:
+        if creator or power_level >= self._config.admin_power:
+            return Role.ADMIN
+        if power_level >= self._config.operator_power:
+            return Role.OPERATOR
+        return Role.VIEWER

@@ -1,0 +1,81 @@
+"""The one place that builds the real clients and wires everything together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from bot.access import Access
+from bot.chat import Chat
+from bot.config import Config
+from bot.console import CONSOLE_USER, ConsoleChat
+from bot.dispatcher import Dispatcher, Services
+from bot.metrics import Metrics
+from bot.registry import CommandGroup, Registry
+from bot.store import Store
+from bot.web import serve
+
+log = logging.getLogger(__name__)
+
+
+def build_chat(config: Config, store: Store, metrics: Metrics, console_as: str | None = None) -> Chat:
+    """Matrix when configured, else the console room."""
+    if config.matrix is not None and console_as is None:
+        from bot.matrix import MatrixChat  # nio loads slowly; the console doesn't need it
+
+        return MatrixChat(config.matrix, store, config.data_dir, metrics)
+    prefix = config.matrix.prefix if config.matrix else "!"
+    return ConsoleChat(prefix, console_as or CONSOLE_USER)
+
+
+class Bot:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        chat: Chat | None = None,
+        groups: Iterable[CommandGroup] | None = None,
+        console_as: str | None = None,
+    ) -> None:
+        if groups is None:
+            from commands import GROUPS
+
+            groups = GROUPS
+        self.config = config
+        self.store = Store(config.data_dir / "coopbot.sqlite")
+        self.metrics = Metrics()
+        self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
+        self.services = Services(
+            config=config,
+            chat=self.chat,
+            store=self.store,
+            registry=Registry(groups),
+            access=Access(config.access, self.chat),
+            metrics=self.metrics,
+        )
+        prefix = config.matrix.prefix if config.matrix else "!"
+        self.dispatcher = Dispatcher(self.services, prefix)
+
+    async def run(self) -> None:
+        """Run until the chat loop ends (console EOF) or the task is cancelled."""
+        for job in self.store.interrupt_unfinished_jobs():
+            log.warning("job #%s (%s) was interrupted by the last stop", job.id, job.text)
+            self.store.audit(job.sender, "job.interrupted", f"#{job.id} {job.text}", app=job.app,
+                             room_id=job.room_id, event_id=job.event_id)
+        runner = None
+        if self.config.web.listen:
+            runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
+            log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
+        try:
+            await self.chat.run(self.dispatcher.submit)
+            # End of input (console): let the work that was asked for finish.
+            await self.dispatcher.drain()
+        finally:
+            await self.dispatcher.shutdown()
+            if runner is not None:
+                await runner.cleanup()
+            close = getattr(self.chat, "close", None)
+            if close is not None:
+                await asyncio.shield(close())
+            self.store.close()

@@ -1,0 +1,76 @@
+"""The Chat interface: what the core needs from a chat network.
+
+Matrix (bot/matrix.py) and the local console (bot/console.py) implement it.
+Messages are written in Markdown: the plain-text body is the Markdown itself
+(readable as is) and the HTML is rendered from it with raw HTML disabled, so
+text that came from members or from apps can never inject markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from markdown_it import MarkdownIt
+
+_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
+
+
+def render_html(markdown: str) -> str:
+    return _markdown.render(markdown).strip()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A member's text message, already filtered by the adapter (not ours, not
+    a notice, not an edit, not a replay)."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    body: str
+    timestamp_ms: int
+    thread_root: str | None = None
+
+
+@dataclass(frozen=True)
+class Membership:
+    """What the room says about a user, for deciding their role."""
+
+    member: bool
+    power_level: int
+    creator: bool = False  # room v12+: creators outrank every power level
+
+
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+class Chat(Protocol):
+    user_id: str
+
+    async def send(
+        self,
+        room_id: str,
+        markdown: str,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+        mentions: Sequence[str] = (),
+    ) -> str:
+        """Post a notice; returns its event id."""
+        ...
+
+    async def edit(self, room_id: str, event_id: str, markdown: str) -> None: ...
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str: ...
+
+    async def membership(self, room_id: str, user_id: str) -> Membership: ...
+
+    async def run(self, on_message: MessageHandler) -> None:
+        """Receive messages until cancelled, handing each to on_message."""
+        ...
+
+    def alive(self) -> bool:
+        """True while the receive loop is healthy (for /healthz)."""
+        ...

@@ -1,0 +1,215 @@
+"""One typed, validated configuration. Every problem is reported with its key path.
+
+Relative paths (data_dir, *_file) are resolved against the config file's folder,
+so a service unit or a container can start the bot from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bot.errors import ConfigError
+
+DEFAULT_PATH = Path("config.yaml")
+# Strings in config.example.yaml that must not survive into a real config.
+PLACEHOLDERS = ("CHANGE_ME", "example.org")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '10m', '1h', '2d' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 1h or 2d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 10m, 1h or 2d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+UserId = Annotated[str, Field(pattern=r"^@[^:\s]+:\S+$")]
+RoomRef = Annotated[str, Field(pattern=r"^[!#][^:\s]+:\S+$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path, base: Path | None) -> SecretStr:
+    path = path.expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"secret file {path} is empty")
+    return SecretStr(value)
+
+
+class MatrixConfig(_Section):
+    homeserver: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    user_id: UserId
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    access_token: SecretStr | None = None
+    access_token_file: Path | None = None
+    device_name: str = "coopbot"
+    rooms: Annotated[list[RoomRef], Field(min_length=1)]
+    prefix: Annotated[str, Field(min_length=1, max_length=8)] = "!"
+    encryption: bool = True
+    # Commands sent while the bot was offline run only if younger than this;
+    # older ones are answered with "not run, send it again" (never silently lost).
+    catchup_max_age: Duration = 600.0
+    sync_timeout: Duration = 30.0
+    # 429 answers retried per request before giving up; each wait is capped.
+    max_rate_limit_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    max_rate_limit_wait: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one_credential(self, info: ValidationInfo) -> MatrixConfig:
+        given = [
+            name
+            for name in ("password", "password_file", "access_token", "access_token_file")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of password, password_file, access_token, access_token_file"
+                + (f" (found: {', '.join(given)})" if given else "")
+            )
+        base = (info.context or {}).get("base_dir")
+        # The *_file variants are read once, here, so a missing file stops start-up.
+        if self.password_file is not None:
+            object.__setattr__(self, "password", _read_secret(self.password_file, base))
+        if self.access_token_file is not None:
+            object.__setattr__(self, "access_token", _read_secret(self.access_token_file, base))
+        return self
+
+
+class AccessConfig(_Section):
+    admins: list[UserId] = []
+    operators: list[UserId] = []
+    # Room power levels that grant a role when the member is in neither list.
+    operator_power: int = 50
+    admin_power: int = 100
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AccessConfig:
+        if self.operator_power > self.admin_power:
+            raise ValueError("operator_power must not exceed admin_power")
+        return self
+
+
+class WebConfig(_Section):
+    # "127.0.0.1:9100" serves /healthz and /metrics; unset means no web server.
+    listen: Annotated[str, Field(pattern=r"^\S+:\d+$")] | None = None
+
+
+class JobsConfig(_Section):
+    timeout: Duration = 1800.0  # default time limit of one job
+    lock_wait: Duration = 600.0  # how long a job waits for its app's lock
+    progress_interval: Duration = 2.0  # minimum time between edits of a progress message
+    keep_finished: Annotated[int, Field(ge=0)] = 20  # finished jobs shown by !jobs
+
+
+class Config(_Section):
+    matrix: MatrixConfig | None = None
+    data_dir: Path = Path("data")
+    access: AccessConfig = AccessConfig()
+    web: WebConfig = WebConfig()
+    jobs: JobsConfig = JobsConfig()
+    log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        value = value.expanduser()
+        return value if value.is_absolute() or base is None else base / value
+
+
+def _placeholders(data: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += _placeholders(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += _placeholders(value, f"{path}.{index}")
+    elif isinstance(data, str) and any(p in data for p in PLACEHOLDERS):
+        found.append(f"{path}: leftover placeholder {data!r} from config.example.yaml")
+    return found
+
+
+def _describe(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    if error["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("config: the top level must be a mapping of keys")
+    problems = _placeholders(data)
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems += [_describe(error) for error in exc.errors()]
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return config
+
+
+def config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The file to read and whether the user named it (flag or $COOPBOT_CONFIG)."""
+    named = explicit or os.environ.get("COOPBOT_CONFIG")
+    return (Path(named), True) if named else (DEFAULT_PATH, False)
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Read the config. A missing default ./config.yaml means built-in defaults
+    (console mode); a missing file the user named is an error."""
+    path, named = config_path(explicit)
+    if not path.exists():
+        if named:
+            raise ConfigError(f"config file {path} does not exist")
+        return parse_config({}, Path.cwd())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(data, path.resolve().parent)

@@ -1,0 +1,249 @@
+"""Tracked jobs: every command that does work runs as a named, time-limited task.
+
+Per-app locks make two jobs on one app run one after the other (the second
+says it is waiting). Each job has at most one progress message, edited in place
+and throttled; details go into that message's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bot.chat import Chat
+from bot.config import JobsConfig
+from bot.errors import UserError
+from bot.metrics import Metrics
+from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.dispatcher import CommandContext
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("waiting", "running")
+
+
+class Progress:
+    """One message per job, edited in place at most every `interval` seconds.
+    The newest text always lands: a throttled update is flushed later."""
+
+    def __init__(
+        self,
+        chat: Chat,
+        room_id: str,
+        reply_to: str,
+        thread_root: str | None,
+        interval: float,
+    ) -> None:
+        self._chat = chat
+        self._room_id = room_id
+        self._reply_to = reply_to
+        self._thread_root = thread_root
+        self._interval = interval
+        self._lock = asyncio.Lock()
+        self._event_id: str | None = None
+        self._shown: str | None = None
+        self._latest: str | None = None
+        self._last_edit = 0.0
+        self._pending: asyncio.Task[None] | None = None
+
+    @property
+    def event_id(self) -> str | None:
+        return self._event_id
+
+    async def update(self, markdown: str) -> None:
+        self._latest = markdown
+        if self._event_id is None or time.monotonic() - self._last_edit >= self._interval:
+            await self._flush()
+        elif self._pending is None:
+            self._pending = asyncio.create_task(self._flush_later(), name="progress-flush")
+
+    async def finish(self, markdown: str) -> None:
+        """The final text: shown now, whatever the throttle says."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self._latest = markdown
+        await self._flush()
+
+    async def detail(self, markdown: str) -> str:
+        """Post a detail in the progress message's thread."""
+        if self._event_id is None:
+            await self._flush()
+        assert self._event_id is not None
+        return await self._chat.send(self._room_id, markdown, thread_root=self._event_id)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - self._last_edit)))
+        self._pending = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            text = self._latest or "…"
+            if text == self._shown:
+                return
+            if self._event_id is None:
+                self._event_id = await self._chat.send(
+                    self._room_id, text, reply_to=self._reply_to, thread_root=self._thread_root
+                )
+            else:
+                await self._chat.edit(self._room_id, self._event_id, text)
+            self._shown = text
+            self._last_edit = time.monotonic()
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+@dataclass
+class Job:
+    id: int
+    ctx: CommandContext
+    app: str | None
+    state: str = "waiting"
+    created_at: float = field(default_factory=time.time)
+    task: asyncio.Task[None] | None = None
+    cancelled_by: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.ctx.message.body
+
+
+Reauthorise = Callable[["CommandContext"], Awaitable[None]]
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: Store,
+        config: JobsConfig,
+        metrics: Metrics,
+        reauthorise: Reauthorise,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._metrics = metrics
+        self._reauthorise = reauthorise
+        self._jobs: dict[int, Job] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._holders: dict[str, Job] = {}
+
+    def start(self, ctx: CommandContext) -> Job:
+        spec = ctx.spec
+        app = str(ctx.args[spec.lock_arg]) if spec.lock_arg and ctx.args.get(spec.lock_arg) else None
+        message = ctx.message
+        job_id = self._store.add_job(
+            spec.name, message.body, app, message.sender, message.room_id, message.event_id
+        )
+        job = Job(job_id, ctx, app)
+        ctx.job = job
+        self._jobs[job_id] = job
+        self._metrics.jobs_active.inc()
+        job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}-{spec.name}")
+        return job
+
+    def get(self, job_id: int) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def active(self) -> list[Job]:
+        return sorted(self._jobs.values(), key=lambda job: job.id)
+
+    def cancel(self, job_id: int, by: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.task is None or job.task.done():
+            return None
+        job.cancelled_by = by
+        job.task.cancel()
+        return job
+
+    async def shutdown(self) -> None:
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, job: Job) -> None:
+        ctx = job.ctx
+        timeout = ctx.spec.timeout or self._config.timeout
+        state, result = "failed", ""
+        lock = self._locks.setdefault(job.app, asyncio.Lock()) if job.app else None
+        acquired = False
+        try:
+            if lock is not None:
+                holder = self._holders.get(job.app or "")
+                if lock.locked() and holder is not None:
+                    await ctx.reply(
+                        f"⏳ Job #{job.id} waits: job #{holder.id} (`{holder.text}`) "
+                        f"is working on {job.app}."
+                    )
+                try:
+                    async with asyncio.timeout(self._config.lock_wait):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise UserError(
+                        f"Gave up after waiting {self._config.lock_wait:.0f}s for "
+                        f"{job.app} to be free; nothing was done."
+                    ) from None
+                acquired = True
+                self._holders[job.app or ""] = job
+            # The member's role may have changed while the job waited.
+            await self._reauthorise(ctx)
+            job.state = "running"
+            self._store.set_job_state(job.id, "running")
+            async with asyncio.timeout(timeout):
+                await ctx.spec.handler(ctx)
+            state, result = "done", "ok"
+        except asyncio.CancelledError:
+            state = "cancelled"
+            who = job.cancelled_by or "shutdown"
+            result = f"cancelled by {who}"
+            if job.cancelled_by:
+                await _shielded(ctx.report_failure(f"🛑 Job #{job.id} cancelled by {who}."))
+            else:
+                raise
+        except TimeoutError:
+            state, result = "timeout", f"timed out after {timeout:.0f}s"
+            await ctx.report_failure(f"⌛ Job #{job.id} timed out after {timeout:.0f}s.")
+        except UserError as exc:
+            result = str(exc)
+            await ctx.report_failure(f"❌ {exc}")
+        except Exception:
+            incident = secrets.token_hex(4)
+            log.exception("job #%s (%s) failed: incident %s", job.id, job.text, incident)
+            self._metrics.failures.inc()
+            result = f"incident {incident}"
+            await ctx.report_failure(
+                f"💥 Job #{job.id} failed unexpectedly (incident `{incident}`); "
+                "the bot's log has the details."
+            )
+        finally:
+            if acquired and lock is not None:
+                self._holders.pop(job.app or "", None)
+                lock.release()
+            ctx.close()
+            job.state = state
+            self._store.set_job_state(job.id, state, result)
+            self._store.audit(
+                ctx.message.sender, f"job.{state}", f"#{job.id} {job.text} → {result}",
+                app=job.app, room_id=ctx.message.room_id, event_id=ctx.message.event_id,
+            )
+            self._metrics.jobs.labels(ctx.spec.name, state).inc()
+            self._metrics.jobs_active.dec()
+            del self._jobs[job.id]
+
+
+async def _shielded(coro: Awaitable[object]) -> None:
+    """Report even though the task is being cancelled."""
+    try:
+        await asyncio.shield(coro)
+    except Exception:
+        log.exception("could not report a cancelled job")

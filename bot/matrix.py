@@ -1,0 +1,426 @@
+"""The matrix-nio adapter: login, rooms, the sync loop, sending.
+
+Replay policy (a restart must neither re-run nor lose a command):
+- our own store keeps `next_batch` (nio only saves it with encryption on);
+- every command event id is recorded before it is handed on, so it runs at most once;
+- events older than the moment the bot joined the room are history, never commands;
+- a gap in a sync (`limited` timeline) is filled from /messages back to the old token;
+- commands that waited longer than `catchup_max_age` (sent while the bot was down)
+  are not run but answered, so the member knows to send them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientError
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    Event,
+    JoinError,
+    LoginResponse,
+    MegolmEvent,
+    MessageDirection,
+    RoomGetStateError,
+    RoomMessagesError,
+    RoomMessageText,
+    RoomResolveAliasError,
+    RoomSendResponse,
+    SyncError,
+    SyncResponse,
+    WhoamiError,
+)
+
+from bot.chat import Membership, Message, MessageHandler, render_html
+from bot.config import MatrixConfig
+from bot.errors import CoopbotError
+from bot.metrics import Metrics
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+SESSION_KEY = "matrix.session"
+SYNC_TOKEN_KEY = "matrix.next_batch"
+# Timeline events per room per sync; a longer backlog is fetched page by page.
+SYNC_FILTER = {"room": {"timeline": {"limit": 50}}}
+GAP_PAGE = 100
+GAP_MAX_EVENTS = 20_000
+BACKOFF_MAX = 60.0
+_REPLY_FALLBACK = re.compile(r"\A(?:>[^\n]*\n)+\n")
+
+
+class MatrixError(CoopbotError):
+    """The homeserver refused something the bot needs."""
+
+
+class _Client(AsyncClient):
+    """nio reads only `retry_after_ms` from a 429 and retries forever by default.
+    Newer servers send a `Retry-After` header instead: read both and cap the wait,
+    so a rate limit slows the bot down without ever hanging it."""
+
+    max_wait: float = 30.0
+
+    async def create_matrix_response(self, response_class, transport_response, data=None, save_to=None):  # type: ignore[no-untyped-def]
+        response = await super().create_matrix_response(
+            response_class, transport_response, data, save_to
+        )
+        if transport_response.status == 429 and isinstance(response, ErrorResponse):
+            wait_ms = response.retry_after_ms
+            header = transport_response.headers.get("Retry-After", "")
+            if not wait_ms and header.isdigit():
+                wait_ms = int(header) * 1000
+            response.retry_after_ms = int(min(wait_ms or 5000, self.max_wait * 1000))
+        return response
+
+
+def _is_hydra(room_version: str) -> bool:
+    """Room versions 12 and later give creators power above every level."""
+    return (room_version.isdigit() and int(room_version) >= 12) or "hydra" in room_version
+
+
+class MatrixChat:
+    def __init__(
+        self, config: MatrixConfig, store: Store, data_dir: Path, metrics: Metrics
+    ) -> None:
+        self.config = config
+        self.user_id = config.user_id
+        self._store = store
+        self._metrics = metrics
+        store_dir = data_dir / "e2ee"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self.client = _Client(
+            config.homeserver,
+            config.user_id,
+            store_path=str(store_dir),
+            config=AsyncClientConfig(
+                encryption_enabled=config.encryption,
+                store_sync_tokens=False,  # we keep next_batch ourselves
+                max_limit_exceeded=config.max_rate_limit_retries,
+                max_timeouts=2,  # the sync loop does its own reconnecting with backoff
+            ),
+        )
+        self.client.max_wait = config.max_rate_limit_wait
+        self._allowed: set[str] = set()
+        self._creators: dict[str, frozenset[str]] = {}
+        self._last_sync = 0.0
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------
+    async def login(self) -> None:
+        """Reuse the saved device and token when they still work, so a restart
+        does not create a new device (and lose E2EE sessions)."""
+        client, config = self.client, self.config
+        saved = self._store.get_json(SESSION_KEY) or {}
+        same_account = saved.get("user_id") == config.user_id and saved.get(
+            "homeserver"
+        ) == config.homeserver
+        token = config.access_token.get_secret_value() if config.access_token else None
+        if same_account and (token is None or token == saved.get("access_token")):
+            client.restore_login(config.user_id, saved["device_id"], saved["access_token"])
+            if not isinstance(await client.whoami(), WhoamiError):
+                log.info("logged in as %s, device %s (saved)", config.user_id, client.device_id)
+                return
+            log.warning("the saved access token no longer works; logging in again")
+        if token is not None:
+            client.access_token = token
+            who = await client.whoami()
+            if isinstance(who, WhoamiError):
+                raise MatrixError(f"matrix.access_token was refused: {who.message}")
+            if who.user_id != config.user_id:
+                raise MatrixError(
+                    f"matrix.access_token belongs to {who.user_id}, not {config.user_id}"
+                )
+            if not who.device_id:
+                raise MatrixError("the homeserver did not say which device the token is for")
+            client.restore_login(config.user_id, who.device_id, token)
+        else:
+            assert config.password is not None
+            response = await client.login(
+                config.password.get_secret_value(), device_name=config.device_name
+            )
+            if not isinstance(response, LoginResponse):
+                raise MatrixError(f"login as {config.user_id} failed: {response.message}")
+        self._store.put_json(
+            SESSION_KEY,
+            {
+                "user_id": config.user_id,
+                "homeserver": config.homeserver,
+                "device_id": client.device_id,
+                "access_token": client.access_token,
+            },
+        )
+        log.info("logged in as %s, device %s", config.user_id, client.device_id)
+
+    async def _resolve_rooms(self) -> None:
+        for ref in self.config.rooms:
+            if ref.startswith("!"):
+                self._allowed.add(ref)
+                continue
+            response = await self.client.room_resolve_alias(ref)
+            if isinstance(response, RoomResolveAliasError):
+                log.warning("cannot resolve room alias %s: %s", ref, response.message)
+            else:
+                self._allowed.add(response.room_id)
+
+    async def _join(self, room_id: str) -> None:
+        if room_id in self.client.rooms:
+            return
+        response = await self.client.join(room_id)
+        if isinstance(response, JoinError):
+            log.warning("cannot join %s: %s", room_id, response.message)
+            return
+        # Anything sent before this moment is history, not a command for us.
+        self._store.set_room_joined_at(room_id, int(time.time() * 1000))
+        log.info("joined %s", room_id)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def alive(self) -> bool:
+        return self._running and time.monotonic() - self._last_sync < self.config.sync_timeout + 60
+
+    # -- receiving ---------------------------------------------------------------
+    async def run(self, on_message: MessageHandler) -> None:
+        """Log in, join, then sync until cancelled; reconnects with backoff."""
+        backoff = 1.0
+        while True:
+            try:
+                await self._connect()
+                break
+            except (ClientError, OSError, TimeoutError) as exc:
+                log.warning("homeserver unreachable (%s); retrying in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._running = True
+        try:
+            await self._sync_forever(on_message)
+        finally:
+            self._running = False
+
+    async def _connect(self) -> None:
+        await self.login()
+        await self._resolve_rooms()
+        since = self._store.get(SYNC_TOKEN_KEY)
+        if since is None:
+            # First start: learn the rooms; everything already there is history.
+            response = await self.client.sync(timeout=0, full_state=True, sync_filter=SYNC_FILTER)
+            if not isinstance(response, SyncResponse):
+                raise MatrixError(f"first sync failed: {response.message}")
+            await self._after_sync()
+            now_ms = int(time.time() * 1000)
+            for room_id in response.rooms.join:
+                self._store.set_room_joined_at(room_id, now_ms)
+            self._store.put(SYNC_TOKEN_KEY, response.next_batch)
+        for room_id in self._allowed:
+            await self._join(room_id)
+
+    async def _sync_forever(self, on_message: MessageHandler) -> None:
+        backoff = 1.0
+        first = True
+        while True:
+            since = self._store.get(SYNC_TOKEN_KEY)
+            try:
+                response = await self.client.sync(
+                    timeout=0 if first else int(self.config.sync_timeout * 1000),
+                    since=since,
+                    full_state=first,  # after a restart nio must relearn members and levels
+                    sync_filter=SYNC_FILTER,
+                )
+            except (ClientError, OSError, TimeoutError) as exc:
+                response = SyncError(str(exc))
+            if isinstance(response, SyncError):
+                if response.status_code == "M_UNKNOWN_TOKEN":
+                    raise MatrixError("the homeserver logged the bot out (M_UNKNOWN_TOKEN)")
+                log.warning("sync failed (%s); retrying in %.0fs", response.message, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            assert isinstance(response, SyncResponse)
+            backoff, first = 1.0, False
+            self._last_sync = time.monotonic()
+            self._metrics.last_sync.set(time.time())
+            await self._after_sync()
+            for room_id in response.rooms.invite:
+                await self._on_invite(room_id)
+            for room_id, info in response.rooms.join.items():
+                if room_id not in self._allowed:
+                    continue
+                events = list(info.timeline.events)
+                if info.timeline.limited and since is not None:
+                    events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
+                for event in events:
+                    message = self._command(room_id, event)
+                    if message is not None:
+                        await self._deliver(message, on_message)
+            # Saved only after every command in this batch was recorded and handed on.
+            self._store.put(SYNC_TOKEN_KEY, response.next_batch)
+
+    async def _after_sync(self) -> None:
+        """The E2EE housekeeping nio's sync_forever would do."""
+        client = self.client
+        if not self.config.encryption:
+            return
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+
+    async def _on_invite(self, room_id: str) -> None:
+        if room_id in self._allowed:
+            await self._join(room_id)
+        else:
+            log.info("declining an invite to %s: not in matrix.rooms", room_id)
+            await self.client.room_leave(room_id)
+
+    async def _fill_gap(self, room_id: str, prev_batch: str, since: str) -> list[Event]:
+        """Events between the old sync token and the start of a limited timeline."""
+        events: list[Event] = []
+        token = prev_batch
+        while len(events) < GAP_MAX_EVENTS:
+            response = await self.client.room_messages(
+                room_id, start=token, end=since, direction=MessageDirection.back, limit=GAP_PAGE
+            )
+            if isinstance(response, RoomMessagesError):
+                log.error("cannot fetch missed messages in %s: %s", room_id, response.message)
+                break
+            events.extend(response.chunk)
+            if not response.chunk or not response.end or response.end == token:
+                break
+            token = response.end
+        events.reverse()
+        return events
+
+    def _command(self, room_id: str, event: Event) -> Message | None:
+        """The event as a command message, or None if it must not run."""
+        if event.sender == self.user_id:
+            return None
+        if isinstance(event, MegolmEvent):
+            log.warning("cannot decrypt %s from %s in %s", event.event_id, event.sender, room_id)
+            return None
+        # RoomMessageNotice is a different class: other bots' notices never reach here.
+        if not isinstance(event, RoomMessageText):
+            return None
+        content: dict[str, Any] = event.source.get("content", {})
+        relates = content.get("m.relates_to") or {}
+        if relates.get("rel_type") == "m.replace" or "m.new_content" in content:
+            return None  # an edit: the original already ran (or was refused)
+        body = _REPLY_FALLBACK.sub("", event.body, count=1)
+        if not body.startswith(self.config.prefix):
+            return None
+        joined_at = self._store.room_joined_at(room_id)
+        if joined_at is not None and event.server_timestamp < joined_at:
+            return None
+        if not self._store.mark_seen(event.event_id, room_id):
+            return None
+        thread = relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
+        return Message(room_id, event.event_id, event.sender, body, event.server_timestamp, thread)
+
+    async def _deliver(self, message: Message, on_message: MessageHandler) -> None:
+        age = time.time() - message.timestamp_ms / 1000
+        if age <= self.config.catchup_max_age:
+            await on_message(message)
+            return
+        self._store.audit(
+            message.sender, "not-run", f"sent {age / 60:.0f} min before the bot saw it",
+            room_id=message.room_id, event_id=message.event_id,
+        )
+        try:
+            await self.send(
+                message.room_id,
+                f"⏸ Not run: this command was sent {age / 60:.0f} minutes ago, while I was "
+                f"offline, and commands older than {self.config.catchup_max_age / 60:.0f} "
+                "minutes are not run late. Send it again if it is still wanted.",
+                reply_to=message.event_id,
+                thread_root=message.thread_root,
+            )
+        except MatrixError:
+            log.exception("could not answer a late command")
+
+    # -- sending -------------------------------------------------------------------
+    async def send(
+        self,
+        room_id: str,
+        markdown: str,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+        mentions: Sequence[str] = (),
+    ) -> str:
+        content = _notice(markdown, mentions)
+        if thread_root is not None:
+            content["m.relates_to"] = {
+                "rel_type": "m.thread",
+                "event_id": thread_root,
+                "is_falling_back": reply_to is None,
+                "m.in_reply_to": {"event_id": reply_to or thread_root},
+            }
+        elif reply_to is not None:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        return await self._send(room_id, "m.room.message", content)
+
+    async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
+        new = _notice(markdown, ())  # empty m.mentions: an edit must not ping again
+        content = {
+            **new,
+            "body": "* " + new["body"],
+            "formatted_body": "* " + new["formatted_body"],
+            "m.new_content": new,
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        }
+        await self._send(room_id, "m.room.message", content)
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+        return await self._send(room_id, "m.reaction", content)
+
+    async def _send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        response = await self.client.room_send(
+            room_id, event_type, content, ignore_unverified_devices=True
+        )
+        if not isinstance(response, RoomSendResponse):
+            raise MatrixError(f"sending to {room_id} failed: {response.message}")
+        return response.event_id
+
+    # -- rooms ---------------------------------------------------------------------
+    async def membership(self, room_id: str, user_id: str) -> Membership:
+        room = self.client.rooms.get(room_id)
+        if room is None or user_id not in room.users:
+            return Membership(member=False, power_level=0)
+        creator = _is_hydra(room.room_version) and user_id in await self._room_creators(room_id)
+        return Membership(
+            member=True, power_level=room.power_levels.get_user_level(user_id), creator=creator
+        )
+
+    async def _room_creators(self, room_id: str) -> frozenset[str]:
+        """Sender and additional_creators of m.room.create (nio keeps neither)."""
+        if room_id not in self._creators:
+            response = await self.client.room_get_state(room_id)
+            if isinstance(response, RoomGetStateError):
+                raise MatrixError(f"cannot read the state of {room_id}: {response.message}")
+            creators: set[str] = set()
+            for event in response.events:
+                if event.get("type") == "m.room.create":
+                    creators.add(event["sender"])
+                    creators.update(event.get("content", {}).get("additional_creators", []))
+            self._creators[room_id] = frozenset(creators)
+        return self._creators[room_id]
+
+
+def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:
+    return {
+        "msgtype": "m.notice",
+        "body": markdown,
+        "format": "org.matrix.custom.html",
+        "formatted_body": render_html(markdown),
+        "m.mentions": {"user_ids": list(mentions)} if mentions else {},
+    }

@@ -1,0 +1,34 @@
+"""Prometheus metrics, in a registry of their own so several bots (tests) can coexist."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter(
+            "coopbot_commands", "Commands received, by outcome", ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.jobs = Counter(
+            "coopbot_jobs", "Jobs finished, by final state", ["command", "state"],
+            registry=self.registry,
+        )
+        self.jobs_active = Gauge(
+            "coopbot_jobs_active", "Jobs waiting or running", registry=self.registry
+        )
+        self.failures = Counter(
+            "coopbot_failures", "Unexpected errors (incidents)", registry=self.registry
+        )
+        self.sync_lag = Gauge(
+            "coopbot_sync_lag_seconds",
+            "Seconds between a command's origin timestamp and the bot receiving it",
+            registry=self.registry,
+        )
+        self.last_sync = Gauge(
+            "coopbot_last_sync_timestamp_seconds",
+            "Unix time of the last successful sync with the homeserver",
+            registry=self.registry,
+        )

@@ -1,0 +1,263 @@
+"""SQLite state: sync token, seen events, jobs, proposals, votes, audit, deploys.
+
+Queries run on the event loop on purpose: each is a local, indexed, sub-millisecond
+statement in WAL mode, cheaper than the thread hop `to_thread` would add. Slow
+work (docker, git, restic) never happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Append only: each entry upgrades the schema by one version (PRAGMA user_version).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE seen_events (
+        event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, seen_at REAL NOT NULL);
+    CREATE INDEX seen_events_at ON seen_events (seen_at);
+    CREATE TABLE rooms (room_id TEXT PRIMARY KEY, joined_at_ms INTEGER NOT NULL);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        command TEXT NOT NULL, text TEXT NOT NULL, app TEXT,
+        sender TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
+        state TEXT NOT NULL, result TEXT,
+        created_at REAL NOT NULL, started_at REAL, finished_at REAL);
+    CREATE INDEX jobs_state ON jobs (state);
+    CREATE TABLE proposals (
+        id TEXT PRIMARY KEY, command TEXT NOT NULL, text TEXT NOT NULL, app TEXT,
+        policy TEXT NOT NULL, plan TEXT NOT NULL,
+        requester TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
+        message_id TEXT, state TEXT NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, decided_at REAL);
+    CREATE TABLE votes (
+        proposal_id TEXT NOT NULL REFERENCES proposals (id), voter TEXT NOT NULL,
+        choice TEXT NOT NULL, event_id TEXT NOT NULL, cast_at REAL NOT NULL,
+        PRIMARY KEY (proposal_id, voter));
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+        actor TEXT NOT NULL, action TEXT NOT NULL, app TEXT,
+        room_id TEXT, event_id TEXT, detail TEXT NOT NULL DEFAULT '');
+    CREATE INDEX audit_app ON audit (app, id);
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, server TEXT,
+        version TEXT, previous_version TEXT, chaos INTEGER NOT NULL DEFAULT 0,
+        actor TEXT NOT NULL, job_id INTEGER, result TEXT NOT NULL, detail TEXT,
+        at REAL NOT NULL);
+    CREATE INDEX deploys_app ON deploys (app, id);
+    """,
+]
+
+# Seen event ids older than this are forgotten: by then the sync token and the
+# joined-at/age checks already keep those events out.
+SEEN_RETENTION_S = 14 * 86400
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    command: str
+    text: str
+    app: str | None
+    sender: str
+    room_id: str
+    event_id: str
+    state: str
+    result: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: float
+    actor: str
+    action: str
+    app: str | None
+    room_id: str | None
+    event_id: str | None
+    detail: str
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the database schema ({version}) is newer than this coopbot "
+                f"({len(MIGRATIONS)}): upgrade coopbot"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._db:  # one transaction per migration
+                self._db.execute("BEGIN")
+                for statement in filter(str.strip, script.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- key/value ---------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def get_json(self, key: str) -> Any:
+        value = self.get(key)
+        return None if value is None else json.loads(value)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put(key, json.dumps(value))
+
+    # -- events --------------------------------------------------------------
+    def mark_seen(self, event_id: str, room_id: str) -> bool:
+        """Record an event; False if it was already seen (so it must not run again)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO seen_events (event_id, room_id, seen_at) VALUES (?, ?, ?)",
+            (event_id, room_id, time.time()),
+        )
+        return cursor.rowcount == 1
+
+    def forget_old_events(self, now: float | None = None) -> None:
+        cutoff = (now or time.time()) - SEEN_RETENTION_S
+        self._db.execute("DELETE FROM seen_events WHERE seen_at < ?", (cutoff,))
+
+    def room_joined_at(self, room_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_room_joined_at(self, room_id: str, joined_at_ms: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO rooms (room_id, joined_at_ms) VALUES (?, ?)",
+            (room_id, joined_at_ms),
+        )
+
+    # -- jobs ------------------------------------------------------------------
+    def add_job(
+        self, command: str, text: str, app: str | None, sender: str, room_id: str, event_id: str
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO jobs (command, text, app, sender, room_id, event_id, state, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'waiting', ?)",
+            (command, text, app, sender, room_id, event_id, time.time()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def set_job_state(self, job_id: int, state: str, result: str | None = None) -> None:
+        now = time.time()
+        if state == "running":
+            self._db.execute(
+                "UPDATE jobs SET state = ?, started_at = ? WHERE id = ?", (state, now, job_id)
+            )
+        else:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, result = ?, finished_at = ? WHERE id = ?",
+                (state, result, now, job_id),
+            )
+
+    def job(self, job_id: int) -> JobRow | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRow(**dict(row))
+
+    def jobs(self, states: tuple[str, ...] = (), limit: int = 50) -> list[JobRow]:
+        if states:
+            marks = ",".join("?" * len(states))
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
+                (*states, limit),
+            )
+        else:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        return [JobRow(**dict(row)) for row in rows]
+
+    def interrupt_unfinished_jobs(self) -> list[JobRow]:
+        """Jobs a previous process left waiting or running: mark and return them."""
+        unfinished = self.jobs(("waiting", "running"), limit=1000)
+        for job in unfinished:
+            self.set_job_state(job.id, "interrupted", "the bot stopped while this job was open")
+        return unfinished
+
+    # -- audit -----------------------------------------------------------------
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        detail: str = "",
+        *,
+        app: str | None = None,
+        room_id: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, actor, action, app, room_id, event_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), actor, action, app, room_id, event_id, detail),
+        )
+
+    def audit_log(self, app: str | None = None, limit: int = 20) -> list[AuditRow]:
+        if app is None:
+            rows = self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM audit WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+            )
+        return [AuditRow(**dict(row)) for row in rows]
+
+    # -- deploy history --------------------------------------------------------
+    def add_deploy(
+        self,
+        app: str,
+        version: str | None,
+        actor: str,
+        result: str,
+        *,
+        server: str | None = None,
+        previous_version: str | None = None,
+        chaos: bool = False,
+        job_id: int | None = None,
+        detail: str | None = None,
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO deploys (app, server, version, previous_version, chaos, actor, job_id, "
+            "result, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (app, server, version, previous_version, int(chaos), actor, job_id, result, detail,
+             time.time()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def deploys(self, app: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM deploys WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+        )
+        return [dict(row) for row in rows]

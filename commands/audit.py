@@ -1,0 +1,41 @@
+"""!audit: who did what, when."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bot.dispatcher import CommandContext
+from bot.registry import Arg, CommandGroup, Role, positive_int
+
+group = CommandGroup("audit")
+
+
+def _app_or_count(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+@group.command(
+    "audit",
+    help="Show the audit log: every command, decision and result, newest first.",
+    args=(
+        Arg("app", "only entries about this app (or a number of entries)", required=False,
+            type=_app_or_count),
+        Arg("n", "how many entries (default 20, at most 200)", required=False, type=positive_int),
+    ),
+    role=Role.OPERATOR,
+    quick=True,
+)
+async def audit(ctx: CommandContext) -> None:
+    app, count = ctx.args["app"], ctx.args["n"]
+    if isinstance(app, int):  # `!audit 50`: a count, not an app
+        app, count = None, app
+    rows = ctx.services.store.audit_log(app, min(count or 20, 200))
+    if not rows:
+        await ctx.reply("The audit log is empty" + (f" for {app}." if app else "."))
+        return
+    lines = [f"Audit log{f' for {app}' if app else ''}, newest first:", ""]
+    for row in rows:
+        when = dt.datetime.fromtimestamp(row.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        where = f" [{row.app}]" if row.app else ""
+        lines.append(f"- {when} {row.actor} **{row.action}**{where} {row.detail}".rstrip())
+    await ctx.reply("\n".join(lines))

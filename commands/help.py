@@ -1,0 +1,46 @@
+"""!help and !ping."""
+
+from __future__ import annotations
+
+from bot import __version__
+from bot.dispatcher import CommandContext
+from bot.errors import UserError
+from bot.registry import Arg, CommandGroup
+
+group = CommandGroup("help")
+
+
+@group.command(
+    "help",
+    help="List the commands you may run, or explain one.",
+    args=(Arg("command", "a command name", required=False),),
+    aliases=("h",),
+    quick=True,
+)
+async def help_command(ctx: CommandContext) -> None:
+    registry = ctx.services.registry
+    prefix = ctx.prefix
+    word = ctx.args["command"]
+    if word:
+        spec = registry.get(word.removeprefix(prefix))
+        if spec is None or spec.role > ctx.role:
+            raise UserError(f"No command `{prefix}{word}` that you may run. Try `{prefix}help`.")
+        lines = [f"**`{spec.usage(prefix)}`**", "", spec.help.strip(), ""]
+        lines += [f"- `<{a.name}>` {a.help}" for a in spec.args if a.help]
+        lines += [f"- `--{o.name}` {o.help}" for o in spec.options if o.help]
+        if spec.aliases:
+            lines.append("Also: " + ", ".join(f"`{prefix}{a}`" for a in spec.aliases))
+        lines.append(f"Needs: {spec.role.label}" + (", and a vote" if spec.vote_policy else ""))
+        await ctx.reply("\n".join(lines).strip())
+        return
+    lines = [f"Commands you ({ctx.role.label}) may run:", ""]
+    for spec in registry.visible_to(ctx.role):
+        vote = " 🗳 *needs a vote*" if spec.vote_policy else ""
+        lines.append(f"- `{spec.usage(prefix)}`: {spec.summary}{vote}")
+    lines += ["", f"`{prefix}help <command>` explains one."]
+    await ctx.reply("\n".join(lines))
+
+
+@group.command("ping", help="Check that the bot hears you.", quick=True)
+async def ping(ctx: CommandContext) -> None:
+    await ctx.reply(f"pong (coopbot {__version__})")
