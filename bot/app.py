@@ -19,7 +19,9 @@ from bot.web import serve
 log = logging.getLogger(__name__)
 
 
-def build_chat(config: Config, store: Store, metrics: Metrics, console_as: str | None = None) -> Chat:
+def build_chat(
+    config: Config, store: Store, metrics: Metrics, console_as: str | None = None
+) -> Chat:
     """Matrix when configured, else the console room."""
     if config.matrix is not None and console_as is None:
         from bot.matrix import MatrixChat  # nio loads slowly; the console doesn't need it
@@ -61,8 +63,14 @@ class Bot:
         """Run until the chat loop ends (console EOF) or the task is cancelled."""
         for job in self.store.interrupt_unfinished_jobs():
             log.warning("job #%s (%s) was interrupted by the last stop", job.id, job.text)
-            self.store.audit(job.sender, "job.interrupted", f"#{job.id} {job.text}", app=job.app,
-                             room_id=job.room_id, event_id=job.event_id)
+            self.store.audit(
+                job.sender,
+                "job.interrupted",
+                f"#{job.id} {job.text}",
+                app=job.app,
+                room_id=job.room_id,
+                event_id=job.event_id,
+            )
         runner = None
         if self.config.web.listen:
             runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)

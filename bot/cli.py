@@ -29,8 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help=config_help)
     console = sub.add_parser("console", help="a local room on stdin/stdout")
     console.add_argument("--config", help=config_help)
-    console.add_argument("--as", dest="as_user", metavar="@user:server",
-                         help="act as this member (default: an admin at the terminal)")
+    console.add_argument(
+        "--as",
+        dest="as_user",
+        metavar="@user:server",
+        help="act as this member (default: an admin at the terminal)",
+    )
     check = sub.add_parser("check", help="validate the config and test what it points at")
     check.add_argument("--config", help=config_help)
     return parser
@@ -122,15 +126,21 @@ async def _check_matrix(config: Config) -> list[tuple[bool, str]]:
             client.access_token = matrix.access_token.get_secret_value()
             who = await client.whoami()
             ok = not isinstance(who, WhoamiError) and who.user_id == matrix.user_id
-            results.append((ok, f"access token {'works' if ok else 'was refused'} for "
-                                f"{matrix.user_id}"))
+            results.append(
+                (ok, f"access token {'works' if ok else 'was refused'} for {matrix.user_id}")
+            )
         else:
             assert matrix.password is not None
             # A throwaway device, logged out again at once.
             login = await client.login(matrix.password.get_secret_value(), "coopbot check")
             ok = isinstance(login, LoginResponse)
-            results.append((ok, f"password login as {matrix.user_id} "
-                                + ("works" if ok else f"failed: {login.message}")))
+            results.append(
+                (
+                    ok,
+                    f"password login as {matrix.user_id} "
+                    + ("works" if ok else f"failed: {login.message}"),
+                )
+            )
             if ok:
                 await client.logout()
                 client.access_token = login.access_token  # logout cleared it; not needed further
@@ -138,7 +148,9 @@ async def _check_matrix(config: Config) -> list[tuple[bool, str]]:
             if ref.startswith("#"):
                 resolved = await client.room_resolve_alias(ref)
                 ok = not isinstance(resolved, RoomResolveAliasError)
-                results.append((ok, f"room alias {ref} " + ("resolves" if ok else "does not resolve")))
+                results.append(
+                    (ok, f"room alias {ref} " + ("resolves" if ok else "does not resolve"))
+                )
     finally:
         await client.close()
     return results

@@ -52,7 +52,8 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 UserId = Annotated[str, Field(pattern=r"^@[^:\s]+:\S+$")]
-RoomRef = Annotated[str, Field(pattern=r"^[!#][^:\s]+:\S+$")]
+# Room ids of room v12+ have no server part ("!abc"); aliases always do ("#ops:server").
+RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
 
 
 class _Section(BaseModel):

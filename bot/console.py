@@ -47,7 +47,9 @@ class ConsoleChat:
     async def run(self, on_message: MessageHandler) -> None:
         """Read lines until end of input. A line without the prefix gets it."""
         self._open = True
-        self._print(f"coopbot console: you are {self._sender}. Try {self._prefix}help; Ctrl-D quits.")
+        self._print(
+            f"coopbot console: you are {self._sender}. Try {self._prefix}help; Ctrl-D quits."
+        )
         try:
             while True:
                 line = await asyncio.to_thread(self._stdin.readline)
@@ -59,8 +61,9 @@ class ConsoleChat:
                 if not body.startswith(self._prefix):
                     body = self._prefix + body
                 await on_message(
-                    Message(CONSOLE_ROOM, self._next_id(), self._sender, body,
-                            int(time.time() * 1000))
+                    Message(
+                        CONSOLE_ROOM, self._next_id(), self._sender, body, int(time.time() * 1000)
+                    )
                 )
         finally:
             self._open = False

@@ -148,7 +148,7 @@ class Dispatcher:
         if len(body) > MAX_COMMAND_LENGTH:
             services.metrics.commands.labels("?", "too_long").inc()
             raise UserError(f"That message is too long for a command ({len(body)} characters).")
-        match = _WORD.match(body[len(self._prefix):])
+        match = _WORD.match(body[len(self._prefix) :])
         if match is None:
             return
         word, rest = match.groups()
@@ -166,8 +166,11 @@ class Dispatcher:
                 f"`{self._prefix}help` lists what you can run."
             )
         services.store.audit(
-            message.sender, "command", _shorten(body, 500),
-            room_id=message.room_id, event_id=message.event_id,
+            message.sender,
+            "command",
+            _shorten(body, 500),
+            room_id=message.room_id,
+            event_id=message.event_id,
         )
         role = await self._authorise(spec, message)
         args = spec.parse(rest, self._prefix)
@@ -187,8 +190,11 @@ class Dispatcher:
         if role is None or role < spec.role:
             services.metrics.commands.labels(spec.name, "denied").inc()
             services.store.audit(
-                message.sender, "denied", f"{spec.name} needs {spec.role.label}",
-                room_id=message.room_id, event_id=message.event_id,
+                message.sender,
+                "denied",
+                f"{spec.name} needs {spec.role.label}",
+                room_id=message.room_id,
+                event_id=message.event_id,
             )
             have = role.label if role is not None else "not a member of this room"
             raise PermissionDenied(
@@ -203,7 +209,9 @@ class Dispatcher:
     async def _reply(self, message: Message, markdown: str) -> None:
         try:
             await self._services.chat.send(
-                message.room_id, markdown, reply_to=message.event_id,
+                message.room_id,
+                markdown,
+                reply_to=message.event_id,
                 thread_root=message.thread_root,
             )
         except Exception:

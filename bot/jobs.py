@@ -139,7 +139,9 @@ class JobManager:
 
     def start(self, ctx: CommandContext) -> Job:
         spec = ctx.spec
-        app = str(ctx.args[spec.lock_arg]) if spec.lock_arg and ctx.args.get(spec.lock_arg) else None
+        app = (
+            str(ctx.args[spec.lock_arg]) if spec.lock_arg and ctx.args.get(spec.lock_arg) else None
+        )
         message = ctx.message
         job_id = self._store.add_job(
             spec.name, message.body, app, message.sender, message.room_id, message.event_id
@@ -233,8 +235,12 @@ class JobManager:
             job.state = state
             self._store.set_job_state(job.id, state, result)
             self._store.audit(
-                ctx.message.sender, f"job.{state}", f"#{job.id} {job.text} → {result}",
-                app=job.app, room_id=ctx.message.room_id, event_id=ctx.message.event_id,
+                ctx.message.sender,
+                f"job.{state}",
+                f"#{job.id} {job.text} → {result}",
+                app=job.app,
+                room_id=ctx.message.room_id,
+                event_id=ctx.message.event_id,
             )
             self._metrics.jobs.labels(ctx.spec.name, state).inc()
             self._metrics.jobs_active.dec()

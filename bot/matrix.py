@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientError
+from aiohttp import ClientError, ClientResponse
 from nio import (
     AsyncClient,
     AsyncClientConfig,
     ErrorResponse,
+    Response,
     Event,
     JoinError,
     LoginResponse,
@@ -68,7 +69,13 @@ class _Client(AsyncClient):
 
     max_wait: float = 30.0
 
-    async def create_matrix_response(self, response_class, transport_response, data=None, save_to=None):  # type: ignore[no-untyped-def]
+    async def create_matrix_response(
+        self,
+        response_class: type[Response],
+        transport_response: ClientResponse,
+        data: tuple[Any, ...] | None = None,
+        save_to: Any = None,
+    ) -> Response:
         response = await super().create_matrix_response(
             response_class, transport_response, data, save_to
         )
@@ -119,9 +126,9 @@ class MatrixChat:
         does not create a new device (and lose E2EE sessions)."""
         client, config = self.client, self.config
         saved = self._store.get_json(SESSION_KEY) or {}
-        same_account = saved.get("user_id") == config.user_id and saved.get(
-            "homeserver"
-        ) == config.homeserver
+        same_account = (
+            saved.get("user_id") == config.user_id and saved.get("homeserver") == config.homeserver
+        )
         token = config.access_token.get_secret_value() if config.access_token else None
         if same_account and (token is None or token == saved.get("access_token")):
             client.restore_login(config.user_id, saved["device_id"], saved["access_token"])
@@ -331,8 +338,11 @@ class MatrixChat:
             await on_message(message)
             return
         self._store.audit(
-            message.sender, "not-run", f"sent {age / 60:.0f} min before the bot saw it",
-            room_id=message.room_id, event_id=message.event_id,
+            message.sender,
+            "not-run",
+            f"sent {age / 60:.0f} min before the bot saw it",
+            room_id=message.room_id,
+            event_id=message.event_id,
         )
         try:
             await self.send(

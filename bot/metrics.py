@@ -9,11 +9,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.commands = Counter(
-            "coopbot_commands", "Commands received, by outcome", ["command", "outcome"],
+            "coopbot_commands",
+            "Commands received, by outcome",
+            ["command", "outcome"],
             registry=self.registry,
         )
         self.jobs = Counter(
-            "coopbot_jobs", "Jobs finished, by final state", ["command", "state"],
+            "coopbot_jobs",
+            "Jobs finished, by final state",
+            ["command", "state"],
             registry=self.registry,
         )
         self.jobs_active = Gauge(

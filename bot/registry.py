@@ -175,9 +175,7 @@ class CommandGroup:
     name: str
     specs: list[CommandSpec] = field(default_factory=list)
 
-    def command(
-        self, name: str, *, help: str, **fields: Any
-    ) -> Callable[[Handler], Handler]:
+    def command(self, name: str, *, help: str, **fields: Any) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.specs.append(CommandSpec(name=name, handler=handler, help=help, **fields))
             return handler

@@ -250,8 +250,18 @@ class Store:
         cursor = self._db.execute(
             "INSERT INTO deploys (app, server, version, previous_version, chaos, actor, job_id, "
             "result, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (app, server, version, previous_version, int(chaos), actor, job_id, result, detail,
-             time.time()),
+            (
+                app,
+                server,
+                version,
+                previous_version,
+                int(chaos),
+                actor,
+                job_id,
+                result,
+                detail,
+                time.time(),
+            ),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid

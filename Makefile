@@ -1,0 +1,45 @@
+# The targets CI runs are exactly these: .ci/run calls `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test unit lint bench deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the bot (the console room when config.yaml has no matrix: section)
+run: venv
+	$(BIN)/coopbot run $(if $(CONFIG),--config $(CONFIG))
+
+## deps: the system packages the real-component tests need (docker.io, restic, ...)
+deps:
+	scripts/install-system-deps
+
+## test: everything CI checks: lint, types, unit and integration tests
+test: deps venv lint
+	$(BIN)/pytest
+
+## unit: the fast tests only (no homeserver, no swarm)
+unit: venv
+	$(BIN)/pytest tests/unit
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## bench: the figures named in the issues, each beside its baseline
+bench: deps venv
+	$(BIN)/python -m bench.matrix_latency
+	$(BIN)/python -m bench.backlog
+	$(BIN)/python -m bench.idle_rss
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
