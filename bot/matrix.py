@@ -118,6 +118,7 @@ class MatrixChat:
         self._allowed: set[str] = set()
         self._creators: dict[str, frozenset[str]] = {}
         self._last_sync = 0.0
+        self._sync_ok = False
         self._running = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -192,7 +193,9 @@ class MatrixChat:
         await self.client.close()
 
     def alive(self) -> bool:
-        return self._running and time.monotonic() - self._last_sync < self.config.sync_timeout + 60
+        """The last sync succeeded, recently enough that the loop is not stuck."""
+        recent = time.monotonic() - self._last_sync < self.config.sync_timeout + 60
+        return self._running and self._sync_ok and recent
 
     # -- receiving ---------------------------------------------------------------
     async def run(self, on_message: MessageHandler) -> None:
@@ -244,6 +247,7 @@ class MatrixChat:
             except (ClientError, OSError, TimeoutError) as exc:
                 response = SyncError(str(exc))
             if isinstance(response, SyncError):
+                self._sync_ok = False
                 if response.status_code == "M_UNKNOWN_TOKEN":
                     raise MatrixError("the homeserver logged the bot out (M_UNKNOWN_TOKEN)")
                 log.warning("sync failed (%s); retrying in %.0fs", response.message, backoff)
@@ -252,6 +256,7 @@ class MatrixChat:
                 continue
             assert isinstance(response, SyncResponse)
             backoff, first = 1.0, False
+            self._sync_ok = True
             self._last_sync = time.monotonic()
             self._metrics.last_sync.set(time.time())
             await self._after_sync()

@@ -106,14 +106,15 @@ class Synapse:
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
+        """Start; `port` (e.g. the previous one, for a restart) or a free one."""
         if self._proc is not None:
             raise SynapseError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.config_path.exists():
             self._generate()
         for attempt in range(3):
-            self.port = _free_port()
+            self.port = port or _free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self._write_config()
             try:

@@ -1,0 +1,139 @@
+"""/healthz and /metrics follow the sync loop through a homeserver outage;
+`coopbot check` reports on the real homeserver, docker and restic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.harness.bot import BotRunner, bot_config
+from tests.harness.dockerd import Dockerd
+from tests.harness.fixtures_docker import dockerd  # noqa: F401  (fixture)
+from tests.harness.member import DEFAULT_PASSWORD, Member
+from tests.harness.synapse import Synapse
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def own_synapse(tmp_path: pathlib.Path) -> Iterator[Synapse]:
+    """A Synapse of this test's own, so stopping it disturbs no other test."""
+    server = Synapse(tmp_path / "synapse")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with session.get(url) as response:
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return -1
+
+
+async def wait_status(session: aiohttp.ClientSession, url: str, wanted: int) -> None:
+    async with asyncio.timeout(90):
+        while await status(session, url) != wanted:
+            await asyncio.sleep(0.2)
+
+
+async def test_health_and_metrics_through_a_homeserver_outage(
+    own_synapse: Synapse, tmp_path: pathlib.Path
+) -> None:
+    bot_id = own_synapse.register("coopbot", "bot-password")
+    alice = Member(
+        own_synapse.url, own_synapse.register("alice", DEFAULT_PASSWORD), DEFAULT_PASSWORD
+    )
+    await alice.login()
+    room = await alice.create_room(invite=[bot_id])
+    listen = f"127.0.0.1:{free_port()}"
+    config = bot_config(own_synapse.url, bot_id, "bot-password", [room], tmp_path / "bot")
+    config = config.model_copy(update={"web": config.web.model_copy(update={"listen": listen})})
+    runner = BotRunner(config)
+    await runner.start()
+    health, metrics = f"http://{listen}/healthz", f"http://{listen}/metrics"
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await status(session, health) == 200
+            await alice.send(room, "!ping")
+            await alice.wait_for_reply(room, bot_id, "pong")
+            async with session.get(metrics) as response:
+                text = await response.text()
+            assert 'coopbot_commands_total{command="ping",outcome="accepted"} 1.0' in text
+            assert "coopbot_sync_lag_seconds" in text
+
+            port = own_synapse.port
+            own_synapse.stop()
+            await wait_status(session, health, 503)
+            own_synapse.start(port)
+            await wait_status(session, health, 200)
+            # The bot reconnected by itself and hears commands again.
+            await alice.send(room, "!ping")
+            await alice.wait_for_reply(room, bot_id, "pong", timeout=60)
+    finally:
+        await runner.stop()
+        await alice.close()
+
+
+def run_check(
+    config: dict[str, object], tmp_path: pathlib.Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_check_reports_every_component(
+    synapse: Synapse,
+    dockerd: Dockerd,
+    tmp_path: pathlib.Path,  # noqa: F811
+) -> None:
+    bot_id = synapse.register("coopbot-check", "check-password")
+    secret = tmp_path / "password"
+    secret.write_text("check-password\n")
+    config = {
+        "matrix": {
+            "homeserver": synapse.url,
+            "user_id": bot_id,
+            "password_file": "password",
+            "rooms": ["!any"],
+        },
+        "data_dir": "data",
+    }
+    env = {"DOCKER_HOST": dockerd.host}
+    good = run_check(config, tmp_path, env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "FAIL" not in good.stdout
+    for expected in ("homeserver", "password login", "docker answers", "swarm active", "restic"):
+        assert expected in good.stdout
+
+    secret.write_text("wrong-password")
+    bad = run_check(config, tmp_path, {"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert bad.returncode == 1
+    assert "FAIL  password login" in bad.stdout and "FAIL  docker is unreachable" in bad.stdout
+
+    invalid = run_check({"matrix": {"homeserver": "ftp://x"}, "bogus": 1}, tmp_path, env)
+    assert invalid.returncode == 2
+    assert "matrix.homeserver" in invalid.stderr and "bogus: unknown key" in invalid.stderr
