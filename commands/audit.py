@@ -18,8 +18,12 @@ def _app_or_count(text: str) -> str | int:
     "audit",
     help="Show the audit log: every command, decision and result, newest first.",
     args=(
-        Arg("app", "only entries about this app (or a number of entries)", required=False,
-            type=_app_or_count),
+        Arg(
+            "app",
+            "only entries about this app (or a number of entries)",
+            required=False,
+            type=_app_or_count,
+        ),
         Arg("n", "how many entries (default 20, at most 200)", required=False, type=positive_int),
     ),
     role=Role.OPERATOR,

@@ -20,7 +20,9 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h"
 
 
-@group.command("jobs", help="List running and waiting work, and the last finished jobs.", quick=True)
+@group.command(
+    "jobs", help="List running and waiting work, and the last finished jobs.", quick=True
+)
 async def jobs(ctx: CommandContext) -> None:
     now = time.time()
     active = ctx.services.jobs.active()
@@ -35,8 +37,9 @@ async def jobs(ctx: CommandContext) -> None:
         lines.append("No job is running or waiting.")
     keep = ctx.services.config.jobs.keep_finished
     active_ids = {job.id for job in active}
-    finished = [row for row in ctx.services.store.jobs(limit=keep + len(active))
-                if row.id not in active_ids][:keep]
+    finished = [
+        row for row in ctx.services.store.jobs(limit=keep + len(active)) if row.id not in active_ids
+    ][:keep]
     if finished:
         lines += ["", "Finished:"]
         lines += [
@@ -64,7 +67,11 @@ async def cancel(ctx: CommandContext) -> None:
         raise UserError(f"Job #{job_id} needs the {job.ctx.spec.role.label} role to cancel.")
     ctx.services.jobs.cancel(job_id, ctx.sender)
     ctx.services.store.audit(
-        ctx.sender, "cancel", f"#{job_id} {job.text}", app=job.app,
-        room_id=ctx.message.room_id, event_id=ctx.message.event_id,
+        ctx.sender,
+        "cancel",
+        f"#{job_id} {job.text}",
+        app=job.app,
+        room_id=ctx.message.room_id,
+        event_id=ctx.message.event_id,
     )
     await ctx.reply(f"Cancelling job #{job_id} (`{job.text}`).")

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.harness.fixtures_docker import docker_client, dockerd, registry  # noqa: F401
 from tests.harness.member import DEFAULT_PASSWORD, Member, MemberFactory
 from tests.harness.synapse import Synapse
 

@@ -11,7 +11,6 @@ import docker
 import pytest
 
 from tests.harness.dockerd import Dockerd
-from tests.harness.fixtures_docker import docker_client, dockerd, registry  # noqa: F401
 from tests.harness.registry import Registry
 
 IMAGE = "local/busybox:1.0"
@@ -36,7 +35,7 @@ services:
 
 
 @pytest.fixture(scope="module")
-def busybox_image(dockerd: Dockerd) -> str:  # noqa: F811
+def busybox_image(dockerd: Dockerd) -> str:
     return dockerd.import_image(IMAGE, ["/bin/sh"])
 
 
@@ -55,7 +54,7 @@ def _running(client: docker.DockerClient, service: str) -> bool:
     return any(t["Status"]["State"] == "running" for t in tasks)
 
 
-def test_swarm_active(dockerd: Dockerd, docker_client: docker.DockerClient) -> None:  # noqa: F811
+def test_swarm_active(dockerd: Dockerd, docker_client: docker.DockerClient) -> None:
     info = docker_client.info()
     assert info["Swarm"]["LocalNodeState"] == "active"
     assert info["Swarm"]["ControlAvailable"]
@@ -63,8 +62,8 @@ def test_swarm_active(dockerd: Dockerd, docker_client: docker.DockerClient) -> N
 
 
 def test_stack_deploy_runs_service(
-    dockerd: Dockerd,  # noqa: F811
-    docker_client: docker.DockerClient,  # noqa: F811
+    dockerd: Dockerd,
+    docker_client: docker.DockerClient,
     busybox_image: str,
     tmp_path: Path,
 ) -> None:
@@ -104,9 +103,9 @@ def test_stack_deploy_runs_service(
 
 
 def test_push_to_registry(
-    dockerd: Dockerd,  # noqa: F811
-    docker_client: docker.DockerClient,  # noqa: F811
-    registry: Registry,  # noqa: F811
+    dockerd: Dockerd,
+    docker_client: docker.DockerClient,
+    registry: Registry,
     busybox_image: str,
 ) -> None:
     ref = f"{registry.host_port}/busybox:1.0"

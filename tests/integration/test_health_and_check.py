@@ -17,7 +17,6 @@ import yaml
 
 from tests.harness.bot import BotRunner, bot_config
 from tests.harness.dockerd import Dockerd
-from tests.harness.fixtures_docker import dockerd  # noqa: F401  (fixture)
 from tests.harness.member import DEFAULT_PASSWORD, Member
 from tests.harness.synapse import Synapse
 
@@ -49,7 +48,7 @@ async def status(session: aiohttp.ClientSession, url: str) -> int:
 
 async def wait_status(session: aiohttp.ClientSession, url: str, wanted: int) -> None:
     async with asyncio.timeout(90):
-        while await status(session, url) != wanted:
+        while await status(session, url) != wanted:  # noqa: ASYNC110  (polling HTTP)
             await asyncio.sleep(0.2)
 
 
@@ -108,7 +107,7 @@ def run_check(
 def test_check_reports_every_component(
     synapse: Synapse,
     dockerd: Dockerd,
-    tmp_path: pathlib.Path,  # noqa: F811
+    tmp_path: pathlib.Path,
 ) -> None:
     bot_id = synapse.register("coopbot-check", "check-password")
     secret = tmp_path / "password"
