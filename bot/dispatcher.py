@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Longer messages are refused before parsing: no command needs them.
 MAX_COMMAND_LENGTH = 4000
+QUICK_TIMEOUT = 60.0
 _WORD = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
 
 
@@ -180,7 +181,15 @@ class Dispatcher:
             # The approvals gate (proposals and votes) plugs in here.
             raise UserError(f"`{self._prefix}{spec.name}` needs a vote, and voting is not set up.")
         if spec.quick:
-            await spec.handler(ctx)
+            # Quick answers (help, ping) get no job record, which would only
+            # crowd !jobs; they are still tracked tasks with a time limit.
+            try:
+                async with asyncio.timeout(spec.timeout or QUICK_TIMEOUT):
+                    await spec.handler(ctx)
+            except TimeoutError:
+                raise UserError(
+                    f"`{self._prefix}{spec.name}` took too long and was stopped."
+                ) from None
         else:
             services.jobs.start(ctx)
 

@@ -28,8 +28,11 @@ async def _slow(ctx: Any) -> None:
     seconds = ctx.args["seconds"]
     for second in range(seconds):
         await ctx.progress.update(f"working {second + 1}/{seconds}")
+        if second == 0:
+            await ctx.progress.detail("detail of the first step")
         await asyncio.sleep(1)
     await ctx.progress.finish(f"slow {seconds} done")
+    await ctx.reply(f"{ctx.sender}: your slow job is done", mentions=[ctx.sender])
 
 
 @test_commands.command("echo", help="Repeat the text.", args=(Arg("text", rest=True),), quick=True)

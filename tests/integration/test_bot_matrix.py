@@ -146,6 +146,22 @@ async def test_a_long_job_does_not_block_other_commands(running: Coop) -> None:
     assert not any("slow 30 done" in m for m in pending)
 
 
+async def test_progress_is_one_edited_message_with_details_in_its_thread(running: Coop) -> None:
+    bob, room = running.bob, running.room
+    await bob.send(room, "!slow 3")
+    progress = await bob.wait_for_reply(room, running.bot_id, "working 1/3")
+    detail = await bob.wait_for_reply(room, running.bot_id, "detail of the first step")
+    relation = detail.source["content"]["m.relates_to"]
+    assert relation["rel_type"] == "m.thread" and relation["event_id"] == progress.event_id
+    final = await bob.wait_for_reply(room, running.bot_id, "slow 3 done")
+    edit = final.source["content"]
+    assert edit["m.relates_to"] == {"rel_type": "m.replace", "event_id": progress.event_id}
+    assert edit["m.new_content"]["body"] == "slow 3 done"
+    assert edit["m.mentions"] == {}  # an edit never pings again
+    ping = await bob.wait_for_reply(room, running.bot_id, "your slow job is done")
+    assert ping.source["content"]["m.mentions"] == {"user_ids": [bob.user_id]}
+
+
 async def test_two_jobs_on_one_app_run_one_after_the_other(running: Coop) -> None:
     await running.bob.send(running.room, "!slow 3 app2")
     await running.bob.wait_for_reply(running.room, running.bot_id, "working")
@@ -187,12 +203,14 @@ async def test_the_bot_survives_bad_input(running: Coop) -> None:
 
 async def test_restart_neither_replays_nor_loses_commands(coop: Coop) -> None:
     runner = coop.runner()
-    await runner.start()
+    bot = await runner.start()
+    device = bot.chat.client.device_id  # type: ignore[attr-defined]
     await coop.ask(coop.alice, "!echo before-restart", "echo: before-restart")
     await runner.stop()
     # Sent while the bot is down: must run once it is back.
     await coop.alice.send(coop.room, "!echo while-down")
-    await runner.start()
+    bot = await runner.start()
+    assert bot.chat.client.device_id == device  # type: ignore[attr-defined]  # no new device
     await coop.alice.wait_for_reply(coop.room, coop.bot_id, "echo: while-down")
     await coop.ask(coop.alice, "!echo marker", "echo: marker")
     seen = bot_messages(coop, await coop.alice.drain())
