@@ -6,6 +6,7 @@ so a service unit or a container can start the bot from any working directory.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -45,7 +46,7 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration such as 30s, 10m, 1h or 2d")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
 
@@ -141,7 +142,7 @@ class JobsConfig(_Section):
 
 class Config(_Section):
     matrix: MatrixConfig | None = None
-    data_dir: Path = Path("data")
+    data_dir: Annotated[Path, Field(validate_default=True)] = Path("data")
     access: AccessConfig = AccessConfig()
     web: WebConfig = WebConfig()
     jobs: JobsConfig = JobsConfig()

@@ -89,6 +89,11 @@ class CommandContext:
         else:
             await self.reply(markdown)
 
+    async def settle(self) -> None:
+        """Show the progress message's newest text if the throttle still holds it."""
+        if self._progress is not None:
+            await self._progress.settle()
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.close()

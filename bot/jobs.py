@@ -98,6 +98,13 @@ class Progress:
             self._shown = text
             self._last_edit = time.monotonic()
 
+    async def settle(self) -> None:
+        """Show the newest text now if a throttled update is still pending."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+            await self._flush()
+
     def close(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
@@ -179,6 +186,7 @@ class JobManager:
         state, result = "failed", ""
         lock = self._locks.setdefault(job.app, asyncio.Lock()) if job.app else None
         acquired = False
+        deadline: asyncio.Timeout | None = None
         try:
             if lock is not None:
                 holder = self._holders.get(job.app or "")
@@ -201,8 +209,10 @@ class JobManager:
             await self._reauthorise(ctx)
             job.state = "running"
             self._store.set_job_state(job.id, "running")
-            async with asyncio.timeout(timeout):
+            deadline = asyncio.timeout(timeout)
+            async with deadline:
                 await ctx.spec.handler(ctx)
+                await ctx.settle()
             state, result = "done", "ok"
         except asyncio.CancelledError:
             state = "cancelled"
@@ -213,20 +223,17 @@ class JobManager:
             else:
                 raise
         except TimeoutError:
-            state, result = "timeout", f"timed out after {timeout:.0f}s"
-            await ctx.report_failure(f"⌛ Job #{job.id} timed out after {timeout:.0f}s.")
+            if deadline is None or not deadline.expired():
+                # The handler's own TimeoutError (HTTP, docker): unexpected, not ours.
+                result = await self._incident(job)
+            else:
+                state, result = "timeout", f"timed out after {timeout:.0f}s"
+                await ctx.report_failure(f"⌛ Job #{job.id} timed out after {timeout:.0f}s.")
         except UserError as exc:
             result = str(exc)
             await ctx.report_failure(f"❌ {exc}")
         except Exception:
-            incident = secrets.token_hex(4)
-            log.exception("job #%s (%s) failed: incident %s", job.id, job.text, incident)
-            self._metrics.failures.inc()
-            result = f"incident {incident}"
-            await ctx.report_failure(
-                f"💥 Job #{job.id} failed unexpectedly (incident `{incident}`); "
-                "the bot's log has the details."
-            )
+            result = await self._incident(job)
         finally:
             if acquired and lock is not None:
                 self._holders.pop(job.app or "", None)
@@ -245,6 +252,17 @@ class JobManager:
             self._metrics.jobs.labels(ctx.spec.name, state).inc()
             self._metrics.jobs_active.dec()
             del self._jobs[job.id]
+
+    async def _incident(self, job: Job) -> str:
+        """Log the exception being handled with an incident id; tell the room the id."""
+        incident = secrets.token_hex(4)
+        log.exception("job #%s (%s) failed: incident %s", job.id, job.text, incident)
+        self._metrics.failures.inc()
+        await job.ctx.report_failure(
+            f"💥 Job #{job.id} failed unexpectedly (incident `{incident}`); "
+            "the bot's log has the details."
+        )
+        return f"incident {incident}"
 
 
 async def _shielded(coro: Awaitable[object]) -> None:

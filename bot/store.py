@@ -99,6 +99,7 @@ class Store:
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
+            self._db.close()
             raise RuntimeError(
                 f"the database schema ({version}) is newer than this coopbot "
                 f"({len(MIGRATIONS)}): upgrade coopbot"

@@ -1,0 +1,338 @@
+"""bot/config.py: one validated config; every problem named by its key path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import load_config, parse_config, parse_duration
+from bot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def matrix(**overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "homeserver": "https://hs.test",
+        "user_id": "@bot:hs.test",
+        "rooms": ["!ops:hs.test"],
+        "password": "pw",
+    }
+    section.update(overrides)
+    return {key: value for key, value in section.items() if value is not None}
+
+
+def problems(data: Any, base: Path | None = None) -> list[str]:
+    """The problem lines of the ConfigError that parse_config must raise."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base)
+    message = str(caught.value)
+    if message.startswith("invalid configuration:"):
+        return [line.strip() for line in message.splitlines()[1:]]
+    return [message]
+
+
+# -- valid configs ---------------------------------------------------------------
+
+
+def test_empty_config_is_the_console_defaults(tmp_path: Path) -> None:
+    config = parse_config(None, tmp_path)
+    assert config.matrix is None
+    assert config.jobs.timeout == 1800.0
+    assert config.access.admin_power == 100
+    assert config.log_level == "INFO"
+
+
+def test_minimal_matrix_config(tmp_path: Path) -> None:
+    config = parse_config({"matrix": matrix()}, tmp_path)
+    assert config.matrix is not None
+    assert config.matrix.user_id == "@bot:hs.test"
+    assert config.matrix.rooms == ["!ops:hs.test"]
+    assert config.matrix.password is not None
+    assert config.matrix.password.get_secret_value() == "pw"
+    assert config.matrix.prefix == "!"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("10m", 600), ("1h", 3600), ("2d", 172800), ("1w", 604800), ("250ms", 0.25),
+     ("1.5m", 90), (" 7 ", 7), (45, 45), (0.5, 0.5)],
+)  # fmt: skip
+def test_durations(text: Any, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+    config = parse_config({"jobs": {"timeout": text}})
+    assert config.jobs.timeout == pytest.approx(seconds)
+
+
+# -- each kind of problem, with its key path -------------------------------------------
+
+
+def test_unknown_keys_at_top_level_and_nested() -> None:
+    found = problems({"bogus": 1, "jobs": {"timout": "1m"}, "matrix": matrix(nope=True)})
+    assert sorted(found) == [
+        "bogus: unknown key",
+        "jobs.timout: unknown key",
+        "matrix.nope: unknown key",
+    ]
+
+
+def test_wrong_type() -> None:
+    (found,) = problems({"access": {"admin_power": "lots"}})
+    assert found.startswith("access.admin_power: ")
+    assert "integer" in found
+
+
+def test_wrong_type_of_a_whole_section() -> None:
+    (found,) = problems({"jobs": ["timeout", "1m"]})
+    assert found.startswith("jobs: ")
+
+
+def test_missing_required_key() -> None:
+    assert problems({"matrix": matrix(rooms=None)}) == ["matrix.rooms: required key is missing"]
+
+
+def test_invalid_values_name_their_key() -> None:
+    found = problems(
+        {
+            "matrix": matrix(user_id="bot", rooms=["ops"], homeserver="hs.test"),
+            "web": {"listen": "nowhere"},
+            "log_level": "LOUD",
+        }
+    )
+    keys = sorted(line.split(":")[0] for line in found)
+    assert keys == [
+        "log_level",
+        "matrix.homeserver",
+        "matrix.rooms.0",
+        "matrix.user_id",
+        "web.listen",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["soon", "10 minutes", "-5s", "0", 0, True, "1y"])
+def test_bad_duration(bad: Any) -> None:
+    (found,) = problems({"jobs": {"lock_wait": bad}})
+    assert found.startswith("jobs.lock_wait: ")
+    assert "duration" in found
+
+
+def test_not_a_number_is_not_a_duration() -> None:
+    # YAML's `.nan` is a float. A NaN timeout would reach asyncio.timeout() and
+    # the event loop's timer heap, where every comparison with it is false.
+    (found,) = problems({"jobs": {"timeout": math.nan}})
+    assert found.startswith("jobs.timeout: ")
+
+
+def test_operator_power_above_admin_power() -> None:
+    (found,) = problems({"access": {"operator_power": 100, "admin_power": 50}})
+    assert found.startswith("access: ")
+    assert "operator_power" in found
+
+
+def test_two_credentials_at_once() -> None:
+    (found,) = problems({"matrix": matrix(access_token="tok-4242")})
+    assert found.startswith("matrix: ")
+    assert "exactly one of" in found
+    assert "found: password, access_token" in found
+    assert "tok-4242" not in found
+
+
+def test_no_credential() -> None:
+    (found,) = problems({"matrix": matrix(password=None)})
+    assert found.startswith("matrix: ")
+    assert "give exactly one of password, password_file, access_token" in found
+
+
+def test_missing_secret_file_names_the_path(tmp_path: Path) -> None:
+    (found,) = problems({"matrix": matrix(password=None, password_file="nope.txt")}, tmp_path)
+    assert found.startswith("matrix: ")
+    assert str(tmp_path / "nope.txt") in found
+    assert "cannot read secret file" in found
+
+
+def test_empty_secret_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("  \n")
+    (found,) = problems({"matrix": matrix(password=None, access_token_file="token")}, tmp_path)
+    assert found == f"matrix: secret file {tmp_path / 'token'} is empty"
+
+
+def test_leftover_placeholders_name_their_key_path() -> None:
+    found = problems(
+        {
+            "matrix": matrix(homeserver="https://matrix.example.org", password="CHANGE_ME"),
+            "access": {"admins": ["@alice:hs.test", "@bob:example.org"]},
+        }
+    )
+    assert sorted(line.split(":")[0] for line in found) == [
+        "access.admins.1",
+        "matrix.homeserver",
+        "matrix.password",
+    ]
+    assert all("leftover placeholder" in line for line in found)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    found = problems(
+        {
+            "bogus": 1,
+            "matrix": matrix(password=None, password_file="missing"),
+            "jobs": {"timeout": "soon", "keep_finished": -1},
+            "access": {"admins": ["CHANGE_ME"]},
+        },
+        tmp_path,
+    )
+    keys = sorted(line.split(":")[0] for line in found)
+    assert keys == [
+        "access.admins.0",  # the placeholder
+        "access.admins.0",  # and not a user id
+        "bogus",
+        "jobs.keep_finished",
+        "jobs.timeout",
+        "matrix",
+    ]
+
+
+@pytest.mark.parametrize("data", [[1, 2], "matrix: yes", 42])
+def test_top_level_must_be_a_mapping(data: Any) -> None:
+    assert problems(data) == ["config: the top level must be a mapping of keys"]
+
+
+# -- paths ------------------------------------------------------------------------------
+
+
+def test_relative_data_dir_and_secret_files_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    (folder / "secrets").mkdir(parents=True)
+    (folder / "secrets" / "pw").write_text("s3cret-from-file\n")
+    (folder / "config.yaml").write_text(
+        "data_dir: state\nmatrix:\n"
+        "  homeserver: https://hs.test\n  user_id: '@bot:hs.test'\n  rooms: ['!ops:hs.test']\n"
+        "  password_file: secrets/pw\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("COOPBOT_CONFIG", raising=False)
+
+    config = load_config("../etc/config.yaml")
+
+    assert config.data_dir == folder / "state"
+    assert config.matrix is not None and config.matrix.password is not None
+    assert config.matrix.password.get_secret_value() == "s3cret-from-file"
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    assert parse_config({"data_dir": "/var/lib/coopbot"}, tmp_path).data_dir == Path(
+        "/var/lib/coopbot"
+    )
+
+
+def test_default_data_dir_is_in_the_config_folder_too(tmp_path: Path) -> None:
+    # A config without data_dir, started from another working directory (a
+    # service unit), must still find its state next to the config file.
+    assert parse_config({}, tmp_path).data_dir == tmp_path / "data"
+
+
+def test_config_file_named_by_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bot.yaml").write_text("log_level: DEBUG\n")
+    monkeypatch.setenv("COOPBOT_CONFIG", str(tmp_path / "bot.yaml"))
+    assert load_config().log_level == "DEBUG"
+
+
+def test_missing_named_config_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COOPBOT_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="does not exist") as caught:
+        load_config(str(tmp_path / "nope.yaml"))
+    assert str(tmp_path / "nope.yaml") in str(caught.value)
+
+
+def test_missing_default_config_file_means_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COOPBOT_CONFIG", raising=False)
+    config = load_config()
+    assert config.matrix is None
+    assert config.data_dir.resolve() == tmp_path.resolve() / "data"
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("matrix:\n  rooms: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_config(str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_yaml_problems_are_reported_with_key_paths(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("jobs:\n  timeout: forever\n")
+    with pytest.raises(ConfigError, match=r"jobs\.timeout: 'forever' is not a duration"):
+        load_config(str(path))
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("# nothing yet\n")
+    assert load_config(str(path)).matrix is None
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def test_secrets_never_appear_in_repr_or_str(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok-from-file-4242")
+    with_password = parse_config({"matrix": matrix(password="hunter2-pw")}, tmp_path)
+    with_token = parse_config(
+        {"matrix": matrix(password=None, access_token_file="token")}, tmp_path
+    )
+    for config, secret in ((with_password, "hunter2-pw"), (with_token, "tok-from-file-4242")):
+        assert config.matrix is not None
+        shown = [
+            repr(config),
+            str(config),
+            repr(config.matrix),
+            str(config.matrix),
+            config.model_dump_json(),
+            str(config.model_dump()),
+        ]
+        for text in shown:
+            assert secret not in text
+
+
+def test_secrets_never_appear_in_config_errors() -> None:
+    message = "\n".join(problems({"matrix": matrix(password="hunter2-pw", nope=1)}))
+    assert "matrix.nope" in message
+    assert "hunter2-pw" not in message
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config({})
+    with pytest.raises(ValueError):
+        config.log_level = "DEBUG"
+
+
+# -- config.example.yaml ----------------------------------------------------------------
+
+
+def test_example_config_is_valid_apart_from_its_placeholders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    example = REPO / "config.example.yaml"
+    assert example.exists(), "config.example.yaml is missing from the repository root"
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(example))
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    found = [line.strip() for line in lines[1:]]
+    assert found, "the example should contain placeholders to replace"
+    not_placeholders = [line for line in found if "leftover placeholder" not in line]
+    assert not_placeholders == []
