@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from bot.access import Access
 from bot.chat import Chat
 from bot.config import Config
 from bot.console import CONSOLE_USER, ConsoleChat
 from bot.dispatcher import Dispatcher, Services
+from bot.gate import ApprovalGate
 from bot.metrics import Metrics
 from bot.registry import CommandGroup, Registry
 from bot.store import Store
@@ -39,6 +41,8 @@ class Bot:
         chat: Chat | None = None,
         groups: Iterable[CommandGroup] | None = None,
         console_as: str | None = None,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 5.0,
     ) -> None:
         if groups is None:
             from commands import GROUPS
@@ -57,7 +61,8 @@ class Bot:
             metrics=self.metrics,
         )
         prefix = config.matrix.prefix if config.matrix else "!"
-        self.dispatcher = Dispatcher(self.services, prefix)
+        self.gate = ApprovalGate(self.services, prefix, clock, sweep_interval)
+        self.dispatcher = Dispatcher(self.services, prefix, self.gate)
 
     async def run(self) -> None:
         """Run until the chat loop ends (console EOF) or the task is cancelled."""
@@ -75,11 +80,14 @@ class Bot:
         if self.config.web.listen:
             runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
             log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
+        upkeep = asyncio.create_task(self.gate.maintain(self.chat.alive), name="proposals")
         try:
             await self.chat.run(self.dispatcher.submit)
             # End of input (console): let the work that was asked for finish.
             await self.dispatcher.drain()
         finally:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
             await self.dispatcher.shutdown()
             if runner is not None:
                 await runner.cleanup()

@@ -35,6 +35,31 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Reaction:
+    """An m.reaction annotation by a member (the bot's own are filtered out)."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    target: str  # the event reacted to
+    key: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """A redaction: for votes, the withdrawal of a reaction."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    redacts: str
+
+
+ChatEvent = Message | Reaction | Redaction
+
+
+@dataclass(frozen=True)
 class Membership:
     """What the room says about a user, for deciding their role."""
 
@@ -43,7 +68,7 @@ class Membership:
     creator: bool = False  # room v12+: creators outrank every power level
 
 
-MessageHandler = Callable[[Message], Awaitable[None]]
+EventHandler = Callable[[ChatEvent], Awaitable[None]]
 
 
 class Chat(Protocol):
@@ -67,8 +92,16 @@ class Chat(Protocol):
 
     async def membership(self, room_id: str, user_id: str) -> Membership: ...
 
-    async def run(self, on_message: MessageHandler) -> None:
-        """Receive messages until cancelled, handing each to on_message."""
+    async def members(self, room_id: str) -> dict[str, Membership]:
+        """Every joined member of the room."""
+        ...
+
+    async def reactions(self, room_id: str, event_id: str) -> list[Reaction]:
+        """Every current (not redacted) reaction to an event, from the server."""
+        ...
+
+    async def run(self, on_event: EventHandler) -> None:
+        """Receive events until cancelled, handing each to on_event."""
         ...
 
     def alive(self) -> bool:

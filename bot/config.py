@@ -10,7 +10,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from bot.approvals import Policy
 from bot.errors import ConfigError
+from bot.registry import Role
 
 DEFAULT_PATH = Path("config.yaml")
 # Strings in config.example.yaml that must not survive into a real config.
@@ -140,12 +142,63 @@ class JobsConfig(_Section):
     keep_finished: Annotated[int, Field(ge=0)] = 20  # finished jobs shown by !jobs
 
 
+RoleName = Literal["viewer", "operator", "admin"]
+# The actions whose approval policy can be tuned: what the risky commands declare.
+POLICY_NAMES = frozenset(
+    {"upgrade", "major_upgrade", "rollback", "undeploy", "restore", "deploy_version_change"}
+)
+
+
+class PolicyOverride(_Section):
+    required: Annotated[int, Field(ge=1)] | None = None
+    timeout: Duration | None = None
+    allow_self_approval: bool | None = None
+    veto: bool | None = None
+    voters: RoleName | None = None
+
+
+class ApprovalsConfig(_Section):
+    required: Annotated[int, Field(ge=1)] = 2  # distinct approvals needed
+    timeout: Duration = 3600.0  # proposals expire after this
+    allow_self_approval: bool = False
+    veto: bool = True  # one rejection from an eligible voter rejects
+    voters: RoleName = "operator"  # minimum role whose votes count
+    policies: dict[str, PolicyOverride] = {}
+
+    @field_validator("policies")
+    @classmethod
+    def _known(cls, value: dict[str, PolicyOverride]) -> dict[str, PolicyOverride]:
+        unknown = sorted(set(value) - POLICY_NAMES)
+        if unknown:
+            raise ValueError(
+                f"unknown action {', '.join(unknown)}; known: {', '.join(sorted(POLICY_NAMES))}"
+            )
+        return value
+
+    def policy(self, name: str) -> Policy:
+        """The default policy with the overrides for this action applied."""
+        override = self.policies.get(name, PolicyOverride())
+        voters = override.voters or self.voters
+        return Policy(
+            required=override.required or self.required,
+            voters=Role[voters.upper()],
+            veto=self.veto if override.veto is None else override.veto,
+            allow_self_approval=(
+                self.allow_self_approval
+                if override.allow_self_approval is None
+                else override.allow_self_approval
+            ),
+            timeout=override.timeout or self.timeout,
+        )
+
+
 class Config(_Section):
     matrix: MatrixConfig | None = None
     data_dir: Annotated[Path, Field(validate_default=True)] = Path("data")
     access: AccessConfig = AccessConfig()
     web: WebConfig = WebConfig()
     jobs: JobsConfig = JobsConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
 
     @field_validator("data_dir", mode="after")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from bot.chat import Membership, Message, MessageHandler
+from bot.chat import EventHandler, Membership, Message, Reaction
 
 CONSOLE_USER = "@you:console"
 CONSOLE_ROOM = "!console:local"
@@ -44,7 +44,7 @@ class ConsoleChat:
         self._stdout.write(text + "\n")
         self._stdout.flush()
 
-    async def run(self, on_message: MessageHandler) -> None:
+    async def run(self, on_event: EventHandler) -> None:
         """Read lines until end of input. A line without the prefix gets it."""
         self._open = True
         self._print(
@@ -60,7 +60,7 @@ class ConsoleChat:
                     continue
                 if not body.startswith(self._prefix):
                     body = self._prefix + body
-                await on_message(
+                await on_event(
                     Message(
                         CONSOLE_ROOM, self._next_id(), self._sender, body, int(time.time() * 1000)
                     )
@@ -95,3 +95,9 @@ class ConsoleChat:
 
     async def membership(self, room_id: str, user_id: str) -> Membership:
         return Membership(member=True, power_level=100 if user_id == CONSOLE_USER else 0)
+
+    async def members(self, room_id: str) -> dict[str, Membership]:
+        return {self._sender: await self.membership(room_id, self._sender)}
+
+    async def reactions(self, room_id: str, event_id: str) -> list[Reaction]:
+        return []  # the console has no reactions: vote with !approve and !reject

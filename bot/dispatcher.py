@@ -7,14 +7,15 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.access import Access
-from bot.chat import Chat, Message
+from bot.chat import Chat, ChatEvent, Message, Reaction, Redaction
 from bot.config import Config
 from bot.errors import PermissionDenied, UserError
+from bot.gate import ApprovalGate
 from bot.jobs import Job, JobManager, Progress
 from bot.metrics import Metrics
 from bot.registry import CommandSpec, Registry, Role
@@ -39,6 +40,7 @@ class Services:
     access: Access
     metrics: Metrics
     jobs: JobManager = field(init=False)
+    gate: ApprovalGate = field(init=False)
 
 
 @dataclass
@@ -100,25 +102,39 @@ class CommandContext:
 
 
 class Dispatcher:
-    def __init__(self, services: Services, prefix: str) -> None:
+    def __init__(self, services: Services, prefix: str, gate: ApprovalGate) -> None:
         self._services = services
         self._prefix = prefix
         self._tasks: set[asyncio.Task[None]] = set()
         services.jobs = JobManager(
             services.store, services.config.jobs, services.metrics, self._reauthorise
         )
+        services.gate = gate
 
     def is_command(self, body: str) -> bool:
         return body.startswith(self._prefix) and len(body) > len(self._prefix)
 
-    async def submit(self, message: Message) -> None:
-        """Called by the chat adapter for each new message; returns at once so
-        the receive loop keeps hearing. The handling task is tracked."""
-        if not self.is_command(message.body):
-            return
-        task = asyncio.create_task(self.handle(message), name=f"handle-{message.event_id}")
+    async def submit(self, event: ChatEvent) -> None:
+        """Called by the chat adapter for each new event; returns at once so the
+        receive loop keeps hearing. The handling task is tracked."""
+        if isinstance(event, Message):
+            if not self.is_command(event.body):
+                return
+            work = self.handle(event)
+        elif isinstance(event, Reaction):
+            work = self._guard(self._services.gate.on_reaction(event))
+        elif isinstance(event, Redaction):
+            work = self._guard(self._services.gate.on_redaction(event))
+        task = asyncio.create_task(work, name=f"handle-{event.event_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception:
+            self._services.metrics.failures.inc()
+            log.exception("counting a vote failed")
 
     async def drain(self) -> None:
         """Wait until every message being handled and every job has finished."""
@@ -183,9 +199,8 @@ class Dispatcher:
         ctx = CommandContext(spec, args, message, role, services)
         services.metrics.commands.labels(spec.name, "accepted").inc()
         if spec.vote_policy is not None:
-            # The approvals gate (proposals and votes) plugs in here.
-            raise UserError(f"`{self._prefix}{spec.name}` needs a vote, and voting is not set up.")
-        if spec.quick:
+            await services.gate.propose(ctx)
+        elif spec.quick:
             # Quick answers (help, ping) get no job record, which would only
             # crowd !jobs; they are still tracked tasks with a time limit.
             try:

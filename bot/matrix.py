@@ -29,6 +29,8 @@ from nio import (
     LoginResponse,
     MegolmEvent,
     MessageDirection,
+    ReactionEvent,
+    RedactionEvent,
     Response,
     RoomGetStateError,
     RoomMessagesError,
@@ -39,8 +41,17 @@ from nio import (
     SyncResponse,
     WhoamiError,
 )
+from nio.api import RelationshipType
 
-from bot.chat import Membership, Message, MessageHandler, render_html
+from bot.chat import (
+    ChatEvent,
+    EventHandler,
+    Membership,
+    Message,
+    Reaction,
+    Redaction,
+    render_html,
+)
 from bot.config import MatrixConfig
 from bot.errors import CoopbotError
 from bot.metrics import Metrics
@@ -198,7 +209,7 @@ class MatrixChat:
         return self._running and self._sync_ok and recent
 
     # -- receiving ---------------------------------------------------------------
-    async def run(self, on_message: MessageHandler) -> None:
+    async def run(self, on_event: EventHandler) -> None:
         """Log in, join, then sync until cancelled; reconnects with backoff."""
         backoff = 1.0
         while True:
@@ -211,7 +222,7 @@ class MatrixChat:
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self._running = True
         try:
-            await self._sync_forever(on_message)
+            await self._sync_forever(on_event)
         finally:
             self._running = False
 
@@ -232,7 +243,7 @@ class MatrixChat:
         for room_id in self._allowed:
             await self._join(room_id)
 
-    async def _sync_forever(self, on_message: MessageHandler) -> None:
+    async def _sync_forever(self, on_event: EventHandler) -> None:
         backoff = 1.0
         first = True
         while True:
@@ -269,9 +280,11 @@ class MatrixChat:
                 if info.timeline.limited and since is not None:
                     events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
                 for event in events:
-                    message = self._command(room_id, event)
-                    if message is not None:
-                        await self._deliver(message, on_message)
+                    incoming = self._incoming(room_id, event)
+                    if isinstance(incoming, Message):
+                        await self._deliver(incoming, on_event)
+                    elif incoming is not None:
+                        await on_event(incoming)  # votes count whenever they were cast
             # Saved only after every command in this batch was recorded and handed on.
             self._store.put(SYNC_TOKEN_KEY, response.next_batch)
 
@@ -312,10 +325,28 @@ class MatrixChat:
         events.reverse()
         return events
 
-    def _command(self, room_id: str, event: Event) -> Message | None:
-        """The event as a command message, or None if it must not run."""
+    def _incoming(self, room_id: str, event: Event) -> ChatEvent | None:
+        """The event as a command, reaction or redaction; None if it must be ignored."""
         if event.sender == self.user_id:
             return None
+        joined_at = self._store.room_joined_at(room_id)
+        if isinstance(event, ReactionEvent | RedactionEvent):
+            if joined_at is not None and event.server_timestamp < joined_at:
+                return None
+            if not self._store.mark_seen(event.event_id, room_id):
+                return None
+            if isinstance(event, ReactionEvent):
+                return Reaction(
+                    room_id,
+                    event.event_id,
+                    event.sender,
+                    event.reacts_to,
+                    event.key,
+                    event.server_timestamp,
+                )
+            # Room v11+ moved `redacts` into the content.
+            redacts = event.source.get("content", {}).get("redacts") or event.redacts
+            return Redaction(room_id, event.event_id, event.sender, redacts)
         if isinstance(event, MegolmEvent):
             log.warning("cannot decrypt %s from %s in %s", event.event_id, event.sender, room_id)
             return None
@@ -329,7 +360,6 @@ class MatrixChat:
         body = _REPLY_FALLBACK.sub("", event.body, count=1)
         if not body.startswith(self.config.prefix):
             return None
-        joined_at = self._store.room_joined_at(room_id)
         if joined_at is not None and event.server_timestamp < joined_at:
             return None
         if not self._store.mark_seen(event.event_id, room_id):
@@ -337,10 +367,10 @@ class MatrixChat:
         thread = relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
         return Message(room_id, event.event_id, event.sender, body, event.server_timestamp, thread)
 
-    async def _deliver(self, message: Message, on_message: MessageHandler) -> None:
+    async def _deliver(self, message: Message, on_event: EventHandler) -> None:
         age = time.time() - message.timestamp_ms / 1000
         if age <= self.config.catchup_max_age:
-            await on_message(message)
+            await on_event(message)
             return
         self._store.audit(
             message.sender,
@@ -415,6 +445,35 @@ class MatrixChat:
         return Membership(
             member=True, power_level=room.power_levels.get_user_level(user_id), creator=creator
         )
+
+    async def members(self, room_id: str) -> dict[str, Membership]:
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return {}
+        return {user_id: await self.membership(room_id, user_id) for user_id in room.users}
+
+    async def reactions(self, room_id: str, event_id: str) -> list[Reaction]:
+        """The current reactions to an event, from the relations endpoint, so votes
+        cast and withdrawn while the bot was down are seen as they are now."""
+        found = []
+        try:
+            async for event in self.client.room_get_event_relations(
+                room_id, event_id, RelationshipType.annotation, "m.reaction"
+            ):
+                if isinstance(event, ReactionEvent) and event.sender != self.user_id:
+                    found.append(
+                        Reaction(
+                            room_id,
+                            event.event_id,
+                            event.sender,
+                            event.reacts_to,
+                            event.key,
+                            event.server_timestamp,
+                        )
+                    )
+        except AttributeError:  # nio's iterator meets an error response
+            raise MatrixError(f"cannot read the reactions to {event_id} in {room_id}") from None
+        return found
 
     async def _room_creators(self, room_id: str) -> frozenset[str]:
         """Sender and additional_creators of m.room.create (nio keeps neither)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from bot.errors import UsageError
 
 if TYPE_CHECKING:
+    from bot.approvals import Plan
     from bot.dispatcher import CommandContext
 
 
@@ -32,6 +33,7 @@ class Role(IntEnum):
 
 Converter = Callable[[str], Any]
 Handler = Callable[["CommandContext"], Awaitable[None]]
+Planner = Callable[["CommandContext"], Awaitable["Plan"]]
 
 
 def positive_int(text: str) -> int:
@@ -89,6 +91,8 @@ class CommandSpec:
     role: Role = Role.VIEWER
     # The approval policy this command goes through (e.g. "rollback"); None runs at once.
     vote_policy: str | None = None
+    # Describes what the command will do, for the proposal and the stale check.
+    plan: Planner | None = None
     # The argument whose value names the app this command works on: jobs on one
     # app take its lock, so two of them never run at once.
     lock_arg: str | None = None

@@ -35,10 +35,12 @@ MIGRATIONS: list[str] = [
         requester TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
         message_id TEXT, state TEXT NOT NULL,
         created_at REAL NOT NULL, expires_at REAL NOT NULL, decided_at REAL);
+    CREATE INDEX proposals_message ON proposals (message_id);
     CREATE TABLE votes (
+        event_id TEXT PRIMARY KEY,
         proposal_id TEXT NOT NULL REFERENCES proposals (id), voter TEXT NOT NULL,
-        choice TEXT NOT NULL, event_id TEXT NOT NULL, cast_at REAL NOT NULL,
-        PRIMARY KEY (proposal_id, voter));
+        choice TEXT NOT NULL, source TEXT NOT NULL, cast_at REAL NOT NULL);
+    CREATE INDEX votes_proposal ON votes (proposal_id);
     CREATE TABLE audit (
         id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
         actor TEXT NOT NULL, action TEXT NOT NULL, app TEXT,
@@ -72,6 +74,34 @@ class JobRow:
     created_at: float
     started_at: float | None
     finished_at: float | None
+
+
+@dataclass(frozen=True)
+class ProposalRow:
+    id: str
+    command: str
+    text: str
+    app: str | None
+    policy: str
+    plan: str  # JSON: {"summary": markdown, "fingerprint": str}
+    requester: str
+    room_id: str
+    event_id: str
+    message_id: str | None
+    state: str
+    created_at: float
+    expires_at: float
+    decided_at: float | None
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    event_id: str
+    proposal_id: str
+    voter: str
+    choice: str
+    source: str  # "reaction" or "text"
+    cast_at: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +237,83 @@ class Store:
         for job in unfinished:
             self.set_job_state(job.id, "interrupted", "the bot stopped while this job was open")
         return unfinished
+
+    # -- proposals and votes ---------------------------------------------------
+    def add_proposal(self, row: ProposalRow) -> None:
+        self._db.execute(
+            "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.command,
+                row.text,
+                row.app,
+                row.policy,
+                row.plan,
+                row.requester,
+                row.room_id,
+                row.event_id,
+                row.message_id,
+                row.state,
+                row.created_at,
+                row.expires_at,
+                row.decided_at,
+            ),
+        )
+
+    def set_proposal_message(self, proposal_id: str, message_id: str) -> None:
+        self._db.execute(
+            "UPDATE proposals SET message_id = ? WHERE id = ?", (message_id, proposal_id)
+        )
+
+    def set_proposal_state(self, proposal_id: str, state: str, at: float) -> None:
+        self._db.execute(
+            "UPDATE proposals SET state = ?, decided_at = ? WHERE id = ?", (state, at, proposal_id)
+        )
+
+    def proposal(self, proposal_id: str) -> ProposalRow | None:
+        row = self._db.execute("SELECT * FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
+        return None if row is None else ProposalRow(**dict(row))
+
+    def proposal_for_message(self, message_id: str) -> ProposalRow | None:
+        row = self._db.execute(
+            "SELECT * FROM proposals WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else ProposalRow(**dict(row))
+
+    def proposals(self, state: str = "open") -> list[ProposalRow]:
+        rows = self._db.execute(
+            "SELECT * FROM proposals WHERE state = ? ORDER BY created_at", (state,)
+        )
+        return [ProposalRow(**dict(row)) for row in rows]
+
+    def add_vote(self, vote: VoteRow) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?, ?, ?)",
+            (vote.event_id, vote.proposal_id, vote.voter, vote.choice, vote.source, vote.cast_at),
+        )
+
+    def remove_vote(self, event_id: str) -> str | None:
+        """Withdraw the vote cast by this event; returns its proposal id."""
+        row = self._db.execute(
+            "DELETE FROM votes WHERE event_id = ? RETURNING proposal_id", (event_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def votes(self, proposal_id: str) -> list[VoteRow]:
+        rows = self._db.execute(
+            "SELECT * FROM votes WHERE proposal_id = ? ORDER BY cast_at", (proposal_id,)
+        )
+        return [VoteRow(**dict(row)) for row in rows]
+
+    def replace_reaction_votes(self, proposal_id: str, votes: list[VoteRow]) -> None:
+        """The server's current reactions replace what we had (text votes stay)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "DELETE FROM votes WHERE proposal_id = ? AND source = 'reaction'", (proposal_id,)
+            )
+            for vote in votes:
+                self.add_vote(vote)
 
     # -- audit -----------------------------------------------------------------
     def audit(

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bot.chat import Membership, Message, MessageHandler
+from bot.chat import ChatEvent, EventHandler, Membership, Message, Reaction
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -33,7 +33,7 @@ class Edit:
 
 
 @dataclass(frozen=True)
-class Reaction:
+class SentReaction:
     room: str
     event_id: str
     key: str
@@ -44,19 +44,21 @@ class Reaction:
 class FakeChat:
     """The Chat protocol of bot/chat.py, in memory.
 
-    `members` maps a user id to `(member, power_level[, creator])` or a Membership;
+    `roster` maps a user id to `(member, power_level[, creator])` or a Membership;
     anyone else is not in the room. `incoming` is what `run()` feeds to the bot,
     in order, before returning (like the console at end of input).
+    `server_reactions` is what the relations endpoint would answer, per event id.
     """
 
-    members: dict[str, MemberInfo] = field(default_factory=dict)
-    incoming: list[Message] = field(default_factory=list)
+    roster: dict[str, MemberInfo] = field(default_factory=dict)
+    incoming: list[ChatEvent] = field(default_factory=list)
     user_id: str = "@coopbot:test"
     sent: list[Sent] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
-    reactions: list[Reaction] = field(default_factory=list)
-    # Everything in the order it happened: Sent, Edit and Reaction records.
-    log: list[Sent | Edit | Reaction] = field(default_factory=list)
+    sent_reactions: list[SentReaction] = field(default_factory=list)
+    server_reactions: dict[str, list[Reaction]] = field(default_factory=dict)
+    # Everything in the order it happened: Sent, Edit and SentReaction records.
+    log: list[Sent | Edit | SentReaction] = field(default_factory=list)
     running: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -83,13 +85,13 @@ class FakeChat:
         self.log.append(record)
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
-        record = Reaction(room_id, event_id, key, self._event_id())
-        self.reactions.append(record)
+        record = SentReaction(room_id, event_id, key, self._event_id())
+        self.sent_reactions.append(record)
         self.log.append(record)
         return record.reaction_id
 
     async def membership(self, room_id: str, user_id: str) -> Membership:
-        info = self.members.get(user_id)
+        info = self.roster.get(user_id)
         if info is None:
             return Membership(member=False, power_level=0)
         if isinstance(info, Membership):
@@ -97,13 +99,20 @@ class FakeChat:
         return Membership(*info)
 
     def set_member(self, user_id: str, power_level: int, *, creator: bool = False) -> None:
-        self.members[user_id] = Membership(True, power_level, creator)
+        self.roster[user_id] = Membership(True, power_level, creator)
 
-    async def run(self, on_message: MessageHandler) -> None:
+    async def members(self, room_id: str) -> dict[str, Membership]:
+        people = {user: await self.membership(room_id, user) for user in self.roster}
+        return {user: info for user, info in people.items() if info.member}
+
+    async def reactions(self, room_id: str, event_id: str) -> list[Reaction]:
+        return list(self.server_reactions.get(event_id, []))
+
+    async def run(self, on_event: EventHandler) -> None:
         self.running = True
         try:
-            for message in self.incoming:
-                await on_message(message)
+            for event in self.incoming:
+                await on_event(event)
         finally:
             self.running = False
 

@@ -333,10 +333,12 @@ async def test_replies_stay_in_the_thread_of_the_command(make_bot: BotFactory) -
     assert (sent.room, sent.reply_to, sent.thread_root) == (ROOM, msg.event_id, "$thread")
 
 
-async def test_command_needing_a_vote_does_not_run(make_bot: BotFactory, probe: Probe) -> None:
+async def test_command_needing_a_vote_becomes_a_proposal(
+    make_bot: BotFactory, probe: Probe
+) -> None:
     bot = make_bot(probe.group)
-    (reply,) = await ask(bot, "!nuke", ADMIN)
-    assert "needs a vote" in reply
+    (proposal,) = await ask(bot, "!nuke", ADMIN)
+    assert "Proposal" in proposal and "Needs **2** approvals" in proposal
     assert probe.calls == []
     assert bot.store.jobs() == []
 

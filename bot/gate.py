@@ -1,0 +1,398 @@
+"""The approval gate: risky commands become proposals that run once the co-op
+has voted. State lives in SQLite; the counting is bot/approvals.py's `decide`.
+
+Votes arrive as reactions (and redactions withdrawing them) or as
+`!approve`/`!reject`. All changes to proposals go through one lock, so a
+reaction and its redaction are applied in the order they arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from bot.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
+from bot.chat import Message, Reaction, Redaction
+from bot.errors import UserError
+from bot.registry import Role
+from bot.store import ProposalRow, VoteRow
+
+if TYPE_CHECKING:
+    from bot.dispatcher import CommandContext, Services
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i to misread
+SEED_KEYS = ("👍", "👎")
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _people(users: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(users) if users else "nobody"
+
+
+class ApprovalGate:
+    def __init__(
+        self,
+        services: Services,
+        prefix: str,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 5.0,
+    ) -> None:
+        self._services = services
+        self._prefix = prefix
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._lock = asyncio.Lock()
+        self._shown: dict[str, str] = {}  # proposal id -> the text its message shows
+
+    # -- asking --------------------------------------------------------------------
+    async def propose(self, ctx: CommandContext) -> str:
+        """Post the proposal for a risky command; nothing runs yet. Returns its id."""
+        services, message = self._services, ctx.message
+        assert ctx.spec.vote_policy is not None
+        plan = await self._plan(ctx)
+        policy_name = plan.policy or ctx.spec.vote_policy
+        policy = services.config.approvals.policy(policy_name)
+        now = self._clock()
+        app = str(ctx.args[ctx.spec.lock_arg]) if ctx.spec.lock_arg else None
+        row = ProposalRow(
+            id=self._new_id(),
+            command=ctx.spec.name,
+            text=message.body,
+            app=app,
+            policy=policy_name,
+            plan=json.dumps({"summary": plan.summary, "fingerprint": plan.fingerprint}),
+            requester=message.sender,
+            room_id=message.room_id,
+            event_id=message.event_id,
+            message_id=None,
+            state=State.OPEN,
+            created_at=now,
+            expires_at=now + policy.timeout,
+            decided_at=None,
+        )
+        async with self._lock:
+            services.store.add_proposal(row)
+            voters = await self._eligible(row, policy)
+            text = self._render(row, policy, self._empty_tally(policy), voters)
+            message_id = await services.chat.send(
+                row.room_id,
+                text,
+                reply_to=message.event_id,
+                thread_root=message.thread_root,
+                mentions=voters,
+            )
+            self._shown[row.id] = text
+            services.store.set_proposal_message(row.id, message_id)
+            services.store.audit(
+                row.requester,
+                "proposed",
+                f"{row.id}: {row.text} ({policy_name})",
+                app=app,
+                room_id=row.room_id,
+                event_id=row.event_id,
+            )
+        for key in SEED_KEYS:  # buttons to click; the bot's own reactions never count
+            await services.chat.react(row.room_id, message_id, key)
+        return row.id
+
+    async def _plan(self, ctx: CommandContext) -> Plan:
+        if ctx.spec.plan is not None:
+            return await ctx.spec.plan(ctx)
+        return Plan(summary=f"Run `{ctx.message.body}`.")
+
+    def _new_id(self) -> str:
+        while True:
+            candidate = "".join(secrets.choice(_ID_ALPHABET) for _ in range(5))
+            if self._services.store.proposal(candidate) is None:
+                return candidate
+
+    async def _eligible(self, row: ProposalRow, policy: Policy) -> list[str]:
+        """Who may vote: pinged in the proposal."""
+        services = self._services
+        users = set(await services.chat.members(row.room_id))
+        users |= set(services.config.access.admins) | set(services.config.access.operators)
+        eligible = []
+        for user in sorted(users - {services.chat.user_id}):
+            if user == row.requester and not policy.allow_self_approval:
+                continue
+            role = await services.access.role(row.room_id, user)
+            if role is not None and role >= policy.voters:
+                eligible.append(user)
+        return eligible
+
+    # -- voting ----------------------------------------------------------------------
+    async def on_reaction(self, reaction: Reaction) -> None:
+        choice = choice_for_key(reaction.key)
+        if choice is None:
+            return
+        async with self._lock:
+            row = self._services.store.proposal_for_message(reaction.target)
+            if row is None or row.state != State.OPEN:
+                return
+            self._services.store.add_vote(
+                VoteRow(
+                    reaction.event_id,
+                    row.id,
+                    reaction.sender,
+                    choice,
+                    "reaction",
+                    reaction.timestamp_ms / 1000,
+                )
+            )
+            await self._update(row)
+
+    async def on_redaction(self, redaction: Redaction) -> None:
+        async with self._lock:
+            proposal_id = self._services.store.remove_vote(redaction.redacts)
+            row = self._services.store.proposal(proposal_id) if proposal_id else None
+            if row is not None and row.state == State.OPEN:
+                await self._update(row)
+
+    async def vote_by_text(self, ctx: CommandContext, proposal_id: str, choice: Choice) -> None:
+        services, message = self._services, ctx.message
+        async with self._lock:
+            row = services.store.proposal(proposal_id.lower())
+            if row is None or row.room_id != message.room_id:
+                raise UserError(
+                    f"No proposal `{proposal_id}` in this room. `{self._prefix}proposals` "
+                    "lists the open ones."
+                )
+            if row.state != State.OPEN:
+                raise UserError(f"Proposal `{row.id}` is already closed ({row.state}).")
+            services.store.add_vote(
+                VoteRow(
+                    message.event_id,
+                    row.id,
+                    message.sender,
+                    choice,
+                    "text",
+                    message.timestamp_ms / 1000,
+                )
+            )
+            tally = await self._update(row)
+        not_counted = dict(tally.ignored).get(message.sender)
+        if not_counted:
+            await ctx.reply(f"Your vote on `{row.id}` does not count: you are {not_counted}.")
+        else:
+            await ctx.reply(
+                f"Counted: you {'approve' if choice is Choice.APPROVE else 'reject'} `{row.id}`."
+            )
+
+    # -- counting and deciding -----------------------------------------------------
+    async def _tally(self, row: ProposalRow) -> Tally:
+        services = self._services
+        votes = services.store.votes(row.id)
+        roles: dict[str, Role | None] = {}
+        for vote in votes:
+            if vote.voter not in roles:  # roles as they are now, at counting time
+                roles[vote.voter] = await services.access.role(row.room_id, vote.voter)
+        return decide(
+            requester=row.requester,
+            bot=services.chat.user_id,
+            ballots=[Ballot(v.voter, Choice(v.choice), v.event_id, v.cast_at) for v in votes],
+            roles=roles,
+            policy=services.config.approvals.policy(row.policy),
+            expires_at=row.expires_at,
+            now=self._clock(),
+        )
+
+    async def _update(self, row: ProposalRow) -> Tally:
+        """Recount; show the live tally, or close the proposal if it is decided."""
+        tally = await self._tally(row)
+        if tally.state is State.OPEN:
+            policy = self._services.config.approvals.policy(row.policy)
+            voters = await self._eligible(row, policy)
+            await self._show(row, self._render(row, policy, tally, voters))
+        else:
+            await self._close(row, tally)
+        return tally
+
+    async def _close(self, row: ProposalRow, tally: Tally) -> None:
+        services, now = self._services, self._clock()
+        policy = services.config.approvals.policy(row.policy)
+        if tally.state is not State.APPROVED:
+            services.store.set_proposal_state(row.id, tally.state, now)
+            services.store.audit(
+                "coopbot",
+                tally.state.value,
+                f"{row.id}: {row.text}; approved by {_people(tally.approvers)}, "
+                f"rejected by {_people(tally.rejecters)}",
+                app=row.app,
+                room_id=row.room_id,
+                event_id=row.message_id,
+            )
+            await self._show(row, self._render(row, policy, tally, None))
+            return
+        ctx = await self._context(row)
+        plan = json.loads(row.plan)
+        fresh = await self._plan(ctx) if ctx is not None else None
+        if fresh is None or fresh.fingerprint != plan["fingerprint"]:
+            services.store.set_proposal_state(row.id, State.STALE, now)
+            services.store.audit(
+                "coopbot",
+                "stale",
+                f"{row.id}: {row.text}",
+                app=row.app,
+                room_id=row.room_id,
+                event_id=row.message_id,
+            )
+            stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
+            await self._show(row, self._render(row, policy, stale, None))
+            return
+        assert ctx is not None
+        services.store.set_proposal_state(row.id, State.DONE, now)
+        job = services.jobs.start(ctx)
+        services.store.audit(
+            "coopbot",
+            "approved",
+            f"{row.id}: {row.text}; approved by {_people(tally.approvers)}; job #{job.id}",
+            app=row.app,
+            room_id=row.room_id,
+            event_id=row.message_id,
+        )
+        done = Tally(State.DONE, tally.approvers, tally.rejecters, tally.ignored, 0)
+        await self._show(row, self._render(row, policy, done, None, job_id=job.id))
+
+    async def _context(self, row: ProposalRow) -> CommandContext | None:
+        """The command as it was asked, to run in the proposal's thread."""
+        from bot.dispatcher import CommandContext
+
+        services = self._services
+        spec = services.registry.get(row.command)
+        role = await services.access.role(row.room_id, row.requester)
+        if spec is None or role is None:
+            return None
+        assert row.message_id is not None
+        rest = row.text[len(self._prefix) :].strip().partition(" ")[2]
+        message = Message(
+            row.room_id,
+            row.message_id,
+            row.requester,
+            row.text,
+            int(self._clock() * 1000),
+            thread_root=row.message_id,
+        )
+        return CommandContext(spec, spec.parse(rest, self._prefix), message, role, services)
+
+    async def _show(self, row: ProposalRow, text: str) -> None:
+        if row.message_id is None or self._shown.get(row.id) == text:
+            return
+        self._shown[row.id] = text
+        await self._services.chat.edit(row.room_id, row.message_id, text)
+
+    # -- upkeep ----------------------------------------------------------------------
+    async def maintain(self, ready: Callable[[], bool]) -> None:
+        """Once the chat is connected: recount every open proposal from the server's
+        reactions (votes cast or withdrawn while the bot was down), then close
+        proposals as they expire."""
+        while not ready():  # noqa: ASYNC110  (the chat exposes a predicate, not an event)
+            await asyncio.sleep(0.2)
+        await self.recount()
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self._sweep_interval)
+
+    async def recount(self) -> None:
+        services = self._services
+        for row in services.store.proposals(State.OPEN):
+            if row.message_id is None:
+                continue
+            try:
+                reactions = await services.chat.reactions(row.room_id, row.message_id)
+            except Exception:
+                log.exception("cannot recount proposal %s", row.id)
+                continue
+            votes = [
+                VoteRow(r.event_id, row.id, r.sender, choice, "reaction", r.timestamp_ms / 1000)
+                for r in reactions
+                if (choice := choice_for_key(r.key)) is not None
+            ]
+            async with self._lock:
+                services.store.replace_reaction_votes(row.id, votes)
+                await self._update(row)
+
+    async def sweep(self) -> None:
+        now = self._clock()
+        for row in self._services.store.proposals(State.OPEN):
+            if now >= row.expires_at:
+                async with self._lock:
+                    current = self._services.store.proposal(row.id)
+                    if current is not None and current.state == State.OPEN:
+                        await self._update(current)
+
+    # -- showing -----------------------------------------------------------------------
+    @staticmethod
+    def _empty_tally(policy: Policy) -> Tally:
+        return Tally(State.OPEN, (), (), (), policy.required)
+
+    def _render(
+        self,
+        row: ProposalRow,
+        policy: Policy,
+        tally: Tally,
+        voters: list[str] | None,
+        job_id: int | None = None,
+    ) -> str:
+        p = self._prefix
+        summary = json.loads(row.plan)["summary"]
+        who = f"{policy.voters.label}s or above" if policy.voters < Role.ADMIN else "admins"
+        not_you = "" if policy.allow_self_approval else f", not {row.requester}"
+        lines = [
+            f"🗳 **Proposal `{row.id}`**: `{row.text}`, asked by {row.requester}",
+            "",
+            summary,
+            "",
+        ]
+        state = tally.state
+        if state is State.OPEN:
+            lines.append(
+                f"Needs **{policy.required}** approval{'s' if policy.required > 1 else ''} "
+                f"from {who}{not_you}, by {_when(row.expires_at)}. "
+                f"React 👍 to approve or 👎 to reject"
+                + (" (one 👎 rejects)" if policy.veto else "")
+                + f", or type `{p}approve {row.id}` / `{p}reject {row.id}`."
+            )
+            if voters is not None:
+                lines.append(f"Voters: {_people(voters)}")
+        elif state is State.DONE:
+            lines.append(
+                f"✅ **Approved** by {_people(tally.approvers)}: running as job "
+                f"#{job_id}, reported in this thread."
+            )
+        elif state is State.REJECTED:
+            why = (
+                "withdrawn by the requester"
+                if tally.withdrawn
+                else (f"by {_people(tally.rejecters)}")
+            )
+            lines.append(f"❌ **Rejected** ({why}). Nothing was done.")
+        elif state is State.EXPIRED:
+            lines.append(
+                f"⌛ **Expired** at {_when(row.expires_at)} with "
+                f"{len(tally.approvers)} of {policy.required} approvals. Nothing was done."
+            )
+        elif state is State.STALE:
+            lines.append(
+                "♻ **Stale**: the app changed since this was proposed, so the plan "
+                f"no longer holds. Nothing was done; ask again with `{row.text}`."
+            )
+        lines.append("")
+        lines.append(
+            f"Approved by: {_people(tally.approvers)} · Rejected by: "
+            f"{_people(tally.rejecters)}"
+            + (f" · Still needed: {tally.needed}" if state is State.OPEN else "")
+        )
+        if tally.ignored:
+            lines.append("Not counted: " + ", ".join(f"{u} ({why})" for u, why in tally.ignored))
+        return "\n".join(lines)
