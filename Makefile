@@ -36,7 +36,7 @@ lint: venv
 	$(BIN)/mypy
 
 ## bench: the figures named in the issues, each beside its baseline
-bench: deps venv
+bench: venv
 	$(BIN)/python -m bench.matrix_latency
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.idle_rss

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.log_level != "DEBUG":
+        # nio logs every room event at INFO: a busy room would drown our own lines.
+        logging.getLogger("nio").setLevel(logging.WARNING)
     if args.action == "check":
         return asyncio.run(check(config))
     from bot.app import Bot

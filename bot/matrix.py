@@ -127,7 +127,7 @@ class MatrixChat:
         )
         self.client.max_wait = config.max_rate_limit_wait
         self._allowed: set[str] = set()
-        self._creators: dict[str, frozenset[str]] = {}
+        self._creators: dict[str, asyncio.Future[frozenset[str]]] = {}
         self._last_sync = 0.0
         self._sync_ok = False
         self._running = False
@@ -240,8 +240,6 @@ class MatrixChat:
             for room_id in response.rooms.join:
                 self._store.set_room_joined_at(room_id, now_ms)
             self._store.put(SYNC_TOKEN_KEY, response.next_batch)
-        for room_id in self._allowed:
-            await self._join(room_id)
 
     async def _sync_forever(self, on_event: EventHandler) -> None:
         backoff = 1.0
@@ -266,6 +264,9 @@ class MatrixChat:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             assert isinstance(response, SyncResponse)
+            if first:  # now nio knows the rooms we are in: join the configured others
+                for room_id in self._allowed - set(self.client.rooms):
+                    await self._join(room_id)
             backoff, first = 1.0, False
             self._sync_ok = True
             self._last_sync = time.monotonic()
@@ -476,18 +477,28 @@ class MatrixChat:
         return found
 
     async def _room_creators(self, room_id: str) -> frozenset[str]:
-        """Sender and additional_creators of m.room.create (nio keeps neither)."""
-        if room_id not in self._creators:
-            response = await self.client.room_get_state(room_id)
-            if isinstance(response, RoomGetStateError):
-                raise MatrixError(f"cannot read the state of {room_id}: {response.message}")
-            creators: set[str] = set()
-            for event in response.events:
-                if event.get("type") == "m.room.create":
-                    creators.add(event["sender"])
-                    creators.update(event.get("content", {}).get("additional_creators", []))
-            self._creators[room_id] = frozenset(creators)
-        return self._creators[room_id]
+        """Sender and additional_creators of m.room.create (nio keeps neither).
+        One request per room: concurrent callers share it."""
+        task = self._creators.get(room_id)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_creators(room_id))
+            self._creators[room_id] = task
+        try:
+            return await asyncio.shield(task)
+        except MatrixError:
+            self._creators.pop(room_id, None)  # ask again next time
+            raise
+
+    async def _fetch_creators(self, room_id: str) -> frozenset[str]:
+        response = await self.client.room_get_state(room_id)
+        if isinstance(response, RoomGetStateError):
+            raise MatrixError(f"cannot read the state of {room_id}: {response.message}")
+        creators: set[str] = set()
+        for event in response.events:
+            if event.get("type") == "m.room.create":
+                creators.add(event["sender"])
+                creators.update(event.get("content", {}).get("additional_creators", []))
+        return frozenset(creators)
 
 
 def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:

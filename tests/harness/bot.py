@@ -40,12 +40,38 @@ async def _echo(ctx: Any) -> None:
     await ctx.reply(f"echo: {ctx.args['text']}")
 
 
+# What the risky test command's plan depends on: change it to make a proposal stale.
+APP_STATE: dict[str, str] = {}
+
+
+async def _risky_plan(ctx: Any) -> Any:
+    from bot.approvals import Plan
+
+    app = ctx.args["app"]
+    version = APP_STATE.get(app, "v1")
+    return Plan(summary=f"Remove **{app}** (now at {version}).", fingerprint=version)
+
+
+@test_commands.command(
+    "risky",
+    help="A risky action that needs a vote.",
+    args=(Arg("app"),),
+    role=Role.OPERATOR,
+    vote_policy="undeploy",
+    lock_arg="app",
+    plan=_risky_plan,
+)
+async def _risky(ctx: Any) -> None:
+    await ctx.reply(f"risky ran on {ctx.args['app']}")
+
+
 def bot_config(
     homeserver: str,
     user_id: str,
     password: str,
     rooms: list[str],
     data_dir: pathlib.Path,
+    sections: dict[str, Any] | None = None,
     **matrix: Any,
 ) -> Config:
     raw: dict[str, Any] = {
@@ -58,6 +84,7 @@ def bot_config(
             **matrix,
         },
         "data_dir": str(data_dir),
+        **(sections or {}),
     }
     return parse_config(raw, data_dir.parent)
 
@@ -65,14 +92,20 @@ def bot_config(
 class BotRunner:
     """Starts and stops a Bot; a restart keeps its data_dir (store, E2EE keys)."""
 
-    def __init__(self, config: Config, groups: Iterable[CommandGroup] = (*GROUPS, test_commands)):
+    def __init__(
+        self,
+        config: Config,
+        groups: Iterable[CommandGroup] = (*GROUPS, test_commands),
+        **bot_options: Any,  # clock=, sweep_interval= for the approval gate
+    ):
         self.config = config
         self.groups = list(groups)
+        self.bot_options = bot_options
         self.bot: Bot | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30) -> Bot:  # noqa: ASYNC109
-        self.bot = Bot(self.config, groups=self.groups)
+        self.bot = Bot(self.config, groups=self.groups, **self.bot_options)
         self._task = asyncio.create_task(self.bot.run(), name="bot")
         async with asyncio.timeout(timeout):
             while not self.bot.chat.alive():
