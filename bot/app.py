@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from bot.access import Access
+from bot.apps import Apps
 from bot.chat import Chat
 from bot.config import Config
 from bot.console import CONSOLE_USER, ConsoleChat
@@ -59,6 +60,7 @@ class Bot:
             registry=Registry(groups),
             access=Access(config.access, self.chat),
             metrics=self.metrics,
+            apps=Apps(config, self.store),
         )
         prefix = config.matrix.prefix if config.matrix else "!"
         self.gate = ApprovalGate(self.services, prefix, clock, sweep_interval)

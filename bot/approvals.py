@@ -55,6 +55,9 @@ class Plan:
     summary: str  # markdown shown in the proposal
     fingerprint: str = ""  # the state the plan depends on (e.g. the deployed version)
     policy: str | None = None  # overrides the command's vote_policy (e.g. major_upgrade)
+    # False when this particular request is not risky (a first deploy, a redeploy
+    # of the running version): it then runs at once, like any operator command.
+    needs_vote: bool = True
 
 
 @dataclass(frozen=True)

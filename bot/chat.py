@@ -88,6 +88,18 @@ class Chat(Protocol):
 
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None: ...
 
+    async def send_file(
+        self,
+        room_id: str,
+        filename: str,
+        data: bytes,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+    ) -> str:
+        """Post a text file (long logs); returns its event id."""
+        ...
+
     async def react(self, room_id: str, event_id: str, key: str) -> str: ...
 
     async def membership(self, room_id: str, user_id: str) -> Membership: ...

@@ -142,6 +142,13 @@ class JobsConfig(_Section):
     keep_finished: Annotated[int, Field(ge=0)] = 20  # finished jobs shown by !jobs
 
 
+class ServerConfig(_Section):
+    # unix:///var/run/docker.sock, ssh://user@host or tcp://host:2376
+    docker_host: Annotated[str, Field(pattern=r"^(unix|ssh|tcp)://\S+$")] = (
+        "unix:///var/run/docker.sock"
+    )
+
+
 RoleName = Literal["viewer", "operator", "admin"]
 # The actions whose approval policy can be tuned: what the risky commands declare.
 POLICY_NAMES = frozenset(
@@ -192,16 +199,23 @@ class ApprovalsConfig(_Section):
         )
 
 
+ServerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class Config(_Section):
     matrix: MatrixConfig | None = None
     data_dir: Annotated[Path, Field(validate_default=True)] = Path("data")
+    # abra's folder: servers/<server>/<domain>.env and recipes/<recipe>/ (git)
+    abra_dir: Annotated[Path, Field(validate_default=True)] = Path("~/.abra")
+    # One entry per swarm, named like its folder under abra_dir/servers.
+    servers: dict[ServerName, ServerConfig] = {}
     access: AccessConfig = AccessConfig()
     web: WebConfig = WebConfig()
     jobs: JobsConfig = JobsConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
     log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
 
-    @field_validator("data_dir", mode="after")
+    @field_validator("data_dir", "abra_dir", mode="after")
     @classmethod
     def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
         base = (info.context or {}).get("base_dir")

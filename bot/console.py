@@ -86,6 +86,20 @@ class ConsoleChat:
         self._print(f"{marker}coopbot> {ping}{markdown}")
         return event_id
 
+    async def send_file(
+        self,
+        room_id: str,
+        filename: str,
+        data: bytes,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+    ) -> str:
+        self._print(
+            f"coopbot> [file {filename}, {len(data)} bytes]\n" + data.decode(errors="replace")
+        )
+        return self._next_id()
+
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
         self._print(f"coopbot (update)> {markdown}")
 

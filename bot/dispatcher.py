@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.access import Access
+from bot.apps import Apps
 from bot.chat import Chat, ChatEvent, Message, Reaction, Redaction
 from bot.config import Config
 from bot.errors import PermissionDenied, UserError
@@ -39,6 +40,7 @@ class Services:
     registry: Registry
     access: Access
     metrics: Metrics
+    apps: Apps
     jobs: JobManager = field(init=False)
     gate: ApprovalGate = field(init=False)
 

@@ -56,11 +56,15 @@ class ApprovalGate:
         self._shown: dict[str, str] = {}  # proposal id -> the text its message shows
 
     # -- asking --------------------------------------------------------------------
-    async def propose(self, ctx: CommandContext) -> str:
-        """Post the proposal for a risky command; nothing runs yet. Returns its id."""
+    async def propose(self, ctx: CommandContext) -> str | None:
+        """Post the proposal for a risky command; nothing runs yet. Returns its id,
+        or None when the plan says this request needs no vote (it runs at once)."""
         services, message = self._services, ctx.message
         assert ctx.spec.vote_policy is not None
         plan = await self._plan(ctx)
+        if not plan.needs_vote:
+            services.jobs.start(ctx)
+            return None
         policy_name = plan.policy or ctx.spec.vote_policy
         policy = services.config.approvals.policy(policy_name)
         now = self._clock()
@@ -80,6 +84,7 @@ class ApprovalGate:
             created_at=now,
             expires_at=now + policy.timeout,
             decided_at=None,
+            thread_root=message.thread_root,
         )
         async with self._lock:
             services.store.add_proposal(row)
@@ -138,7 +143,8 @@ class ApprovalGate:
             return
         async with self._lock:
             row = self._services.store.proposal_for_message(reaction.target)
-            if row is None or row.state != State.OPEN:
+            # A reaction relates to events of its own room only (recount agrees).
+            if row is None or row.state != State.OPEN or row.room_id != reaction.room_id:
                 return
             self._services.store.add_vote(
                 VoteRow(
@@ -154,7 +160,7 @@ class ApprovalGate:
 
     async def on_redaction(self, redaction: Redaction) -> None:
         async with self._lock:
-            proposal_id = self._services.store.remove_vote(redaction.redacts)
+            proposal_id = self._services.store.remove_vote(redaction.redacts, redaction.room_id)
             row = self._services.store.proposal(proposal_id) if proposal_id else None
             if row is not None and row.state == State.OPEN:
                 await self._update(row)
@@ -170,6 +176,14 @@ class ApprovalGate:
                 )
             if row.state != State.OPEN:
                 raise UserError(f"Proposal `{row.id}` is already closed ({row.state}).")
+            if message.timestamp_ms / 1000 > row.expires_at:
+                tally = await self._update(row)  # closes it on the votes cast in time
+                if tally.state is State.EXPIRED:
+                    raise UserError(
+                        f"Too late: proposal `{row.id}` expired at {_when(row.expires_at)}, "
+                        "before your vote. Nothing was done."
+                    )
+                raise UserError(f"Proposal `{row.id}` was already decided ({tally.state}).")
             services.store.add_vote(
                 VoteRow(
                     message.event_id,
@@ -183,7 +197,9 @@ class ApprovalGate:
             tally = await self._update(row)
         not_counted = dict(tally.ignored).get(message.sender)
         if not_counted:
-            await ctx.reply(f"Your vote on `{row.id}` does not count: you are {not_counted}.")
+            asked = message.sender == row.requester
+            why = "you asked for it" if asked else f"you are {not_counted}"
+            await ctx.reply(f"Your vote on `{row.id}` does not count: {why}.")
         else:
             await ctx.reply(
                 f"Counted: you {'approve' if choice is Choice.APPROVE else 'reject'} `{row.id}`."
@@ -274,14 +290,17 @@ class ApprovalGate:
         if spec is None or role is None:
             return None
         assert row.message_id is not None
-        rest = row.text[len(self._prefix) :].strip().partition(" ")[2]
+        # Split off the command word at any whitespace, as the dispatcher does.
+        words = row.text[len(self._prefix) :].strip().split(None, 1)
+        rest = words[1] if len(words) > 1 else ""
         message = Message(
             row.room_id,
             row.message_id,
             row.requester,
             row.text,
             int(self._clock() * 1000),
-            thread_root=row.message_id,
+            # Threads do not nest: a proposal asked in a thread reports in that thread.
+            thread_root=row.thread_root or row.message_id,
         )
         return CommandContext(spec, spec.parse(rest, self._prefix), message, role, services)
 

@@ -77,6 +77,12 @@ class Progress:
         if self._event_id is None:
             await self._flush()
         assert self._event_id is not None
+        # A thread cannot start inside another: a job already running in a thread
+        # (an approved proposal's) puts its details in that thread, under the message.
+        if self._thread_root is not None:
+            return await self._chat.send(
+                self._room_id, markdown, reply_to=self._event_id, thread_root=self._thread_root
+            )
         return await self._chat.send(self._room_id, markdown, thread_root=self._event_id)
 
     async def _flush_later(self) -> None:

@@ -12,6 +12,7 @@ Replay policy (a restart must neither re-run nor lose a command):
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -39,6 +40,7 @@ from nio import (
     RoomSendResponse,
     SyncError,
     SyncResponse,
+    UploadResponse,
     WhoamiError,
 )
 from nio.api import RelationshipType
@@ -403,15 +405,41 @@ class MatrixChat:
         mentions: Sequence[str] = (),
     ) -> str:
         content = _notice(markdown, mentions)
-        if thread_root is not None:
-            content["m.relates_to"] = {
-                "rel_type": "m.thread",
-                "event_id": thread_root,
-                "is_falling_back": reply_to is None,
-                "m.in_reply_to": {"event_id": reply_to or thread_root},
-            }
-        elif reply_to is not None:
-            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        _relate(content, reply_to, thread_root)
+        return await self._send(room_id, "m.room.message", content)
+
+    async def send_file(
+        self,
+        room_id: str,
+        filename: str,
+        data: bytes,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+    ) -> str:
+        room = self.client.rooms.get(room_id)
+        encrypted = bool(room and room.encrypted)
+        response, keys = await self.client.upload(
+            io.BytesIO(data),
+            content_type="text/plain",
+            filename=filename,
+            encrypt=encrypted,
+            filesize=len(data),
+        )
+        if not isinstance(response, UploadResponse):
+            raise MatrixError(f"uploading {filename} failed: {response.message}")
+        content: dict[str, Any] = {
+            "msgtype": "m.file",
+            "body": filename,
+            "filename": filename,
+            "info": {"size": len(data), "mimetype": "text/plain"},
+            "m.mentions": {},
+        }
+        if encrypted and keys:
+            content["file"] = {**keys, "url": response.content_uri}
+        else:
+            content["url"] = response.content_uri
+        _relate(content, reply_to, thread_root)
         return await self._send(room_id, "m.room.message", content)
 
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
@@ -499,6 +527,18 @@ class MatrixChat:
                 creators.add(event["sender"])
                 creators.update(event.get("content", {}).get("additional_creators", []))
         return frozenset(creators)
+
+
+def _relate(content: dict[str, Any], reply_to: str | None, thread_root: str | None) -> None:
+    if thread_root is not None:
+        content["m.relates_to"] = {
+            "rel_type": "m.thread",
+            "event_id": thread_root,
+            "is_falling_back": reply_to is None,
+            "m.in_reply_to": {"event_id": reply_to or thread_root},
+        }
+    elif reply_to is not None:
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
 
 
 def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:

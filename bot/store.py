@@ -53,6 +53,10 @@ MIGRATIONS: list[str] = [
         at REAL NOT NULL);
     CREATE INDEX deploys_app ON deploys (app, id);
     """,
+    # The thread a proposal was asked in: the approved job reports there.
+    """
+    ALTER TABLE proposals ADD COLUMN thread_root TEXT;
+    """,
 ]
 
 # Seen event ids older than this are forgotten: by then the sync token and the
@@ -92,6 +96,7 @@ class ProposalRow:
     created_at: float
     expires_at: float
     decided_at: float | None
+    thread_root: str | None = None  # the thread the command was asked in, if any
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,9 @@ class Store:
     # -- proposals and votes ---------------------------------------------------
     def add_proposal(self, row: ProposalRow) -> None:
         self._db.execute(
-            "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO proposals (id, command, text, app, policy, plan, requester, room_id, "
+            "event_id, message_id, state, created_at, expires_at, decided_at, thread_root) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.id,
                 row.command,
@@ -257,6 +264,7 @@ class Store:
                 row.created_at,
                 row.expires_at,
                 row.decided_at,
+                row.thread_root,
             ),
         )
 
@@ -292,11 +300,20 @@ class Store:
             (vote.event_id, vote.proposal_id, vote.voter, vote.choice, vote.source, vote.cast_at),
         )
 
-    def remove_vote(self, event_id: str) -> str | None:
-        """Withdraw the vote cast by this event; returns its proposal id."""
-        row = self._db.execute(
-            "DELETE FROM votes WHERE event_id = ? RETURNING proposal_id", (event_id,)
-        ).fetchone()
+    def remove_vote(self, event_id: str, room_id: str | None = None) -> str | None:
+        """Withdraw the vote cast by this event (only if its proposal is in room_id,
+        when given: a redaction redacts events of its own room); returns its proposal id."""
+        if room_id is None:
+            cursor = self._db.execute(
+                "DELETE FROM votes WHERE event_id = ? RETURNING proposal_id", (event_id,)
+            )
+        else:
+            cursor = self._db.execute(
+                "DELETE FROM votes WHERE event_id = ? AND proposal_id IN "
+                "(SELECT id FROM proposals WHERE room_id = ?) RETURNING proposal_id",
+                (event_id, room_id),
+            )
+        row = cursor.fetchone()
         return None if row is None else str(row[0])
 
     def votes(self, proposal_id: str) -> list[VoteRow]:

@@ -79,6 +79,22 @@ class FakeChat:
         self.log.append(record)
         return record.event_id
 
+    async def send_file(
+        self,
+        room_id: str,
+        filename: str,
+        data: bytes,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+    ) -> str:
+        record = Sent(
+            room_id, f"[file {filename}]\n{data.decode()}", self._event_id(), reply_to, thread_root
+        )
+        self.sent.append(record)
+        self.log.append(record)
+        return record.event_id
+
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
         record = Edit(room_id, event_id, markdown)
         self.edits.append(record)

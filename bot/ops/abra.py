@@ -1,0 +1,407 @@
+"""abra's app files, read and written the way abra does, so coopbot can be
+pointed at an existing `~/.abra` directory.
+
+Pure parsing plus small file IO: no docker, no git, and never a shell. The
+files are written by people, so every complaint names the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import string
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.errors import UserError
+
+__all__ = [
+    "SAFE_NAME",
+    "AbraError",
+    "AppEnv",
+    "SecretSpec",
+    "check_domain",
+    "check_recipe",
+    "check_version",
+    "generate_secret",
+    "list_apps",
+    "parse_env",
+    "read_exports",
+    "set_pinned_version",
+]
+
+
+class AbraError(UserError):
+    """An abra file coopbot cannot use; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """One `SECRET_<NAME>_VERSION=v1  # length=64` line of an app's .env."""
+
+    name: str
+    version: str
+    env_key: str
+    length: int | None = None
+    charset: str | None = None
+
+
+@dataclass(frozen=True)
+class AppEnv:
+    """One app: `servers/<server>/<domain>.env`. The file name is the app's identity."""
+
+    domain: str
+    server: str
+    path: Path
+    recipe: str
+    pinned_version: str | None
+    values: dict[str, str]
+    compose_files: tuple[str, ...] = ("compose.yml",)
+    secrets: tuple[SecretSpec, ...] = ()
+    timeout: int | None = None
+
+    @property
+    def stack_name(self) -> str:
+        """abra's STACK_NAME: swarm names may not contain dots."""
+        return self.domain.replace(".", "_")
+
+
+# --- names that reach paths, git and docker --------------------------------
+
+MAX_NAME = 253
+# Versions (git tags) and other single path segments: no "/", no shell characters,
+# and no leading "-" or "." so a name is never an option or a hidden/parent path.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")
+_DOMAIN = re.compile(r"[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)*")
+_RECIPE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*")
+
+
+def _check_length(text: str, what: str) -> None:
+    if not text:
+        raise ValueError(f"the {what} is empty")
+    if len(text) > MAX_NAME:
+        raise ValueError(f"the {what} is too long ({len(text)} characters, at most {MAX_NAME})")
+
+
+def check_domain(text: str) -> str:
+    """Return `text` if it is a plain app domain; it becomes a file and stack name."""
+    _check_length(text, "domain")
+    if not _DOMAIN.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a valid app domain: use lower-case letters, digits, hyphens "
+            "and dots, not starting with a dot or hyphen (e.g. `cloud.example.org`)"
+        )
+    return text
+
+
+def check_version(text: str) -> str:
+    """Return `text` if it can be a recipe version (git tag) with no shell or path meaning."""
+    _check_length(text, "version")
+    if not SAFE_NAME.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a valid version: use letters, digits and `. _ + -`, "
+            "not starting with `-` or `.` (e.g. `2.0.1+1.0.6`)"
+        )
+    return text
+
+
+def check_recipe(text: str) -> str:
+    """Return `text` if it is a plain recipe name; it becomes a folder under recipes/."""
+    _check_length(text, "recipe name")
+    if not _RECIPE.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a valid recipe name: use lower-case letters, digits, `-` and `_`"
+        )
+    return text
+
+
+# --- .env syntax ------------------------------------------------------------
+
+_ASSIGNMENT = re.compile(r"(?P<lead>\s*(?:export\s+)?)(?P<key>[^=]*?)\s*=(?P<rest>.*)", re.S)
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"SECRET_(?P<name>[A-Za-z0-9_]+)_VERSION")
+_HINT = re.compile(r"(?P<key>[A-Za-z_]+)=(?P<value>\S+)")
+
+
+def _split_value(raw: str) -> tuple[str, str | None, str]:
+    """Split what follows `=` into (value, inline comment, quote char or "").
+
+    Like abra's dotenv reader: quotes are removed, " # ..." after an unquoted
+    value is a comment, and `#` inside a word (`pa#ss`) is part of the value.
+    """
+    text = raw.strip()
+    if text[:1] in ('"', "'"):
+        quote, chars, i = text[0], [], 1
+        while i < len(text):
+            char = text[i]
+            if quote == '"' and char == "\\" and text[i + 1 : i + 2] in ('"', "\\"):
+                chars.append(text[i + 1])
+                i += 2
+                continue
+            if char == quote:
+                break
+            chars.append(char)
+            i += 1
+        else:
+            raise ValueError(f"the {quote} quote is never closed")
+        rest = text[i + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            raise ValueError(f"unexpected {rest!r} after the closing quote")
+        return "".join(chars), (rest[1:].strip() if rest else None), quote
+    if text.startswith("#"):
+        return "", text[1:].strip(), ""
+    comment = re.search(r"\s#", text)
+    if comment:
+        return text[: comment.start()].rstrip(), text[comment.end() :].strip(), ""
+    return text, None, ""
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    key: str
+    value: str
+    comment: str | None
+    quote: str
+
+
+def _assignments(path: Path, text: str) -> list[_Line]:
+    """Every KEY=VALUE line of a .env file; AbraError names the first bad line."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ASSIGNMENT.fullmatch(line)
+        if not match:
+            raise AbraError(f"{path}:{number}: expected KEY=value, got {stripped!r}")
+        key = match["key"]
+        if not _KEY.fullmatch(key):
+            raise AbraError(f"{path}:{number}: {key!r} is not a valid variable name")
+        try:
+            value, comment, quote = _split_value(match["rest"])
+        except ValueError as error:
+            raise AbraError(f"{path}:{number}: {key}: {error}") from None
+        found.append(_Line(number, key, value, comment, quote))
+    return found
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AbraError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise AbraError(f"{path}: cannot read it ({error.strerror or error})") from None
+
+
+def _secret(path: Path, line: _Line, name: str) -> SecretSpec:
+    hints = {m["key"].lower(): m["value"] for m in _HINT.finditer(line.comment or "")}
+    length: int | None = None
+    if "length" in hints:
+        try:
+            length = int(hints["length"])
+        except ValueError:
+            length = 0
+        if length <= 0:
+            raise AbraError(
+                f"{path}:{line.number}: {line.key}: length={hints['length']} "
+                "is not a positive whole number"
+            )
+    return SecretSpec(name.lower(), line.value, line.key, length, hints.get("charset"))
+
+
+def parse_env(path: Path, server: str) -> AppEnv:
+    """Read one app's `<domain>.env`. Raises AbraError naming the file and line."""
+    path = Path(path)
+    domain = path.name.removesuffix(".env")
+    try:
+        check_domain(domain)
+    except ValueError as error:
+        raise AbraError(f"{path}: the file name must be <domain>.env: {error}") from None
+    lines = _assignments(path, _read_text(path))
+    values = {line.key: line.value for line in lines}
+    where = {line.key: line.number for line in lines}
+
+    recipe_key = "RECIPE" if "RECIPE" in values else "TYPE"
+    if not values.get(recipe_key):
+        raise AbraError(f"{path}: no TYPE= or RECIPE= line saying which recipe this app uses")
+    recipe, _, pinned = values[recipe_key].partition(":")
+    try:
+        check_recipe(recipe)
+        if pinned:
+            check_version(pinned)
+    except ValueError as error:
+        raise AbraError(f"{path}:{where[recipe_key]}: {recipe_key}: {error}") from None
+
+    compose_files: tuple[str, ...] = ("compose.yml",)
+    if values.get("COMPOSE_FILE"):
+        compose_files = tuple(part for part in values["COMPOSE_FILE"].split(":") if part)
+        for name in compose_files:
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise AbraError(
+                    f"{path}:{where['COMPOSE_FILE']}: COMPOSE_FILE: {name!r} must be a path "
+                    "inside the recipe"
+                )
+
+    timeout = None
+    if values.get("TIMEOUT"):
+        try:
+            timeout = int(values["TIMEOUT"])
+        except ValueError:
+            timeout = 0
+        if timeout <= 0:
+            raise AbraError(
+                f"{path}:{where['TIMEOUT']}: TIMEOUT={values['TIMEOUT']} is not a positive "
+                "number of seconds"
+            )
+
+    # The last assignment wins, as in a shell; so one spec per secret.
+    secret_lines = {
+        line.key: (line, m["name"]) for line in lines if (m := _SECRET_KEY.fullmatch(line.key))
+    }
+    specs = tuple(_secret(path, line, name) for line, name in secret_lines.values())
+    return AppEnv(
+        domain=domain,
+        server=server,
+        path=path,
+        recipe=recipe,
+        pinned_version=pinned or None,
+        values=values,
+        compose_files=compose_files,
+        secrets=specs,
+        timeout=timeout,
+    )
+
+
+_EXPORT = re.compile(r"export\s+(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<rest>.*)")
+
+
+def read_exports(path: Path) -> dict[str, str]:
+    """The top-level `export X=Y` lines of a recipe's abra.sh.
+
+    The file is never run: a value that needs the shell (`$(...)`, backticks,
+    `$VAR` outside single quotes) is skipped rather than guessed at, as is
+    anything that does not parse. Recipes use these for config versions
+    (`export NGINX_CONF_VERSION=v2`) that their compose files interpolate.
+    """
+    exports: dict[str, str] = {}
+    for line in _read_text(Path(path)).splitlines():
+        match = _EXPORT.fullmatch(line.rstrip())
+        if not match:
+            continue
+        try:
+            value, _, quote = _split_value(match["rest"])
+        except ValueError:
+            continue
+        if "`" in value or (quote != "'" and "$" in value):
+            continue
+        exports[match["key"]] = value
+    return exports
+
+
+def set_pinned_version(path: Path, recipe: str, version: str) -> None:
+    """Pin an app to `recipe:version`, changing only the TYPE=/RECIPE= line(s).
+
+    Comments, order, blank lines and line endings are kept byte for byte so a
+    hand-edited file stays recognisable; the write is atomic so a crash never
+    leaves half a file, and the file keeps its mode (it may hold secrets).
+    """
+    path = Path(path)
+    check_recipe(recipe)
+    check_version(version)
+    raw = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    lines = raw.splitlines(keepends=True)
+    changed = False
+    for index, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        match = _ASSIGNMENT.fullmatch(body)
+        if body.lstrip().startswith("#") or not match or match["key"] not in ("TYPE", "RECIPE"):
+            continue
+        try:
+            _, comment, _ = _split_value(match["rest"])
+        except ValueError:
+            comment = None
+        suffix = f"  # {comment}" if comment else ""
+        ending = line[len(body) :]
+        lines[index] = f"{match['lead']}{match['key']}={recipe}:{version}{suffix}{ending}"
+        changed = True
+    if not changed:
+        newline = "\r\n" if raw.endswith("\r\n") else "\n"
+        lines.insert(0, f"TYPE={recipe}:{version}{newline}")
+    _write_atomic(path, "".join(lines).encode("utf-8", errors="surrogateescape"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    mode = path.stat().st_mode & 0o7777
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def list_apps(abra_dir: Path, servers: Iterable[str]) -> tuple[list[AppEnv], list[str]]:
+    """Every app of the given servers, sorted by domain, and the problems found.
+
+    One unreadable file is reported, not raised: it must not hide the other apps.
+    """
+    apps: list[AppEnv] = []
+    problems: list[str] = []
+    for server in servers:
+        folder = Path(abra_dir) / "servers" / server
+        if not SAFE_NAME.fullmatch(server):
+            problems.append(f"server {server!r}: not a plain folder name")
+            continue
+        if not folder.is_dir():
+            problems.append(f"server {server}: no folder {folder}")
+            continue
+        for path in sorted(folder.glob("*.env")):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            try:
+                apps.append(parse_env(path, server))
+            except AbraError as error:
+                problems.append(str(error))
+    apps.sort(key=lambda app: (app.domain, app.server))
+    seen: dict[str, str] = {}
+    for app in apps:
+        if app.domain in seen:
+            problems.append(f"{app.domain} is on two servers: {seen[app.domain]} and {app.server}")
+        seen.setdefault(app.domain, app.server)
+    return apps, problems
+
+
+# abra's charsets: "default" is alphanumeric; "special-chars" adds punctuation
+# that survives YAML, env files and shells unquoted-ish (no quotes, backslash, space).
+CHARSETS = {
+    "default": string.ascii_letters + string.digits,
+    "special-chars": string.ascii_letters
+    + string.digits
+    + "".join(c for c in string.punctuation if c not in "\"'`\\"),
+}
+DEFAULT_SECRET_LENGTH = 32
+
+
+def generate_secret(spec: SecretSpec) -> str:
+    """A new random value for a secret, honouring the length= and charset= hints."""
+    charset = spec.charset or "default"
+    if charset not in CHARSETS:
+        raise AbraError(
+            f"secret {spec.name} ({spec.env_key}): unknown charset={charset}; "
+            f"known: {', '.join(CHARSETS)}"
+        )
+    length = spec.length if spec.length is not None else DEFAULT_SECRET_LENGTH
+    if length <= 0:
+        raise AbraError(f"secret {spec.name} ({spec.env_key}): length={length} must be positive")
+    alphabet = CHARSETS[charset]
+    return "".join(secrets.choice(alphabet) for _ in range(length))

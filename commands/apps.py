@@ -1,0 +1,327 @@
+"""Apps on the swarm: !apps !status !logs !deploy !rollback !undeploy !secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+
+from bot.ops.swarm import ServiceInfo, SwarmError
+
+from bot.approvals import Plan
+from bot.dispatcher import CommandContext
+from bot.errors import UserError
+from bot.ops.abra import AppEnv, check_domain, check_version, generate_secret
+from bot.registry import Arg, CommandGroup, Option, Role, positive_int
+
+group = CommandGroup("apps")
+
+APP = Arg("app", "the app's domain, e.g. cloud.example.coop", type=check_domain)
+VERSION = Arg("version", "a release tag of the recipe", required=False, type=check_version)
+MAX_TAIL = 2000
+# Lines printed as files rather than messages past this size.
+LONG_LOGS = 4000
+_SECRET_LINE = re.compile(
+    r"(?i)\b([A-Z0-9_]*(?:PASS(?:WORD)?|SECRET|TOKEN|KEY|PRIVATE)[A-Z0-9_]*)\s*([=:])\s*(\S+)"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """KEY=value lines whose key sounds secret show `KEY=****`."""
+    return _SECRET_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)}****", text)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@group.command("apps", help="List every app of every server, its version and state.", quick=True)
+async def apps_command(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    envs, problems = await apps.inventory()
+    if not envs and not problems:
+        await ctx.reply(
+            "No apps: add `servers:` to the config and `.env` files under "
+            f"{apps.abra_dir}/servers/."
+        )
+        return
+    by_server: dict[str, list[AppEnv]] = {}
+    for env in envs:
+        by_server.setdefault(env.server, []).append(env)
+    lines = ["| app | server | recipe | deployed | state | newest |", "|---|---|---|---|---|---|"]
+    stacks_of = await asyncio.gather(
+        *(apps.swarm(server).stacks() for server in by_server), return_exceptions=True
+    )
+    newest = await asyncio.gather(*(apps.newest(env) for env in envs), return_exceptions=True)
+    newest_of = {env.domain: n for env, n in zip(envs, newest, strict=True)}
+    for server, stacks in zip(by_server, stacks_of, strict=True):
+        for env in by_server[server]:
+            latest = newest_of[env.domain]
+            newest_text = latest.text if latest and not isinstance(latest, BaseException) else "?"
+            if isinstance(stacks, BaseException):
+                lines.append(
+                    f"| {env.domain} | {server} | {env.recipe} | ? | ⚠ server "
+                    f"unreachable | {newest_text} |"
+                )
+                continue
+            from bot.apps import deployed_from
+
+            deployed = deployed_from(env.stack_name, stacks.get(env.stack_name, []))
+            lines.append(
+                f"| {env.domain} | {server} | {env.recipe} | "
+                f"{deployed.version or 'not deployed'}{' (chaos)' if deployed.chaos else ''} | "
+                f"{_state(deployed.services)} | {newest_text} |"
+            )
+    unreachable = [
+        f"⚠ {server}: {stacks}"
+        for server, stacks in zip(by_server, stacks_of, strict=True)
+        if isinstance(stacks, BaseException)
+    ]
+    await ctx.reply("\n".join(lines + [""] + unreachable + [f"⚠ {p}" for p in problems]).strip())
+
+
+def _state(services: list[ServiceInfo]) -> str:
+    if not services:
+        return "—"
+    parts = []
+    for service in services:
+        if service.update_state in ("updating", "rollback_started"):
+            return "updating"
+        if service.update_state in ("paused", "rollback_paused"):
+            return "failed (update paused)"
+        desired = service.replicas_desired
+        parts.append((service.replicas_running, desired if desired is not None else 1))
+    running, desired = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    mark = "✅" if running >= desired else "⚠"
+    return f"{mark} {running}/{desired} running"
+
+
+@group.command(
+    "status",
+    help="Services, replicas, images, errors and the last deploy of one app.",
+    args=(APP,),
+    quick=True,
+)
+async def status(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    deployed = await apps.deployed(env)
+    lines = [f"**{env.domain}** ({env.recipe} on {env.server}, stack `{env.stack_name}`)", ""]
+    if not deployed.exists:
+        lines.append("Not deployed.")
+    else:
+        lines.append(
+            f"Version: {deployed.version or 'unknown'}"
+            + (" — **chaos** (an untagged commit)" if deployed.chaos else "")
+        )
+        for service in deployed.services:
+            desired = service.replicas_desired if service.replicas_desired is not None else "global"
+            update = f", update {service.update_state}" if service.update_state else ""
+            lines.append(
+                f"- {service.short_name}: {service.replicas_running}/{desired}"
+                f"{update}, `{service.image}`"
+            )
+            for error in service.recent_errors[:3]:
+                lines.append(f"  - ⚠ {error}")
+    history = ctx.services.store.deploys(env.domain, limit=1)
+    if history:
+        last = history[0]
+        lines.append(
+            f"Last deploy: {last['version']} by {last['actor']} at {_when(last['at'])}"
+            f" ({last['result']})"
+        )
+    await ctx.reply("\n".join(lines))
+
+
+@group.command(
+    "logs",
+    help="Recent logs of an app (or one service); secrets in KEY=value lines are masked.",
+    args=(APP, Arg("service", "one service, e.g. app", required=False)),
+    options=(
+        Option(
+            "tail", "lines per service (default 100)", type=positive_int, default=100, metavar="N"
+        ),
+    ),
+    role=Role.OPERATOR,
+    quick=True,
+)
+async def logs(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    tail = min(ctx.args["tail"], MAX_TAIL)
+    raw = await apps.swarm(env.server).logs(env.stack_name, ctx.args["service"], tail)
+    text = mask_secrets(raw)
+    if not text.strip():
+        await ctx.reply(f"No logs for {env.domain}.")
+    elif len(text) > LONG_LOGS:
+        await ctx.services.chat.send_file(
+            ctx.message.room_id,
+            f"{env.stack_name}.log",
+            text.encode(),
+            reply_to=ctx.message.event_id,
+            thread_root=ctx.message.thread_root,
+        )
+    else:
+        await ctx.reply(f"```\n{text.rstrip()}\n```")
+
+
+async def _deploy_plan(ctx: CommandContext) -> Plan:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    deployed = await apps.deployed(env)
+    if ctx.args["chaos"]:
+        target = "the recipe's current commit (chaos)"
+        changes = deployed.exists
+    else:
+        newest = await apps.newest(env)
+        target = ctx.args["version"] or env.pinned_version or (newest.text if newest else "?")
+        changes = deployed.exists and deployed.version != target
+    summary = (
+        f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → **{target}** "
+        f"on {env.server}."
+    )
+    return Plan(summary, fingerprint=f"{deployed.version}|{deployed.chaos}", needs_vote=changes)
+
+
+@group.command(
+    "deploy",
+    help="Deploy an app: a release tag (default: the .env's pinned version, else the newest). "
+    "A first deploy or a redeploy runs at once; a version change needs a vote.",
+    args=(APP, VERSION),
+    options=(Option("chaos", "deploy the recipe's current commit, labelled chaos", flag=True),),
+    role=Role.OPERATOR,
+    vote_policy="deploy_version_change",
+    lock_arg="app",
+    plan=_deploy_plan,
+)
+async def deploy(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    report = await apps.deploy(
+        env,
+        ctx.progress,
+        ctx.sender,
+        ctx.args["version"],
+        chaos=ctx.args["chaos"],
+        job_id=ctx.job.id if ctx.job else None,
+    )
+    await ctx.progress.finish(report)
+
+
+async def _rollback_target(ctx: CommandContext) -> tuple[AppEnv, str | None, str]:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    deployed = await apps.deployed(env)
+    target = ctx.args["version"] or apps.previous_version(env, deployed.version)
+    if target is None:
+        raise UserError(
+            f"No earlier successful deploy of {env.domain} in the history; "
+            f"name a version: `!rollback {env.domain} <version>`."
+        )
+    return env, deployed.version, target
+
+
+async def _rollback_plan(ctx: CommandContext) -> Plan:
+    env, current, target = await _rollback_target(ctx)
+    return Plan(
+        f"Roll **{env.domain}** back: {current or 'not deployed'} → **{target}**.",
+        fingerprint=str(current),
+    )
+
+
+@group.command(
+    "rollback",
+    help="Return an app to its previous version (from history) or to a given one.",
+    args=(APP, VERSION),
+    role=Role.OPERATOR,
+    vote_policy="rollback",
+    lock_arg="app",
+    plan=_rollback_plan,
+)
+async def rollback(ctx: CommandContext) -> None:
+    env, _, target = await _rollback_target(ctx)
+    report = await ctx.services.apps.deploy(
+        env,
+        ctx.progress,
+        ctx.sender,
+        target,
+        job_id=ctx.job.id if ctx.job else None,
+        action="rollback",
+    )
+    await ctx.progress.finish(report)
+
+
+async def _undeploy_plan(ctx: CommandContext) -> Plan:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    deployed = await apps.deployed(env)
+    if not deployed.exists:
+        raise UserError(f"{env.domain} is not deployed.")
+    volumes = await apps.swarm(env.server).volumes(env.stack_name)
+    kept = ", ".join(f"`{v}`" for v in volumes) or "none"
+    return Plan(
+        f"Remove the stack of **{env.domain}** ({deployed.version}) from {env.server}. "
+        f"Volumes are kept: {kept}.",
+        fingerprint=str(deployed.version),
+    )
+
+
+@group.command(
+    "undeploy",
+    help="Remove an app's stack; its volumes are kept.",
+    args=(APP,),
+    role=Role.OPERATOR,
+    vote_policy="undeploy",
+    lock_arg="app",
+    plan=_undeploy_plan,
+)
+async def undeploy(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    await ctx.progress.finish(await apps.undeploy(env, ctx.progress, ctx.sender))
+
+
+@group.command(
+    "secrets",
+    help="List the secrets an app needs and which exist (never their values); "
+    "`generate` creates the missing ones from the .env hints.",
+    args=(APP, Arg("action", "generate the missing ones", required=False, choices=("generate",))),
+    role=Role.OPERATOR,
+    lock_arg="app",
+)
+async def secrets_command(ctx: CommandContext) -> None:
+    apps = ctx.services.apps
+    env = await apps.find(ctx.args["app"])
+    swarm = apps.swarm(env.server)
+    existing = await swarm.secrets()
+    names = {spec: f"{env.stack_name}_{spec.name}_{spec.version}" for spec in env.secrets}
+    missing = [spec for spec, name in names.items() if name not in existing]
+    if ctx.args["action"] == "generate":
+        created = []
+        for spec in missing:
+            try:
+                await swarm.create_secret(
+                    names[spec],
+                    generate_secret(spec),
+                    {"coop-cloud.stack": env.stack_name, "coop-cloud.generated-by": "coopbot"},
+                )
+            except SwarmError as exc:
+                raise UserError(f"Creating {names[spec]} failed: {exc}") from None
+            created.append(names[spec])
+        ctx.services.store.audit(
+            ctx.sender, "secrets.generate", ", ".join(created) or "none", app=env.domain
+        )
+        await ctx.reply(
+            f"Created {len(created)} secret(s): "
+            + (", ".join(f"`{n}`" for n in created) or "none were missing")
+            + ". Values are stored in the swarm only."
+        )
+        return
+    lines = [f"Secrets of {env.domain}:"]
+    lines += [
+        f"- `{name}`: {'✅ exists' if name in existing else '❌ missing'}"
+        for name in names.values()
+    ]
+    if missing:
+        lines.append(f"`!secrets {env.domain} generate` creates the missing ones.")
+    await ctx.reply("\n".join(lines) if names else f"{env.domain} declares no secrets.")
