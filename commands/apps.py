@@ -6,12 +6,11 @@ import asyncio
 import datetime as dt
 import re
 
-from bot.ops.swarm import ServiceInfo, SwarmError
-
 from bot.approvals import Plan
 from bot.dispatcher import CommandContext
 from bot.errors import UserError
 from bot.ops.abra import AppEnv, check_domain, check_version, generate_secret
+from bot.ops.swarm import ServiceInfo, SwarmError
 from bot.registry import Arg, CommandGroup, Option, Role, positive_int
 
 group = CommandGroup("apps")
