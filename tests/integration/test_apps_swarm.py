@@ -46,7 +46,7 @@ services:
       endpoint_mode: dnsrr
       restart_policy: {{condition: on-failure, delay: 1s}}
 {update}      labels:
-        coop-cloud.${{STACK_NAME}}.timeout: "40"
+        - "coop-cloud.${{STACK_NAME}}.timeout=40"
 secrets:
   db_password:
     external: true
@@ -215,7 +215,7 @@ async def test_failed_releases_are_rolled_back(site: Site) -> None:
     assert "local/nope:2.0" in report
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
     # Tasks that crash are caught by convergence, and the old spec comes back.
-    report = await site.voted(f"!deploy {DOMAIN} 2.0.1+2.0", "failed", timeout=200)
+    report = await site.voted(f"!deploy {DOMAIN} 2.0.1+2.0", "; the app is", timeout=200)
     assert "Did not converge" in report and "Rolled back" in report
     assert "running the previous version again" in report
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
