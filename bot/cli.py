@@ -97,7 +97,15 @@ async def check(config: Config) -> int:
         results.append((True, "no matrix: section: the bot will open the console room"))
     else:
         results += await _check_matrix(config)
-    results.append(await asyncio.to_thread(_check_docker))
+    if config.servers:
+        for name, server in config.servers.items():
+            results.append(await asyncio.to_thread(_check_docker, server.docker_host, name))
+        abra = config.abra_dir
+        results.append(
+            (abra.is_dir(), f"abra_dir {abra} " + ("exists" if abra.is_dir() else "does not exist"))
+        )
+    else:
+        results.append(await asyncio.to_thread(_check_docker, None, "default"))
     results.append(await asyncio.to_thread(_check_restic))
     for ok, text in results:
         print(("ok    " if ok else "FAIL  ") + text)
@@ -159,18 +167,26 @@ async def _check_matrix(config: Config) -> list[tuple[bool, str]]:
     return results
 
 
-def _check_docker() -> tuple[bool, str]:
+def _check_docker(docker_host: str | None, name: str) -> tuple[bool, str]:
+    """One server's docker (DOCKER_HOST or the default socket when none is configured)."""
     import docker
     from docker.errors import DockerException
 
     try:
-        client = docker.from_env(version="auto", timeout=10)
+        if docker_host is None:
+            client = docker.from_env(version="auto", timeout=10)
+        else:
+            client = docker.DockerClient(base_url=docker_host, version="auto", timeout=10)
         info = client.info()
         swarm = info.get("Swarm", {}).get("LocalNodeState", "inactive")
         client.close()
-        return True, f"docker answers (engine {info.get('ServerVersion')}, swarm {swarm})"
+        ok = swarm == "active"
+        return ok, (
+            f"server {name}: docker answers (engine {info.get('ServerVersion')}, "
+            f"swarm {swarm}{'' if ok else ': run `docker swarm init`'})"
+        )
     except DockerException as exc:
-        return False, f"docker is unreachable: {exc}"
+        return False, f"server {name}: docker is unreachable: {exc}"
 
 
 def _check_restic() -> tuple[bool, str]:

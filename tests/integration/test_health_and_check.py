@@ -120,18 +120,30 @@ def test_check_reports_every_component(
             "rooms": ["!any"],
         },
         "data_dir": "data",
+        "abra_dir": "abra",
+        "servers": {"swarm1": {"docker_host": dockerd.host}},
     }
-    env = {"DOCKER_HOST": dockerd.host}
+    (tmp_path / "abra").mkdir()
+    env: dict[str, str] = {}
     good = run_check(config, tmp_path, env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "FAIL" not in good.stdout
-    for expected in ("homeserver", "password login", "docker answers", "swarm active", "restic"):
+    for expected in (
+        "homeserver",
+        "password login",
+        "server swarm1: docker answers",
+        "swarm active",
+        "abra_dir",
+        "restic",
+    ):
         assert expected in good.stdout
 
     secret.write_text("wrong-password")
-    bad = run_check(config, tmp_path, {"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    config["servers"] = {"gone": {"docker_host": "unix:///nonexistent/docker.sock"}}
+    bad = run_check(config, tmp_path, env)
     assert bad.returncode == 1
-    assert "FAIL  password login" in bad.stdout and "FAIL  docker is unreachable" in bad.stdout
+    assert "FAIL  password login" in bad.stdout
+    assert "FAIL  server gone: docker is unreachable" in bad.stdout
 
     invalid = run_check({"matrix": {"homeserver": "ftp://x"}, "bogus": 1}, tmp_path, env)
     assert invalid.returncode == 2
