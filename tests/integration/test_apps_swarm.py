@@ -23,6 +23,7 @@ from tests.harness.coop import Coop, make_coop
 from tests.harness.dockerd import Dockerd
 from tests.harness.member import Member, MemberFactory
 from tests.harness.recipes import commit_files, make_app_env, make_recipe
+from tests.harness.registry import Registry
 from tests.harness.synapse import Synapse
 
 DOMAIN = "demo.coop.test"
@@ -56,40 +57,32 @@ volumes:
 """
 
 
-RELEASES = [
-    (
-        "1.0.0+1.0",
-        {
-            "compose.yml": compose("local/busybox:1.0"),
-            "abra.sh": "export APP_ENTRY_VERSION=v1\n",
-            "release/1.0.0+1.0": "First release.\n",
-        },
-    ),
-    (
-        "1.1.0+1.1",
-        {"compose.yml": compose("local/busybox:1.1"), "release/1.1.0+1.1": "Newer busybox.\n"},
-    ),
-    (
-        "2.0.0+2.0",
-        {
-            "compose.yml": compose("local/nope:2.0", rollback=True),
-            "release/2.0.0+2.0": "BREAKING: an image nobody built.\n",
-        },
-    ),
-    (
-        "2.0.1+2.0",
-        {
-            "compose.yml": compose("local/busybox:1.1", command='["sh", "-c", "exit 3"]'),
-            "release/2.0.1+2.0": "Crashes on start.\n",
-        },
-    ),
-]
+def releases(registry: str) -> list[tuple[str, dict[str, str]]]:
+    """1.0.0's image comes from the local registry (so its digest gets pinned)."""
+    crash = '["sh", "-c", "exit 3"]'
+    return [
+        ("1.0.0+1.0", {"compose.yml": compose(f"{registry}/busybox:1.0"),
+                       "abra.sh": "export APP_ENTRY_VERSION=v1\n",
+                       "release/1.0.0+1.0": "First release.\n"}),
+        ("1.1.0+1.1", {"compose.yml": compose("local/busybox:1.1"),
+                       "release/1.1.0+1.1": "Newer busybox.\n"}),
+        ("2.0.0+2.0", {"compose.yml": compose("local/nope:2.0", rollback=True),
+                       "release/2.0.0+2.0": "BREAKING: an image nobody built.\n"}),
+        ("2.0.1+2.0", {"compose.yml": compose("local/busybox:1.1", command=crash),
+                       "release/2.0.1+2.0": "Crashes on start.\n"}),
+        ("2.0.2+2.0", {"compose.yml": compose("local/busybox:1.1", command=crash, rollback=True),
+                       "release/2.0.2+2.0": "Crashes, and swarm rolls back by itself.\n"}),
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def images(dockerd: Dockerd) -> None:
+def images(dockerd: Dockerd, registry: Registry) -> str:
+    """The test images; returns the registry's host:port."""
     dockerd.import_image("local/busybox:1.0")
     dockerd.import_image("local/busybox:1.1")
+    dockerd.cli("tag", "local/busybox:1.0", f"{registry.host_port}/busybox:1.0")
+    dockerd.cli("push", f"{registry.host_port}/busybox:1.0")
+    return registry.host_port
 
 
 @dataclass
@@ -129,11 +122,11 @@ async def site(
     make_member: MemberFactory,
     dockerd: Dockerd,
     docker_client: docker.DockerClient,
-    images: None,
+    images: str,
     tmp_path: pathlib.Path,
 ) -> AsyncIterator[Site]:
     abra = tmp_path / "abra"
-    make_recipe(abra / "recipes", "demo", RELEASES)
+    make_recipe(abra / "recipes", "demo", releases(images))
     make_app_env(
         abra,
         "default",
@@ -189,8 +182,9 @@ async def test_deploy_redeploy_version_change_and_rollback(site: Site) -> None:
     env = parse_env(site.abra / "servers/default" / f"{DOMAIN}.env", "default")
     assert env.pinned_version == "1.0.0+1.0"  # written back, as newer abra does
     (service,) = site.docker.services.list(filters={"name": f"{STACK}_app"})
-    container_env = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
-    assert "GREETING=hello world" in container_env and "ENTRY=v1" in container_env
+    container = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert "GREETING=hello world" in container["Env"] and "ENTRY=v1" in container["Env"]
+    assert "/busybox:1.0@sha256:" in container["Image"]  # pinned: the registry answered
     # A redeploy of the running version runs at once too.
     await site.run(coop.bob, f"!deploy {DOMAIN}", "runs 1.0.0+1.0")
     # A version change needs a vote.
@@ -199,7 +193,7 @@ async def test_deploy_redeploy_version_change_and_rollback(site: Site) -> None:
     status = await coop.ask(coop.carol, f"!status {DOMAIN}", "Version: 1.1.0+1.1")
     assert "local/busybox:1.1" in status and coop.bob.user_id in status
     apps = await coop.ask(coop.carol, "!apps", DOMAIN)
-    assert "1.1.0+1.1" in apps and "2.0.1+2.0" in apps  # deployed, and the newest release
+    assert "1.1.0+1.1" in apps and "2.0.2+2.0" in apps  # deployed, and the newest release
     assert "far.coop.test" in apps and "unreachable" in apps  # the other server is down
     # Back to the previous version from history.
     await site.voted(f"!rollback {DOMAIN}", "runs 1.0.0+1.0")
@@ -218,6 +212,10 @@ async def test_failed_releases_are_rolled_back(site: Site) -> None:
     report = await site.voted(f"!deploy {DOMAIN} 2.0.1+2.0", "; the app is", timeout=200)
     assert "Did not converge" in report and "Rolled back" in report
     assert "running the previous version again" in report
+    assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
+    # With failure_action: rollback, swarm restores the old spec itself; the bot says so.
+    report = await site.voted(f"!deploy {DOMAIN} 2.0.2+2.0", "; the app is", timeout=200)
+    assert "Swarm rolled the services back" in report
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
 
 
