@@ -36,10 +36,12 @@ lint: venv
 	$(BIN)/mypy
 
 ## bench: the figures named in the issues, each beside its baseline
-bench: venv
+bench: deps venv
 	$(BIN)/python -m bench.matrix_latency
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.idle_rss
+	$(BIN)/python -m bench.deploy
+	$(BIN)/python -m bench.apps_inventory
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -48,10 +48,13 @@ async def apps_command(ctx: CommandContext) -> None:
     for env in envs:
         by_server.setdefault(env.server, []).append(env)
     lines = ["| app | server | recipe | deployed | state | newest |", "|---|---|---|---|---|---|"]
-    stacks_of = await asyncio.gather(
-        *(apps.swarm(server).stacks() for server in by_server), return_exceptions=True
+    # One services+tasks listing per server and the recipes' tags, all at once.
+    stacks_of, newest = await asyncio.gather(
+        asyncio.gather(
+            *(apps.swarm(server).stacks() for server in by_server), return_exceptions=True
+        ),
+        asyncio.gather(*(apps.newest(env) for env in envs), return_exceptions=True),
     )
-    newest = await asyncio.gather(*(apps.newest(env) for env in envs), return_exceptions=True)
     newest_of = {env.domain: n for env, n in zip(envs, newest, strict=True)}
     for server, stacks in zip(by_server, stacks_of, strict=True):
         for env in by_server[server]:
