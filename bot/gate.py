@@ -239,14 +239,11 @@ class ApprovalGate:
         policy = services.config.approvals.policy(row.policy)
         if tally.state is not State.APPROVED:
             services.store.set_proposal_state(row.id, tally.state, now)
-            services.store.audit(
-                "coopbot",
+            self._audit(
+                row,
                 tally.state.value,
                 f"{row.id}: {row.text}; approved by {_people(tally.approvers)}, "
                 f"rejected by {_people(tally.rejecters)}",
-                app=row.app,
-                room_id=row.room_id,
-                event_id=row.message_id,
             )
             await self._show(row, self._render(row, policy, tally, None))
             return
@@ -255,30 +252,26 @@ class ApprovalGate:
         fresh = await self._plan(ctx) if ctx is not None else None
         if fresh is None or fresh.fingerprint != plan["fingerprint"]:
             services.store.set_proposal_state(row.id, State.STALE, now)
-            services.store.audit(
-                "coopbot",
-                "stale",
-                f"{row.id}: {row.text}",
-                app=row.app,
-                room_id=row.room_id,
-                event_id=row.message_id,
-            )
+            self._audit(row, "stale", f"{row.id}: {row.text}")
             stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
             await self._show(row, self._render(row, policy, stale, None))
             return
         assert ctx is not None
         services.store.set_proposal_state(row.id, State.DONE, now)
         job = services.jobs.start(ctx)
-        services.store.audit(
-            "coopbot",
+        self._audit(
+            row,
             "approved",
             f"{row.id}: {row.text}; approved by {_people(tally.approvers)}; job #{job.id}",
-            app=row.app,
-            room_id=row.room_id,
-            event_id=row.message_id,
         )
         done = Tally(State.DONE, tally.approvers, tally.rejecters, tally.ignored, 0)
         await self._show(row, self._render(row, policy, done, None, job_id=job.id))
+
+    def _audit(self, row: ProposalRow, action: str, detail: str) -> None:
+        """Decisions are the bot's, about the proposal message."""
+        self._services.store.audit(
+            "coopbot", action, detail, app=row.app, room_id=row.room_id, event_id=row.message_id
+        )
 
     async def _context(self, row: ProposalRow) -> CommandContext | None:
         """The command as it was asked, to run in the proposal's thread."""

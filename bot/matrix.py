@@ -339,14 +339,7 @@ class MatrixChat:
             if not self._store.mark_seen(event.event_id, room_id):
                 return None
             if isinstance(event, ReactionEvent):
-                return Reaction(
-                    room_id,
-                    event.event_id,
-                    event.sender,
-                    event.reacts_to,
-                    event.key,
-                    event.server_timestamp,
-                )
+                return _reaction(room_id, event)
             # Room v11+ moved `redacts` into the content.
             redacts = event.source.get("content", {}).get("redacts") or event.redacts
             return Redaction(room_id, event.event_id, event.sender, redacts)
@@ -490,16 +483,7 @@ class MatrixChat:
                 room_id, event_id, RelationshipType.annotation, "m.reaction"
             ):
                 if isinstance(event, ReactionEvent) and event.sender != self.user_id:
-                    found.append(
-                        Reaction(
-                            room_id,
-                            event.event_id,
-                            event.sender,
-                            event.reacts_to,
-                            event.key,
-                            event.server_timestamp,
-                        )
-                    )
+                    found.append(_reaction(room_id, event))
         except AttributeError:  # nio's iterator meets an error response
             raise MatrixError(f"cannot read the reactions to {event_id} in {room_id}") from None
         return found
@@ -527,6 +511,12 @@ class MatrixChat:
                 creators.add(event["sender"])
                 creators.update(event.get("content", {}).get("additional_creators", []))
         return frozenset(creators)
+
+
+def _reaction(room_id: str, event: ReactionEvent) -> Reaction:
+    return Reaction(
+        room_id, event.event_id, event.sender, event.reacts_to, event.key, event.server_timestamp
+    )
 
 
 def _relate(content: dict[str, Any], reply_to: str | None, thread_root: str | None) -> None:
