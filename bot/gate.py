@@ -254,7 +254,12 @@ class ApprovalGate:
             services.store.set_proposal_state(row.id, State.STALE, now)
             self._audit(row, "stale", f"{row.id}: {row.text}")
             stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
-            await self._show(row, self._render(row, policy, stale, None))
+            why = (
+                "the app changed since this was proposed, so the plan no longer holds"
+                if ctx is not None
+                else f"{row.requester} left the room, so it no longer runs"
+            )
+            await self._show(row, self._render(row, policy, stale, None, stale_because=why))
             return
         assert ctx is not None
         services.store.set_proposal_state(row.id, State.DONE, now)
@@ -355,6 +360,7 @@ class ApprovalGate:
         tally: Tally,
         voters: list[str] | None,
         job_id: int | None = None,
+        stale_because: str = "",
     ) -> str:
         p = self._prefix
         summary = json.loads(row.plan)["summary"]
@@ -396,8 +402,7 @@ class ApprovalGate:
             )
         elif state is State.STALE:
             lines.append(
-                "♻ **Stale**: the app changed since this was proposed, so the plan "
-                f"no longer holds. Nothing was done; ask again with `{row.text}`."
+                f"♻ **Stale**: {stale_because}. Nothing was done; ask again with `{row.text}`."
             )
         lines.append("")
         lines.append(
