@@ -60,11 +60,17 @@ class Deployed:
         return bool(self.services)
 
 
+def _release_order(text: str | None) -> tuple[tuple[int, int, int], str]:
+    release = parse_version(text or "")
+    return (release.key if release else (-1, -1, -1), text or "")
+
+
 def deployed_from(stack: str, services: list[ServiceInfo]) -> Deployed:
     versions = {s.labels.get(version_label(stack)) for s in services} - {None}
     chaos = any(s.labels.get(chaos_label(stack)) == "true" for s in services)
-    # Recipes label one service (app); we label all. Either way one version shows.
-    version = sorted(v for v in versions if v)[-1] if versions else None
+    # Recipes label one service (app); we label all. Mid-update the labels can
+    # differ: show the highest release (by recipe semver, not by string).
+    version = (max(versions, key=_release_order) if versions else None) or None
     return Deployed(version, chaos, services)
 
 
@@ -231,10 +237,10 @@ class Apps:
             job_id,
             detail="; ".join(result.failures[:5]),
         )
-        now = current.version or "nothing"
+        was = f" ({current.version})" if current.version and "previous" in state else ""
         raise UserError(
             steps.render() + f"\n\n{action.capitalize()} of {app.domain} {target} failed; "
-            f"the app is {state} ({now})."
+            f"the app is {state}{was}."
         )
 
     async def _newest_text(self, repo: RecipeRepo, app: AppEnv) -> str:
