@@ -6,6 +6,10 @@ from bot.chat import Chat
 from bot.config import AccessConfig
 from bot.registry import Role
 
+# Who scheduled work runs as. Matrix user ids always start with "@", so no member
+# can be this identity.
+SCHEDULER = "scheduler"
+
 
 class Access:
     def __init__(self, config: AccessConfig, chat: Chat) -> None:
@@ -14,6 +18,8 @@ class Access:
 
     async def role(self, room_id: str, user_id: str) -> Role | None:
         """The member's role now, or None if they are not in the room."""
+        if user_id == SCHEDULER:
+            return Role.OPERATOR
         if user_id in self._config.admins:
             return Role.ADMIN
         if user_id in self._config.operators:

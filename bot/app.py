@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 from bot.access import Access
 from bot.apps import Apps
+from bot.backups import Backups
 from bot.chat import Chat
 from bot.config import Config
 from bot.console import CONSOLE_USER, ConsoleChat
@@ -17,6 +18,7 @@ from bot.gate import ApprovalGate
 from bot.metrics import Metrics
 from bot.registry import CommandGroup, Registry
 from bot.store import Store
+from bot.upgrades import Upgrades
 from bot.web import serve
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class Bot:
         self.store = Store(config.data_dir / "coopbot.sqlite")
         self.metrics = Metrics()
         self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
+        apps = Apps(config, self.store)
+        backups = Backups(config.backups, apps, self.store) if config.backups else None
         self.services = Services(
             config=config,
             chat=self.chat,
@@ -60,7 +64,9 @@ class Bot:
             registry=Registry(groups),
             access=Access(config.access, self.chat),
             metrics=self.metrics,
-            apps=Apps(config, self.store),
+            apps=apps,
+            backups=backups,
+            upgrades=Upgrades(config, apps, self.store, backups),
         )
         prefix = config.matrix.prefix if config.matrix else "!"
         self.gate = ApprovalGate(self.services, prefix, clock, sweep_interval)

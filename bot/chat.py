@@ -119,3 +119,7 @@ class Chat(Protocol):
     def alive(self) -> bool:
         """True while the receive loop is healthy (for /healthz)."""
         ...
+
+    async def home_room(self) -> str | None:
+        """Where scheduled work reports: the first configured room (None until known)."""
+        ...

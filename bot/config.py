@@ -59,6 +59,21 @@ UserId = Annotated[str, Field(pattern=r"^@[^:\s]+:\S+$")]
 RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
 
 
+def parse_cron(value: Any) -> str:
+    """A five-field crontab line, checked by the scheduler's own parser."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    text = " ".join(str(value).split())
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a cron line such as '30 3 * * *': {e}") from None
+    return text
+
+
+Cron = Annotated[str, BeforeValidator(parse_cron)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -199,6 +214,60 @@ class ApprovalsConfig(_Section):
         )
 
 
+class RetentionConfig(_Section):
+    daily: Annotated[int, Field(ge=0)] = 7
+    weekly: Annotated[int, Field(ge=0)] = 4
+    monthly: Annotated[int, Field(ge=0)] = 6
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> RetentionConfig:
+        if not (self.daily or self.weekly or self.monthly):
+            raise ValueError("keep at least one daily, weekly or monthly snapshot")
+        return self
+
+
+class BackupsConfig(_Section):
+    # Any restic repository string: a local path, sftp:, s3:, rest:, ...
+    repository: Annotated[str, Field(min_length=1)]
+    password_file: Path
+    # Extra environment for restic (S3 keys and the like), one VAR=value per line.
+    env_file: Path | None = None
+    # Where the bot sees the docker volumes (mounted read-write for restores).
+    volumes_root: Path = Path("/var/lib/docker/volumes")
+    schedule: Cron | None = "30 3 * * *"  # nightly backup of every labelled app
+    retention: RetentionConfig = RetentionConfig()
+    check_schedule: Cron | None = "0 5 * * 0"  # restic check with a read-data subset
+    check_read_data_subset: Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$|^\d+/\d+$")] = "5%"
+    drill_schedule: Cron | None = "0 6 1 * *"  # restore drill into a temporary folder
+    max_age: Duration = 36 * 3600.0  # alert when an app's newest good backup is older
+    # How long a backup waits for a stack that is mid-update to settle.
+    settle_timeout: Duration = 600.0
+    restic: str = "restic"  # the binary
+
+    @field_validator("password_file", "env_file", mode="after")
+    @classmethod
+    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir")
+        value = value.expanduser()
+        value = value if value.is_absolute() or base is None else base / value
+        _read_secret(value, None)  # fails start-up now, not at 03:30
+        return value
+
+
+class UpgradesConfig(_Section):
+    check_schedule: Cron | None = "0 9 * * *"
+    # git fetch each recipe's remote before checking; a failure is reported, not fatal.
+    fetch_recipes: bool = True
+    # Back up an app with backupbot labels before upgrading it; abort if that fails.
+    backup_first: bool = True
+    # Patch upgrades of apps labelled coop-cloud.<stack>.autoupdate=true run on the
+    # check schedule without a vote (still reported).
+    auto_patch: bool = False
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # apps checked at once
+
+
 ServerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
@@ -213,7 +282,25 @@ class Config(_Section):
     web: WebConfig = WebConfig()
     jobs: JobsConfig = JobsConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    backups: BackupsConfig | None = None  # no section: no backups
+    upgrades: UpgradesConfig = UpgradesConfig()
+    # Timezone of the cron schedules (IANA name); default: the machine's.
+    timezone: str | None = None
     log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown timezone {value!r}; use a name like Europe/Berlin"
+                ) from None
+        return value
 
     @field_validator("data_dir", "abra_dir", mode="after")
     @classmethod

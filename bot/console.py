@@ -71,6 +71,9 @@ class ConsoleChat:
     def alive(self) -> bool:
         return self._open
 
+    async def home_room(self) -> str | None:
+        return CONSOLE_ROOM
+
     async def send(
         self,
         room_id: str,

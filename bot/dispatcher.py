@@ -7,12 +7,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.access import Access
+from bot.access import SCHEDULER, Access
 from bot.apps import Apps
+from bot.backups import Backups
 from bot.chat import Chat, ChatEvent, Message, Reaction, Redaction
 from bot.config import Config
 from bot.errors import PermissionDenied, UserError
@@ -21,6 +22,7 @@ from bot.jobs import Job, JobManager, Progress
 from bot.metrics import Metrics
 from bot.registry import CommandSpec, Registry, Role
 from bot.store import Store
+from bot.upgrades import Upgrades
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,13 @@ class Services:
     access: Access
     metrics: Metrics
     apps: Apps
+    backups: Backups | None = None  # None without a backups: section
+    upgrades: Upgrades | None = None
     jobs: JobManager = field(init=False)
     gate: ApprovalGate = field(init=False)
+    # Run a command line ("backup all") as the scheduler identity, reporting in the
+    # home room; set by the Dispatcher.
+    run_scheduled: Callable[[str], Awaitable[None]] = field(init=False)
 
 
 @dataclass
@@ -68,7 +75,7 @@ class CommandContext:
         return await self.services.chat.send(
             self.message.room_id,
             markdown,
-            reply_to=self.message.event_id,
+            reply_to=self.message.event_id or None,  # scheduled work answers no message
             thread_root=self.message.thread_root,
             mentions=mentions,
         )
@@ -80,7 +87,7 @@ class CommandContext:
             self._progress = Progress(
                 self.services.chat,
                 self.message.room_id,
-                self.message.event_id,
+                self.message.event_id or None,
                 self.message.thread_root,
                 self.services.config.jobs.progress_interval,
             )
@@ -112,6 +119,7 @@ class Dispatcher:
             services.store, services.config.jobs, services.metrics, self._reauthorise
         )
         services.gate = gate
+        services.run_scheduled = self.run_scheduled
 
     def is_command(self, body: str) -> bool:
         return body.startswith(self._prefix) and len(body) > len(self._prefix)
@@ -149,6 +157,17 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._services.jobs.shutdown()
+
+    async def run_scheduled(self, text: str) -> None:
+        """Handle `text` (without the prefix) as a command of the scheduler identity,
+        exactly as a member's: parsed, authorised, gated and run as a job. Its
+        messages go to the home room and answer no message (the event id is empty)."""
+        room_id = await self._services.chat.home_room()
+        if room_id is None:
+            log.warning("scheduled %r skipped: the home room is not known yet", text)
+            return
+        message = Message(room_id, "", SCHEDULER, self._prefix + text, int(time.time() * 1000))
+        await self.handle(message)
 
     async def handle(self, message: Message) -> None:
         services = self._services
@@ -242,7 +261,7 @@ class Dispatcher:
             await self._services.chat.send(
                 message.room_id,
                 markdown,
-                reply_to=message.event_id,
+                reply_to=message.event_id or None,
                 thread_root=message.thread_root,
             )
         except Exception:

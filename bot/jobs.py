@@ -37,7 +37,7 @@ class Progress:
         self,
         chat: Chat,
         room_id: str,
-        reply_to: str,
+        reply_to: str | None,
         thread_root: str | None,
         interval: float,
     ) -> None:

@@ -129,6 +129,7 @@ class MatrixChat:
         )
         self.client.max_wait = config.max_rate_limit_wait
         self._allowed: set[str] = set()
+        self._home: str | None = None  # the first configured room, once resolved
         self._creators: dict[str, asyncio.Future[frozenset[str]]] = {}
         self._last_sync = 0.0
         self._sync_ok = False
@@ -183,13 +184,21 @@ class MatrixChat:
     async def _resolve_rooms(self) -> None:
         for ref in self.config.rooms:
             if ref.startswith("!"):
-                self._allowed.add(ref)
-                continue
-            response = await self.client.room_resolve_alias(ref)
-            if isinstance(response, RoomResolveAliasError):
-                log.warning("cannot resolve room alias %s: %s", ref, response.message)
+                room_id: str | None = ref
             else:
-                self._allowed.add(response.room_id)
+                response = await self.client.room_resolve_alias(ref)
+                if isinstance(response, RoomResolveAliasError):
+                    log.warning("cannot resolve room alias %s: %s", ref, response.message)
+                    room_id = None
+                else:
+                    room_id = response.room_id
+            if room_id is not None:
+                self._allowed.add(room_id)
+                if ref == self.config.rooms[0]:
+                    self._home = room_id
+
+    async def home_room(self) -> str | None:
+        return self._home
 
     async def _join(self, room_id: str) -> None:
         if room_id in self.client.rooms:

@@ -57,6 +57,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE proposals ADD COLUMN thread_root TEXT;
     """,
+    # Backup runs: what !backups reports and max_age alerts read.
+    """
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, actor TEXT NOT NULL,
+        started_at REAL NOT NULL, finished_at REAL, result TEXT NOT NULL,
+        snapshot_id TEXT, version TEXT, files_new INTEGER, files_changed INTEGER,
+        files_unmodified INTEGER, data_added INTEGER, total_bytes INTEGER,
+        detail TEXT);
+    CREATE INDEX backups_app ON backups (app, id);
+    """,
 ]
 
 # Seen event ids older than this are forgotten: by then the sync token and the
@@ -396,3 +406,47 @@ class Store:
             "SELECT * FROM deploys WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
         )
         return [dict(row) for row in rows]
+
+    # -- backup runs -----------------------------------------------------------
+    def add_backup(self, app: str, actor: str, result: str, **fields: Any) -> int:
+        """Record one backup run; `fields` are the other columns of `backups`."""
+        allowed = {
+            "started_at",
+            "finished_at",
+            "snapshot_id",
+            "version",
+            "files_new",
+            "files_changed",
+            "files_unmodified",
+            "data_added",
+            "total_bytes",
+            "detail",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown backup fields: {sorted(unknown)}")
+        fields.setdefault("started_at", time.time())
+        columns = ["app", "actor", "result", *fields]
+        cursor = self._db.execute(
+            f"INSERT INTO backups ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            (app, actor, result, *fields.values()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def backups(self, app: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM backups WHERE app = ? ORDER BY id DESC LIMIT ?", (app, limit)
+        )
+        return [dict(row) for row in rows]
+
+    def last_backups(self) -> dict[str, dict[str, dict[str, Any] | None]]:
+        """Per app: its newest run ("last") and newest good run ("good", or None)."""
+        result: dict[str, dict[str, dict[str, Any] | None]] = {}
+        newest = "SELECT * FROM backups WHERE id IN (SELECT MAX(id) FROM backups {} GROUP BY app)"
+        for row in self._db.execute(newest.format("")):
+            result[row["app"]] = {"last": dict(row), "good": None}
+        for row in self._db.execute(newest.format("WHERE result IN ('ok', 'warning')")):
+            result[row["app"]]["good"] = dict(row)
+        return result

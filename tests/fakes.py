@@ -60,6 +60,7 @@ class FakeChat:
     # Everything in the order it happened: Sent, Edit and SentReaction records.
     log: list[Sent | Edit | SentReaction] = field(default_factory=list)
     running: bool = False
+    home: str | None = "!room:test"  # where scheduled work reports
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _event_id(self) -> str:
@@ -131,6 +132,9 @@ class FakeChat:
                 await on_event(event)
         finally:
             self.running = False
+
+    async def home_room(self) -> str | None:
+        return self.home
 
     def alive(self) -> bool:
         return self.running

@@ -663,6 +663,48 @@ class Swarm:
         raw = await self._sdk(lambda c: c.api.volumes(filters={"label": label}))
         return sorted(v["Name"] for v in (raw or {}).get("Volumes") or [])
 
+    async def exec(
+        self,
+        stack: str,
+        service: str,
+        command: str,
+        timeout: float = 600,  # noqa: ASYNC109 - the bot's API: a budget
+    ) -> tuple[int, str]:
+        """Run `command` with `sh -c` in a running container of `<stack>_<service>` on
+        this node (the hooks of the backupbot labels); (exit code, output tail).
+
+        The command comes from the recipe's labels and runs inside the app's own
+        container, as backup-bot-two does; it is passed as an argument list."""
+        name = f"{_check_stack(stack)}_{service}"
+
+        def run(c: Any) -> tuple[int, str]:
+            running = c.containers.list(
+                filters={"label": f"com.docker.swarm.service.name={name}", "status": "running"}
+            )
+            if not running:
+                raise SwarmError(f"no running container of {name} on this node to run a hook in")
+            result = running[0].exec_run(["sh", "-c", command], demux=False)
+            output = (result.output or b"").decode(errors="replace")
+            return int(result.exit_code), output[-2000:]
+
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._sdk(run)
+        except TimeoutError:
+            raise SwarmError(f"the command in {name} did not finish within {timeout:g}s") from None
+
+    async def scale(self, stack: str, replicas: Mapping[str, int]) -> None:
+        """Set the replica count of these services (short names) of the stack."""
+        _check_stack(stack)
+
+        def update(c: Any) -> None:
+            for short, count in replicas.items():
+                service = c.services.get(f"{stack}_{short}")
+                if not service.scale(count):
+                    raise SwarmError(f"scaling {stack}_{short} to {count} was refused")
+
+        await self._sdk(update)
+
     async def image_available(self, ref: str) -> tuple[bool, str | None, str]:
         """(available, "name:tag@sha256:..." when a registry answered, reason)."""
 

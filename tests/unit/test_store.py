@@ -38,6 +38,7 @@ def test_migrates_an_empty_database(tmp_path: Path) -> None:
         "votes",
         "audit",
         "deploys",
+        "backups",
     }
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
