@@ -56,7 +56,11 @@ class Bot:
         self.metrics = Metrics()
         self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
         apps = Apps(config, self.store)
-        backups = Backups(config.backups, apps, self.store) if config.backups else None
+        backups = (
+            Backups(config.backups, apps, self.store, data_dir=config.data_dir)
+            if config.backups
+            else None
+        )
         self.services = Services(
             config=config,
             chat=self.chat,

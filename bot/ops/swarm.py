@@ -705,6 +705,21 @@ class Swarm:
 
         await self._sdk(update)
 
+    async def mounts(self, stack: str) -> dict[str, list[tuple[str, str]]]:
+        """Per service (short name): its volume mounts as (volume name, container path)."""
+        label = f"{NAMESPACE_LABEL}={_check_stack(stack)}"
+        raw = await self._sdk(lambda c: c.api.services(filters={"label": label}))
+        result: dict[str, list[tuple[str, str]]] = {}
+        for svc in raw:
+            spec = _container_spec(svc["Spec"])
+            short = service_info(svc, []).short_name
+            result[short] = [
+                (m["Source"], m["Target"])
+                for m in spec.get("Mounts") or []
+                if m.get("Type", "volume") == "volume" and m.get("Source")
+            ]
+        return result
+
     async def image_available(self, ref: str) -> tuple[bool, str | None, str]:
         """(available, "name:tag@sha256:..." when a registry answered, reason)."""
 
