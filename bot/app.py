@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
 from bot.access import Access
 from bot.apps import Apps
@@ -17,6 +18,7 @@ from bot.dispatcher import Dispatcher, Services
 from bot.gate import ApprovalGate
 from bot.metrics import Metrics
 from bot.registry import CommandGroup, Registry
+from bot.scheduler import Scheduler, tasks_from
 from bot.store import Store
 from bot.upgrades import Upgrades
 from bot.web import serve
@@ -75,6 +77,20 @@ class Bot:
         prefix = config.matrix.prefix if config.matrix else "!"
         self.gate = ApprovalGate(self.services, prefix, clock, sweep_interval)
         self.dispatcher = Dispatcher(self.services, prefix, self.gate)
+        self.scheduler = Scheduler(
+            tasks_from(config),
+            self.store,
+            self.dispatcher.run_scheduled,
+            self._announce,
+            timezone=config.timezone,
+            clock=lambda: datetime.fromtimestamp(clock(), UTC),
+        )
+        self.services.scheduler = self.scheduler
+
+    async def _announce(self, text: str) -> None:
+        room_id = await self.chat.home_room()
+        if room_id is not None:
+            await self.chat.send(room_id, text)
 
     async def run(self) -> None:
         """Run until the chat loop ends (console EOF) or the task is cancelled."""
@@ -93,13 +109,15 @@ class Bot:
             runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
             log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
         upkeep = asyncio.create_task(self.gate.maintain(self.chat.alive), name="proposals")
+        schedule = asyncio.create_task(self.scheduler.run(self.chat.alive), name="scheduler")
         try:
             await self.chat.run(self.dispatcher.submit)
             # End of input (console): let the work that was asked for finish.
             await self.dispatcher.drain()
         finally:
             upkeep.cancel()
-            await asyncio.gather(upkeep, return_exceptions=True)
+            schedule.cancel()
+            await asyncio.gather(upkeep, schedule, return_exceptions=True)
             await self.dispatcher.shutdown()
             if runner is not None:
                 await runner.cleanup()

@@ -21,6 +21,7 @@ from bot.gate import ApprovalGate
 from bot.jobs import Job, JobManager, Progress
 from bot.metrics import Metrics
 from bot.registry import CommandSpec, Registry, Role
+from bot.scheduler import Scheduler
 from bot.store import Store
 from bot.upgrades import Upgrades
 
@@ -45,6 +46,7 @@ class Services:
     apps: Apps
     backups: Backups | None = None  # None without a backups: section
     upgrades: Upgrades | None = None
+    scheduler: Scheduler | None = None  # set by bot/app.py
     jobs: JobManager = field(init=False)
     gate: ApprovalGate = field(init=False)
     # Run a command line ("backup all") as the scheduler identity, reporting in the

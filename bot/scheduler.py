@@ -1,0 +1,162 @@
+"""Scheduled work: cron lines from the config, run through the dispatcher as the
+scheduler identity (so it is authorised, locked, tracked and reported like a
+member's command).
+
+APScheduler's CronTrigger does the calendar arithmetic (day-of-week rules, DST
+gaps and folds, timezones). The loop around it is ours, for two reasons:
+APScheduler 3's own loop reads the wall clock directly, so a test cannot drive it
+with an injected clock, and its persistence (needed to notice a run missed while
+the bot was down) wants SQLAlchemy and pickled jobs. Here each task's last run is
+one row in the store's key-value table; on start, a task whose next fire time
+after its last run has passed runs once (several missed runs coalesce into one)
+and the room is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.config import Config
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+# A fire time this late is a missed run (the bot was down), not loop jitter.
+LATE = timedelta(minutes=2)
+MAX_SLEEP = 60.0  # re-read the clock at least this often (suspend, clock changes)
+AGE_CHECK = "17 * * * *"  # hourly: alert when an app's newest backup is too old
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    cron: str
+    command: str  # run as "<prefix><command>" by the scheduler identity
+    what: str  # for people: "the nightly backup"
+
+
+def tasks_from(config: Config) -> list[Task]:
+    tasks = []
+    if config.backups is not None:
+        b = config.backups
+        if b.schedule:
+            tasks.append(Task("backup", b.schedule, "backup all", "the backup of every app"))
+        if b.check_schedule:
+            tasks.append(Task("check", b.check_schedule, "backup check", "the repository check"))
+        if b.drill_schedule:
+            tasks.append(Task("drill", b.drill_schedule, "backup drill", "the restore drill"))
+        tasks.append(Task("backup-age", AGE_CHECK, "backups", "the backup age check"))
+    if config.upgrades.check_schedule:
+        tasks.append(
+            Task("upgrades", config.upgrades.check_schedule, "upgrades", "the upgrade check")
+        )
+    return tasks
+
+
+def _zone(name: str | None) -> tzinfo:
+    if name is None:
+        from tzlocal import get_localzone  # APScheduler's own dependency
+
+        return get_localzone()
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        tasks: list[Task],
+        store: Store,
+        run: Callable[[str], Awaitable[None]],
+        announce: Callable[[str], Awaitable[None]],
+        *,
+        timezone: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.tasks = tasks
+        self.zone = _zone(timezone)
+        self._triggers = {
+            t.name: CronTrigger.from_crontab(t.cron, timezone=self.zone) for t in tasks
+        }
+        self._store = store
+        self._run = run
+        self._announce = announce
+        self._clock = clock
+
+    def _key(self, task: Task) -> str:
+        return f"schedule.{task.name}.last"
+
+    def last_run(self, task: Task) -> datetime | None:
+        text = self._store.get(self._key(task))
+        return datetime.fromisoformat(text) if text else None
+
+    def next_run(self, task: Task, now: datetime | None = None) -> datetime | None:
+        """The first fire time after the last run (or after now, for a new task)."""
+        after = self.last_run(task) or (now or self._clock())
+        fire: datetime | None = self._triggers[task.name].get_next_fire_time(
+            None, after + timedelta(microseconds=1)
+        )
+        return fire
+
+    async def tick(self, now: datetime | None = None) -> list[Task]:
+        """Run every task that is due at `now`; returns them. A new task is only
+        noted (its first run is its next fire time)."""
+        now = now or self._clock()
+        fired = []
+        for task in self.tasks:
+            if self.last_run(task) is None:
+                self._store.put(self._key(task), now.isoformat())
+                continue
+            due = self.next_run(task, now)
+            if due is None or due > now:
+                continue
+            self._store.put(self._key(task), now.isoformat())
+            if now - due > LATE:
+                when = due.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
+                await self._say(
+                    f"⏰ {task.what.capitalize()} was due at {when} while the bot was not "
+                    "running; running it once now."
+                )
+            log.info("scheduled: %s (%s)", task.name, task.command)
+            fired.append(task)
+            try:
+                await self._run(task.command)
+            except Exception:  # one task's failure must not stop the schedule
+                log.exception("scheduled task %s failed to start", task.name)
+        return fired
+
+    async def _say(self, text: str) -> None:
+        try:
+            await self._announce(text)
+        except Exception:
+            log.exception("could not announce a missed run")
+
+    async def run(self, ready: Callable[[], bool] = lambda: True) -> None:
+        """Once the chat is connected (the home room is known), fire tasks at their
+        times until cancelled."""
+        while not ready():  # noqa: ASYNC110  (the chat exposes a predicate, not an event)
+            await asyncio.sleep(0.2)
+        while True:
+            now = self._clock()
+            await self.tick(now)
+            upcoming = [n for t in self.tasks if (n := self.next_run(t, now)) is not None]
+            wait = (
+                min((n - self._clock()).total_seconds() for n in upcoming)
+                if upcoming
+                else MAX_SLEEP
+            )
+            await asyncio.sleep(min(max(wait, 0.5), MAX_SLEEP))
+
+    def schedule(
+        self, now: datetime | None = None
+    ) -> list[tuple[Task, datetime | None, datetime | None]]:
+        """(task, last run, next run) for `!schedule`."""
+        now = now or self._clock()
+        return [(t, self.last_run(t), self.next_run(t, now)) for t in self.tasks]
