@@ -965,3 +965,21 @@ class Swarm:
                 )
             await asyncio.sleep(0.5)
         return await self.volumes(stack)
+
+    async def registry_digest(self, ref: str) -> str:
+        """The digest ("sha256:...") that the tag of `ref` points to in its registry
+        now (a digest in `ref` is ignored: the question is where the tag went).
+        SwarmError, with the registry's answer, when it does not say."""
+        name, tag = _split_ref(ref)
+
+        def ask(c: Any) -> str:
+            try:
+                return str(c.images.get_registry_data(f"{name}:{tag}").id)
+            except docker.errors.APIError as e:
+                raise SwarmError(f"registry lookup of {name}:{tag} failed: {_explain(e)}") from None
+            except requests.exceptions.ReadTimeout:
+                raise SwarmError(
+                    f"the registry of {name}:{tag} did not answer within {self._timeout:g}s"
+                ) from None
+
+        return await self._sdk(ask)

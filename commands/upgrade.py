@@ -1,0 +1,91 @@
+"""Upgrades: !upgrades (what is new) and !upgrade (a voted upgrade)."""
+
+from __future__ import annotations
+
+from bot.access import SCHEDULER
+from bot.approvals import Plan
+from bot.dispatcher import CommandContext
+from bot.errors import UserError
+from bot.ops.abra import check_domain, check_version
+from bot.registry import Arg, CommandGroup, Role
+from bot.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
+
+group = CommandGroup("upgrade")
+
+APP = Arg("app", "the app's domain, e.g. cloud.example.coop", type=check_domain)
+VERSION = Arg(
+    "version", "a release tag of the recipe (default: the newest)", required=False,
+    type=check_version,
+)  # fmt: skip
+CHECK_TIMEOUT = 900.0  # a check fetches every recipe (each git fetch has its own limit)
+
+
+def _upgrades(ctx: CommandContext) -> Upgrades:
+    if ctx.services.upgrades is None:  # only when a test builds Services by hand
+        raise UserError("Upgrades are not available in this bot.")
+    return ctx.services.upgrades
+
+
+@group.command(
+    "upgrades",
+    help="What can be upgraded: deployed → newest release, patch/minor/major, release "
+    "notes, image drift, and what could not be checked.",
+    timeout=CHECK_TIMEOUT,
+)
+async def upgrades_command(ctx: CommandContext) -> None:
+    upgrades = _upgrades(ctx)
+    report = await upgrades.check()
+    if ctx.sender != SCHEDULER:
+        await ctx.reply(render_report(report, ctx.prefix))
+        return
+    # The scheduled check speaks only when something is new: no daily repeats.
+    fresh = upgrades.remember(report)
+    if fresh:
+        await ctx.reply(render_report(report, ctx.prefix, new=fresh))
+    if ctx.services.config.upgrades.auto_patch:
+        for domain, version in upgrades.auto_patches(report):
+            await ctx.services.run_scheduled(f"upgrade {domain} {version}")
+
+
+async def _prepare(ctx: CommandContext) -> UpgradePlan:
+    env = await ctx.services.apps.find(ctx.args["app"])
+    return await _upgrades(ctx).prepare(env, ctx.args["version"])
+
+
+async def _upgrade_plan(ctx: CommandContext) -> Plan:
+    plan = await _prepare(ctx)
+    needs_vote = True
+    if ctx.sender == SCHEDULER:
+        # The scheduler never opens proposals: it upgrades without a vote, or not at all.
+        why = auto_refusal(plan, ctx.services.config.upgrades.auto_patch)
+        if why is not None:
+            raise UserError(
+                f"Not upgraded automatically: {why}. "
+                f"`{ctx.prefix}upgrade {plan.env.domain} {plan.target.text}` asks for a vote."
+            )
+        needs_vote = False
+    return Plan(
+        plan_summary(plan),
+        fingerprint=plan.fingerprint,
+        policy="major_upgrade" if plan.kind == "major" else None,
+        needs_vote=needs_vote,
+    )
+
+
+@group.command(
+    "upgrade",
+    help="Upgrade an app to a newer release (default: the newest), after a vote: backup "
+    "first, deploy, roll back if it fails. A major step needs the major_upgrade quorum.",
+    args=(APP, VERSION),
+    role=Role.OPERATOR,
+    vote_policy="upgrade",
+    lock_arg="app",
+    plan=_upgrade_plan,
+)
+async def upgrade(ctx: CommandContext) -> None:
+    # Planned again: the app may have changed while this job waited for its lock.
+    plan = await _prepare(ctx)
+    report = await _upgrades(ctx).upgrade(
+        plan, ctx.progress, ctx.sender, ctx.job.id if ctx.job else None, ctx.prefix
+    )
+    await ctx.progress.finish(report)
