@@ -296,7 +296,9 @@ def plan_summary(plan: UpgradePlan) -> str:
             if len(body) > NOTE_LIMIT:
                 body = body[:NOTE_LIMIT].rstrip() + f"\n… (cut; the rest is in release/{version})"
             if used + len(body) > NOTES_LIMIT:
-                lines.append(f"… more notes in the recipe's release/ folder, up to {version}.")
+                last = plan.notes[-1][0]
+                more = version if version == last else f"{version} to {last}"
+                lines.append(f"… the notes of {more} are in the recipe's release/ folder.")
                 break
             used += len(body)
             lines += [f"**{version}**", *(f"> {line}" for line in body.splitlines())]
