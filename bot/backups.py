@@ -200,6 +200,7 @@ class Backups:
             cache_dir=self._data_dir / "restic-cache",
         )
         self._repo_ready = False
+        self._repo_lock = asyncio.Lock()  # two first uses at once must not both init
 
     # -- what to back up ----------------------------------------------------------
     async def has_labels(self, env: AppEnv) -> bool:
@@ -284,17 +285,18 @@ class Backups:
     # -- backup -------------------------------------------------------------------
     async def _ready(self) -> None:
         """Check restic once, and create the repository on first use."""
-        if self._repo_ready:
-            return
-        await self.restic.version()
-        try:
-            await self.restic.snapshots(tags=[COOPBOT_TAG])
-        except ResticError as e:
-            if e.kind != "no_repository":
-                raise
-            log.warning("creating the restic repository at %s", self.restic.display)
-            await self.restic.init()
-        self._repo_ready = True
+        async with self._repo_lock:
+            if self._repo_ready:
+                return
+            await self.restic.version()
+            try:
+                await self.restic.snapshots(tags=[COOPBOT_TAG])
+            except ResticError as e:
+                if e.kind != "no_repository":
+                    raise
+                log.warning("creating the restic repository at %s", self.restic.display)
+                await self.restic.init()
+            self._repo_ready = True
 
     async def wait_settled(self, env: AppEnv, sink: StatusSink | None = None) -> None:
         """Return once no service of the stack is mid-update; raise if it stays so

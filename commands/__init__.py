@@ -1,6 +1,14 @@
 """What members can do: one module per family. Each module declares a CommandGroup."""
 
 from bot.registry import CommandGroup
-from commands import approvals, apps, audit, help, jobs
+from commands import approvals, apps, audit, backup, help, jobs, upgrade
 
-GROUPS: list[CommandGroup] = [help.group, apps.group, jobs.group, approvals.group, audit.group]
+GROUPS: list[CommandGroup] = [
+    help.group,
+    apps.group,
+    jobs.group,
+    approvals.group,
+    audit.group,
+    backup.group,
+    upgrade.group,
+]

@@ -1,0 +1,278 @@
+"""Backups: !backup !backups !snapshots !restore !schedule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from bot.access import SCHEDULER
+from bot.approvals import Plan
+from bot.backups import Backups, human_bytes
+from bot.dispatcher import CommandContext
+from bot.errors import UserError
+from bot.ops.abra import AppEnv, check_domain
+from bot.ops.restic import human_age
+from bot.registry import Arg, CommandGroup, Option, Role
+
+group = CommandGroup("backups")
+
+ACTIONS = ("all", "check", "drill", "prune")
+_SNAPSHOT_ID = re.compile(r"^[0-9a-f]{4,64}$")
+SNAPSHOTS_SHOWN = 20
+AGE_ALERT_KEY = "backups.stale-alerted"
+
+
+def _target(text: str) -> str:
+    return text if text in ACTIONS else check_domain(text)
+
+
+def _snapshot_id(text: str) -> str:
+    if not _SNAPSHOT_ID.match(text):
+        raise ValueError("a snapshot id is 4 to 64 hex digits (see `!snapshots <app>`)")
+    return text
+
+
+def _backups(ctx: CommandContext) -> Backups:
+    if ctx.services.backups is None:
+        raise UserError(
+            "Backups are not configured: add a `backups:` section (repository, "
+            "password_file) to the bot's config."
+        )
+    return ctx.services.backups
+
+
+async def _admins(ctx: CommandContext) -> list[str]:
+    """Who a failed scheduled run pings: the room's admins."""
+    members = await ctx.services.chat.members(ctx.message.room_id)
+    access = ctx.services.access
+    found = {
+        user
+        for user, m in members.items()
+        if user != ctx.services.chat.user_id
+        and (await access.role(ctx.message.room_id, user)) == Role.ADMIN
+    }
+    return sorted(found)
+
+
+class _Prefixed:
+    """A progress sink that prefixes each line with "[i/n] " for `!backup all`."""
+
+    def __init__(self, ctx: CommandContext, prefix: str) -> None:
+        self._ctx, self._prefix = ctx, prefix
+
+    async def update(self, markdown: str) -> None:
+        await self._ctx.progress.update(self._prefix + markdown)
+
+
+@group.command(
+    "backup",
+    help="Back up an app now (or `all` labelled apps); `check` verifies the repository, "
+    "`drill` restores the newest snapshots into a temporary folder and compares them, "
+    "`prune` applies the retention policy.",
+    args=(Arg("target", "an app's domain, or all, check, drill, prune", type=_target),),
+    role=Role.OPERATOR,
+    lock_arg="target",
+    timeout=6 * 3600,  # a first backup of a big volume takes long; progress shows it
+)
+async def backup(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
+    target = ctx.args["target"]
+    job_id = ctx.job.id if ctx.job else None
+    if target == "check":
+        await ctx.progress.update("🔎 `restic check` running…")
+        try:
+            await ctx.progress.finish(await backups.check())
+        except UserError as e:
+            await _fail_loudly(ctx, f"❌ `restic check` failed: {e}")
+        return
+    if target == "drill":
+        ok, report = await backups.drill(ctx.progress)
+        if ok:
+            await ctx.progress.finish(report)
+        else:
+            await _fail_loudly(ctx, report)
+        return
+    if target == "prune":
+        await ctx.progress.finish(await backups.retention(ctx.progress))
+        return
+    if target != "all":
+        env = await ctx.services.apps.find(target)
+        outcome = await backups.backup(env, ctx.progress, ctx.sender, job_id)
+        await ctx.progress.finish(outcome.report)
+        return
+    envs, problems = await backups.labelled_apps()
+    if not envs:
+        await ctx.progress.finish(
+            "No deployed app has a `backupbot.backup=true` label: nothing to back up."
+            + "".join(f"\n- ⚠️ {p}" for p in problems)
+        )
+        return
+    lines, failed = [], []
+    for index, env in enumerate(envs, 1):
+        sink = _Prefixed(ctx, f"[{index}/{len(envs)}] ")
+        try:
+            outcome = await backups.backup(env, sink, ctx.sender, job_id)
+            lines.append(outcome.report)
+        except UserError as e:
+            failed.append(env.domain)
+            lines.append(f"❌ **{env.domain}**: {e}")
+    lines += [f"⚠️ {p}" for p in problems]
+    if ctx.sender == SCHEDULER and not failed:
+        # Retention after a complete nightly run: forget, then prune on its own.
+        try:
+            lines.append(await backups.retention(ctx.progress))
+        except UserError as e:
+            failed.append("retention")
+            lines.append(f"❌ retention: {e}")
+    head = (
+        f"💾 Backups: {len(envs) - len([f for f in failed if f != 'retention'])} of "
+        f"{len(envs)} app(s) backed up"
+    )
+    report = head + ("" if not failed else f"; **{len(failed)} failed**") + ".\n\n"
+    report += "\n".join(lines)
+    if failed:
+        await _fail_loudly(ctx, report)
+    else:
+        await ctx.progress.finish(report)
+
+
+async def _fail_loudly(ctx: CommandContext, report: str) -> None:
+    """The report, and when nobody asked for it (the schedule), a ping to the admins."""
+    await ctx.progress.finish(report)
+    if ctx.sender == SCHEDULER:
+        admins = await _admins(ctx)
+        if admins:
+            await ctx.reply(
+                "🚨 " + " ".join(admins) + ": scheduled backup work failed, see above.",
+                mentions=admins,
+            )
+
+
+@group.command(
+    "backups",
+    help="Each app's newest good snapshot, its age and size; ⚠ where it is too old or the "
+    "last run failed.",
+    role=Role.VIEWER,
+    quick=True,
+)
+async def backups_command(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
+    states, problems = await backups.states()
+    max_age = backups.config.max_age
+    stale = sorted(s.app for s in states if s.stale(max_age) or s.last_failed)
+    if ctx.sender == SCHEDULER:
+        # The hourly age check: speak only when the set of apps in trouble changed.
+        before = ctx.services.store.get_json(AGE_ALERT_KEY) or []
+        ctx.services.store.put_json(AGE_ALERT_KEY, stale)
+        if not stale or stale == before:
+            return
+    lines = ["| app | newest snapshot | age | size | |", "|---|---|---|---|---|"]
+    for s in states:
+        if s.newest is None:
+            lines.append(f"| {s.app} | none | | | ⚠️ never backed up |")
+            continue
+        flags = []
+        if s.stale(max_age):
+            flags.append(f"⚠️ older than {human_age(max_age)}")
+        if s.last_failed:
+            flags.append("⚠️ last run failed: " + s.last_failed.splitlines()[0][:120])
+        size = human_bytes(s.size) if s.size is not None else "?"
+        when = s.newest.time.strftime("%Y-%m-%d %H:%M UTC")
+        age = human_age(s.age or 0)
+        lines.append(
+            f"| {s.app} | `{s.newest.short_id}` {when} | {age} | {size} | "
+            f"{'; '.join(flags) or '✅'} |"
+        )
+    if not states:
+        lines = ["No app is labelled for backups and the repository has no snapshots."]
+    lines += [f"\n⚠️ {p}" for p in problems]
+    text = "\n".join(lines)
+    if ctx.sender == SCHEDULER:
+        admins = await _admins(ctx)
+        text = f"🚨 {' '.join(admins)} backups need attention: {', '.join(stale)}.\n\n" + text
+        await ctx.reply(text, mentions=admins)
+    else:
+        await ctx.reply(text)
+
+
+@group.command(
+    "snapshots",
+    help="List an app's snapshots, newest first.",
+    args=(Arg("app", "the app's domain", type=check_domain),),
+    role=Role.VIEWER,
+    quick=True,
+)
+async def snapshots(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
+    env = await ctx.services.apps.find(ctx.args["app"])
+    found = await backups.snapshots(env)
+    if not found:
+        await ctx.reply(f"{env.domain} has no snapshots yet; `!backup {env.domain}` makes one.")
+        return
+    lines = [f"Snapshots of {env.domain} ({len(found)}):", "| id | time | version | paths |"]
+    lines.append("|---|---|---|---|")
+    for snap in reversed(found[-SNAPSHOTS_SHOWN:]):
+        version = next((t[8:] for t in snap.tags if t.startswith("version=")), "")
+        lines.append(
+            f"| `{snap.short_id}` | {snap.time:%Y-%m-%d %H:%M} UTC | {version} | "
+            f"{len(snap.paths)} |"
+        )
+    if len(found) > SNAPSHOTS_SHOWN:
+        lines.append(f"… and {len(found) - SNAPSHOTS_SHOWN} older ones.")
+    await ctx.reply("\n".join(lines))
+
+
+async def _restore_env(ctx: CommandContext) -> tuple[Backups, AppEnv]:
+    return _backups(ctx), await ctx.services.apps.find(ctx.args["app"])
+
+
+async def _restore_plan(ctx: CommandContext) -> Plan:
+    backups, env = await _restore_env(ctx)
+    snap, _, text = await backups.restore_plan(env, ctx.args["snapshot"], ctx.args["path"])
+    deployed = await ctx.services.apps.deployed(env)
+    if not deployed.exists:
+        raise UserError(f"{env.domain} is not deployed; deploy it, then restore.")
+    return Plan(text, fingerprint=f"{snap.id}|{deployed.version}")
+
+
+@group.command(
+    "restore",
+    help="Restore an app's volumes from a snapshot (default: the newest); the app is "
+    "stopped meanwhile. Needs a vote.",
+    args=(
+        Arg("app", "the app's domain", type=check_domain),
+        Arg("snapshot", "a snapshot id from !snapshots", required=False, type=_snapshot_id),
+    ),
+    options=(Option("path", "only this volume or folder: <volume>[/<sub-path>]", metavar="PATH"),),
+    timeout=6 * 3600,
+    role=Role.OPERATOR,
+    vote_policy="restore",
+    lock_arg="app",
+    plan=_restore_plan,
+)
+async def restore(ctx: CommandContext) -> None:
+    backups, env = await _restore_env(ctx)
+    report = await backups.restore(
+        env, ctx.args["snapshot"], ctx.args["path"], ctx.progress, ctx.sender
+    )
+    await ctx.progress.finish(report)
+
+
+@group.command("schedule", help="When scheduled work runs next.", quick=True)
+async def schedule(ctx: CommandContext) -> None:
+    scheduler = ctx.services.scheduler
+    if scheduler is None or not scheduler.tasks:
+        await ctx.reply("Nothing is scheduled.")
+        return
+    zone = scheduler.zone
+
+    def when(moment: dt.datetime | None) -> str:
+        return moment.astimezone(zone).strftime("%a %Y-%m-%d %H:%M") if moment else "—"
+
+    lines = [f"Times in {zone}.", "| task | cron | runs | next | last |", "|---|---|---|---|---|"]
+    for task, last, upcoming in scheduler.schedule():
+        lines.append(
+            f"| {task.what} | `{task.cron}` | `{ctx.prefix}{task.command}` | "
+            f"{when(upcoming)} | {when(last)} |"
+        )
+    await ctx.reply("\n".join(lines))
