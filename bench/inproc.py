@@ -96,6 +96,9 @@ class BenchChat:
     async def run(self, on_event: EventHandler) -> None:
         await asyncio.Event().wait()
 
+    async def home_room(self) -> str | None:
+        return ROOM
+
     def alive(self) -> bool:
         return True
 

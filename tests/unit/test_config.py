@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bot.config import load_config, parse_config, parse_duration
 from bot.errors import ConfigError
@@ -336,3 +337,20 @@ def test_example_config_is_valid_apart_from_its_placeholders(
     assert found, "the example should contain placeholders to replace"
     not_placeholders = [line for line in found if "leftover placeholder" not in line]
     assert not_placeholders == []
+
+
+def test_example_backups_block_is_valid_once_uncommented(tmp_path: Path) -> None:
+    """The backups: block ships commented out (it needs a real password file)."""
+    text = (REPO / "config.example.yaml").read_text().splitlines()
+    start = text.index("# backups:")
+    end = text.index("", start)
+    uncommented = [line.removeprefix("# ") for line in text[start:end]]
+    data = yaml.safe_load("\n".join(uncommented))
+    password = tmp_path / "restic_password"
+    password.write_text("s3cret\n")
+    data["backups"]["password_file"] = str(password)
+    config = parse_config(data)
+    assert config.backups is not None
+    assert config.backups.schedule == "30 3 * * *"
+    assert config.backups.retention.monthly == 6
+    assert config.backups.max_age == 36 * 3600
