@@ -59,7 +59,9 @@ class Bot:
         self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
         apps = Apps(config, self.store)
         backups = (
-            Backups(config.backups, apps, self.store, data_dir=config.data_dir)
+            Backups(
+                config.backups, apps, self.store, data_dir=config.data_dir, metrics=self.metrics
+            )
             if config.backups
             else None
         )

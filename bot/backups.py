@@ -28,6 +28,7 @@ from typing import Protocol
 from bot.apps import Apps
 from bot.config import BackupsConfig
 from bot.errors import UserError
+from bot.metrics import Metrics
 from bot.ops.abra import AppEnv
 from bot.ops.backupbot import BackupSpec, backup_specs, volume_paths
 from bot.ops.restic import Progress as ResticProgress
@@ -187,6 +188,7 @@ class Backups:
         *,
         data_dir: Path | None = None,
         restic: Restic | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.apps = apps
@@ -199,6 +201,13 @@ class Backups:
             extra_env=_read_env_file(config.env_file),
             cache_dir=self._data_dir / "restic-cache",
         )
+        self._metrics = metrics
+        if metrics is not None:  # known after a restart too, not only after the next run
+            for app, runs in store.last_backups().items():
+                good = runs["good"]
+                if good is not None:
+                    when = good["finished_at"] or good["started_at"]
+                    metrics.backup_last_good.labels(app).set(when)
         self._repo_ready = False
         self._repo_lock = asyncio.Lock()  # two first uses at once must not both init
 
@@ -264,6 +273,8 @@ class Backups:
         """backupbot.backup.path names paths inside the labelled container: map them
         through that service's volume mounts to the host."""
         mounts = (await swarm.mounts(env.stack_name)).get(spec.service, [])
+        # The innermost mount first: a volume mounted inside another hides that part of it.
+        mounts = sorted(mounts, key=lambda m: len(PurePosixPath(m[1]).parts), reverse=True)
         result = []
         for raw in spec.deprecated_paths:
             inside = PurePosixPath(raw)
@@ -272,8 +283,8 @@ class Backups:
                     rel = inside.relative_to(target)
                 except ValueError:
                     continue
-                if ".." in rel.parts:
-                    break
+                if ".." in rel.parts:  # leaves the mount: not on this volume
+                    continue
                 result.append(self.config.volumes_root / source / "_data" / rel)
                 break
             else:
@@ -353,6 +364,8 @@ class Backups:
                 detail=str(e)[:2000],
             )
             self.store.audit(actor, "backup.failed", str(e)[:500], app=env.domain)
+            if self._metrics is not None:
+                self._metrics.backups.labels("failed").inc()
             raise
 
     async def _backup(
@@ -401,6 +414,9 @@ class Backups:
             total_bytes=summary.total_bytes_processed,
             detail="\n".join(warnings)[:2000] or None,
         )
+        if self._metrics is not None:
+            self._metrics.backups.labels(result).inc()
+            self._metrics.backup_last_good.labels(env.domain).set(time.time())
         mark = "⚠️" if warnings else "✅"
         lines = [
             f"{mark} **{env.domain}**: snapshot `{summary.snapshot_id[:8]}` "
@@ -667,6 +683,13 @@ class Backups:
         """Restore `dest` (a path in the snapshot) next to it, then swap it in; the
         previous data goes to `aside`."""
         volume_dir = self.config.volumes_root / self._volume_dir(dest)
+        # The swap renames by path: a symlink planted on the way (inside the app's
+        # volume) would move files outside it.
+        for folder in [dest.parent, *dest.parent.parents]:
+            if folder == volume_dir:
+                break
+            if folder.is_symlink():
+                raise UserError(f"{folder} is a symbolic link: refusing to restore through it")
         staging = volume_dir / f"{RESTORE_DIR}{token}"
         await self.restic.restore(snap.id, staging, include=[str(dest)])
         staged = staging / dest.relative_to("/")

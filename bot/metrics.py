@@ -36,3 +36,15 @@ class Metrics:
             "Unix time of the last successful sync with the homeserver",
             registry=self.registry,
         )
+        self.backups = Counter(
+            "coopbot_backups",
+            "Backup runs, by result (ok, warning, failed)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.backup_last_good = Gauge(
+            "coopbot_backup_last_good_timestamp_seconds",
+            "Unix time of each app's newest good backup run (alert on its age)",
+            ["app"],
+            registry=self.registry,
+        )
