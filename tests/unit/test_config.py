@@ -354,3 +354,213 @@ def test_example_backups_block_is_valid_once_uncommented(tmp_path: Path) -> None
     assert config.backups.schedule == "30 3 * * *"
     assert config.backups.retention.monthly == 6
     assert config.backups.max_age == 36 * 3600
+
+
+# -- backups, upgrades, timezone ---------------------------------------------------------
+
+
+def backups(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    (tmp_path / "restic-password").write_text("secret\n")
+    section: dict[str, Any] = {"repository": "sftp:backup@host:/srv/restic"}
+    section["password_file"] = "restic-password"
+    section.update(overrides)
+    return {"backups": section}
+
+
+def test_no_backups_section_means_no_backups() -> None:
+    assert parse_config({}).backups is None
+
+
+def test_backups_defaults_and_paths_resolved_against_the_config_folder(tmp_path: Path) -> None:
+    config = parse_config(backups(tmp_path), tmp_path)
+    b = config.backups
+    assert b is not None
+    assert b.repository == "sftp:backup@host:/srv/restic"
+    assert b.password_file == tmp_path / "restic-password"
+    assert b.env_file is None
+    assert b.volumes_root == Path("/var/lib/docker/volumes")
+    assert (b.schedule, b.check_schedule, b.drill_schedule) == (
+        "30 3 * * *",
+        "0 5 * * 0",
+        "0 6 1 * *",
+    )
+    assert (b.retention.daily, b.retention.weekly, b.retention.monthly) == (7, 4, 6)
+    assert b.check_read_data_subset == "5%"
+    assert b.max_age == 36 * 3600.0
+    assert b.settle_timeout == 600.0
+    assert b.restic == "restic"
+
+
+def test_backups_every_key(tmp_path: Path) -> None:
+    (tmp_path / "s3.env").write_text("AWS_ACCESS_KEY_ID=x\n")
+    config = parse_config(
+        backups(
+            tmp_path,
+            env_file="s3.env",
+            volumes_root="/mnt/volumes",
+            schedule="0   2 * * 1-5",
+            check_schedule=None,
+            drill_schedule="0 4 1 */3 *",
+            retention={"daily": 0, "weekly": 0, "monthly": 12},
+            check_read_data_subset="1/20",
+            max_age="2d",
+            settle_timeout="90s",
+            restic="/usr/local/bin/restic",
+        ),
+        tmp_path,
+    )
+    b = config.backups
+    assert b is not None
+    assert b.env_file == tmp_path / "s3.env"
+    assert b.volumes_root == Path("/mnt/volumes")
+    assert b.schedule == "0 2 * * 1-5"  # whitespace normalised
+    assert b.check_schedule is None
+    assert b.drill_schedule == "0 4 1 */3 *"
+    assert (b.retention.daily, b.retention.weekly, b.retention.monthly) == (0, 0, 12)
+    assert b.check_read_data_subset == "1/20"
+    assert (b.max_age, b.settle_timeout) == (2 * 86400.0, 90.0)
+    assert b.restic == "/usr/local/bin/restic"
+
+
+@pytest.mark.parametrize(
+    ("cron", "why"),
+    [
+        ("every night", "Wrong number of fields; got 2, expected 5"),
+        ("30 3 * *", "Wrong number of fields; got 4, expected 5"),
+        (
+            "61 3 * * *",
+            "Error validating expression '61': the last value (61) is higher than the "
+            "maximum value (59)",
+        ),
+        (5, "Wrong number of fields; got 1, expected 5"),
+    ],
+)
+def test_a_bad_cron_line_names_its_key_and_the_problem(tmp_path: Path, cron: Any, why: str) -> None:
+    (found,) = problems(backups(tmp_path, schedule=cron), tmp_path)
+    assert found == f"backups.schedule: {cron!r} is not a cron line such as '30 3 * * *': {why}"
+
+
+def test_bad_cron_lines_of_every_schedule_are_reported_together(tmp_path: Path) -> None:
+    found = problems(
+        {
+            **backups(tmp_path, check_schedule="weekly", drill_schedule="0 6 32 * *"),
+            "upgrades": {"check_schedule": "daily"},
+        },
+        tmp_path,
+    )
+    assert sorted(line.split(":")[0] for line in found) == [
+        "backups.check_schedule",
+        "backups.drill_schedule",
+        "upgrades.check_schedule",
+    ]
+    assert all("is not a cron line such as '30 3 * * *'" in line for line in found)
+
+
+def test_the_backup_password_file_must_exist(tmp_path: Path) -> None:
+    (found,) = problems(backups(tmp_path, password_file="nope"), tmp_path)
+    assert found == (
+        f"backups.password_file: cannot read secret file {tmp_path / 'nope'}: "
+        "No such file or directory"
+    )
+
+
+def test_the_backup_password_file_must_not_be_empty(tmp_path: Path) -> None:
+    (tmp_path / "blank").write_text(" \n\n")
+    (found,) = problems(backups(tmp_path, password_file="blank"), tmp_path)
+    assert found == f"backups.password_file: secret file {tmp_path / 'blank'} is empty"
+
+
+def test_the_backup_env_file_must_exist(tmp_path: Path) -> None:
+    (found,) = problems(backups(tmp_path, env_file="s3.env"), tmp_path)
+    assert found == (
+        f"backups.env_file: cannot read secret file {tmp_path / 's3.env'}: "
+        "No such file or directory"
+    )
+
+
+def test_retention_must_keep_something(tmp_path: Path) -> None:
+    (found,) = problems(
+        backups(tmp_path, retention={"daily": 0, "weekly": 0, "monthly": 0}), tmp_path
+    )
+    assert found == "backups.retention: keep at least one daily, weekly or monthly snapshot"
+    (found,) = problems(backups(tmp_path, retention={"daily": -1}), tmp_path)
+    assert found == "backups.retention.daily: Input should be greater than or equal to 0"
+    (found,) = problems(backups(tmp_path, retention={"yearly": 1}), tmp_path)
+    assert found == "backups.retention.yearly: unknown key"
+
+
+def test_backups_needs_a_repository_and_a_password_file(tmp_path: Path) -> None:
+    assert sorted(problems({"backups": {}}, tmp_path)) == [
+        "backups.password_file: required key is missing",
+        "backups.repository: required key is missing",
+    ]
+    (found,) = problems(backups(tmp_path, repository=""), tmp_path)
+    assert found.startswith("backups.repository: String should have at least 1 character")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("check_read_data_subset", "lots"),
+        ("check_read_data_subset", "5"),
+        ("max_age", "soon"),
+        ("settle_timeout", 0),
+        ("bogus", 1),
+    ],
+)
+def test_bad_backups_values_name_their_key(tmp_path: Path, key: str, value: Any) -> None:
+    (found,) = problems(backups(tmp_path, **{key: value}), tmp_path)
+    assert found.startswith(f"backups.{key}: ")
+
+
+def test_upgrades_defaults_and_keys() -> None:
+    u = parse_config({}).upgrades
+    assert (u.check_schedule, u.fetch_recipes, u.backup_first, u.auto_patch, u.concurrency) == (
+        "0 9 * * *",
+        True,
+        True,
+        False,
+        8,
+    )
+    u = parse_config(
+        {
+            "upgrades": {
+                "check_schedule": None,
+                "fetch_recipes": False,
+                "backup_first": False,
+                "auto_patch": True,
+                "concurrency": 64,
+            }
+        }
+    ).upgrades
+    assert (u.check_schedule, u.fetch_recipes, u.backup_first, u.auto_patch, u.concurrency) == (
+        None,
+        False,
+        False,
+        True,
+        64,
+    )
+
+
+def test_bad_upgrades_values() -> None:
+    found = problems({"upgrades": {"concurrency": 0, "auto_patch": "maybe", "bogus": 1}})
+    assert sorted(found) == [
+        "upgrades.auto_patch: Input should be a valid boolean, unable to interpret input",
+        "upgrades.bogus: unknown key",
+        "upgrades.concurrency: Input should be greater than or equal to 1",
+    ]
+    (found,) = problems({"upgrades": {"concurrency": 65}})
+    assert found == "upgrades.concurrency: Input should be less than or equal to 64"
+
+
+def test_timezone() -> None:
+    assert parse_config({}).timezone is None  # the machine's
+    assert parse_config({"timezone": "Europe/Berlin"}).timezone == "Europe/Berlin"
+    assert parse_config({"timezone": "UTC"}).timezone == "UTC"
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "../../etc/passwd", "", "europe/berlin "])
+def test_an_unknown_timezone_is_refused_clearly(zone: str) -> None:
+    assert problems({"timezone": zone}) == [
+        f"timezone: unknown timezone {zone!r}; use a name like Europe/Berlin"
+    ]
