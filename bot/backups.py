@@ -568,7 +568,24 @@ class Backups:
         """(snapshot, paths replaced, the plan as Markdown)."""
         snap = await self.find_snapshot(env, snapshot_id)
         scope = restore_scope([], snap, self.config.volumes_root, env.stack_name, path)
-        services = await self.apps.swarm(env.server).services(env.stack_name)
+        swarm = self.apps.swarm(env.server)
+        services = await swarm.services(env.stack_name)
+        # The stack-name prefix alone would also match a longer stack's volumes
+        # (a_test_x_data for stack a_test): the volume must be this stack's own.
+        own = set(await swarm.volumes(env.stack_name))
+        foreign = sorted({self._volume_dir(p) for p in scope} - own)
+        if foreign:
+            raise UserError(
+                f"snapshot {snap.short_id} holds {', '.join(foreign)}, which "
+                f"{'is' if len(foreign) == 1 else 'are'} not a volume of {env.domain} now: "
+                "refusing to restore it"
+            )
+        fixed = [s.short_name for s in services if s.replicas_desired is None]
+        if fixed:
+            raise UserError(
+                f"{env.domain} has global services ({', '.join(fixed)}), which cannot be "
+                "stopped by scaling to 0: restore it by hand."
+            )
         lines = [
             f"Restore **{env.domain}** from snapshot `{snap.short_id}` "
             f"({snap.time:%Y-%m-%d %H:%M} UTC, "

@@ -61,11 +61,13 @@ RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
 
 def parse_cron(value: Any) -> str:
     """A five-field crontab line, checked by the scheduler's own parser."""
-    from apscheduler.triggers.cron import CronTrigger
+    from datetime import UTC
+
+    from bot.scheduler import crontab_trigger  # the scheduler imports this module
 
     text = " ".join(str(value).split())
     try:
-        CronTrigger.from_crontab(text, timezone="UTC")
+        crontab_trigger(text, UTC)
     except ValueError as e:
         raise ValueError(f"{value!r} is not a cron line such as '30 3 * * *': {e}") from None
     return text

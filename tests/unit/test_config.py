@@ -564,3 +564,14 @@ def test_an_unknown_timezone_is_refused_clearly(zone: str) -> None:
     assert problems({"timezone": zone}) == [
         f"timezone: unknown timezone {zone!r}; use a name like Europe/Berlin"
     ]
+
+
+def test_crontab_weekday_numbers_are_accepted_as_crontab_reads_them(tmp_path: Path) -> None:
+    """7 is Sunday in crontab; APScheduler alone would refuse it."""
+    config = parse_config(backups(tmp_path, check_schedule="0 5 * * 7"), tmp_path)
+    assert config.backups is not None and config.backups.check_schedule == "0 5 * * 7"
+    (found,) = problems(backups(tmp_path, check_schedule="0 5 * * 8"), tmp_path)
+    assert found == (
+        "backups.check_schedule: '0 5 * * 8' is not a cron line such as '30 3 * * *': "
+        "day of week '8': 0-7 (0 and 7 are Sunday)"
+    )
