@@ -42,6 +42,7 @@ bench: deps venv
 	$(BIN)/python -m bench.idle_rss
 	$(BIN)/python -m bench.deploy
 	$(BIN)/python -m bench.apps_inventory
+	$(BIN)/python -m bench.upgrade_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
