@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bot.access import SCHEDULER
 from bot.approvals import Plan
 from bot.dispatcher import CommandContext
@@ -83,8 +85,16 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     plan=_upgrade_plan,
 )
 async def upgrade(ctx: CommandContext) -> None:
-    # Planned again: the app may have changed while this job waited for its lock.
+    # Planned again: the app may have changed while this job waited for its lock. An
+    # approved job runs as a reply to its proposal: it must still be the move voted for.
     plan = await _prepare(ctx)
+    proposal = ctx.services.store.proposal_for_message(ctx.message.event_id or "")
+    if proposal is not None and json.loads(proposal.plan)["fingerprint"] != plan.fingerprint:
+        raise UserError(
+            f"{plan.env.domain} changed while this upgrade waited its turn (it is now "
+            f"{plan.current.text} → {plan.target.text}); nothing was done. Ask again to vote "
+            "on the new plan."
+        )
     report = await _upgrades(ctx).upgrade(
         plan, ctx.progress, ctx.sender, ctx.job.id if ctx.job else None, ctx.prefix
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -881,3 +882,28 @@ async def test_upgrade_refusals_and_roles(tmp_path: Path, make_bot: BotFactory) 
     (unknown,) = await ask(bot, "!upgrade nowhere.test")
     assert "No app nowhere.test" in unknown
     assert bot.store.proposals() == [] and site.apps.deploys == []
+
+
+async def test_an_approved_upgrade_checks_the_app_did_not_change_while_it_waited(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = make_site(tmp_path)
+    site.add("a.test")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    (proposal,) = await ask(bot, "!upgrade a.test 1.1.0+1.1")
+    found = re.search(r"Proposal `(\w+)`", proposal)
+    assert found
+    lock = bot.services.jobs._locks.setdefault("a.test", asyncio.Lock())
+    await lock.acquire()  # another job works on the app
+    await bot.dispatcher.handle(message(f"!approve {found.group(1)}", ADMIN))
+    site.swarm.stacks_of["a_test"] = [service("a_test", "1.0.1+1.0")]  # that job's doing
+    lock.release()
+    await drain(bot)
+    chat = chat_of(bot)
+    assert any(
+        "a.test changed while this upgrade waited its turn (it is now 1.0.1+1.0 → 1.1.0+1.1)"
+        in chat.shown(s.event_id)
+        for s in chat.sent
+    )
+    assert site.apps.deploys == []
