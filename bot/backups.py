@@ -209,6 +209,7 @@ class Backups:
                     when = good["finished_at"] or good["started_at"]
                     metrics.backup_last_good.labels(app).set(when)
         self._repo_ready = False
+        self._repo_created = False
         self._repo_lock = asyncio.Lock()  # two first uses at once must not both init
 
     # -- what to back up ----------------------------------------------------------
@@ -295,19 +296,30 @@ class Backups:
 
     # -- backup -------------------------------------------------------------------
     async def _ready(self) -> None:
-        """Check restic once, and create the repository on first use."""
+        """Check the restic binary once (`restic version`: cheap, no repository)."""
         async with self._repo_lock:
-            if self._repo_ready:
-                return
-            await self.restic.version()
-            try:
-                await self.restic.snapshots(tags=[COOPBOT_TAG])
-            except ResticError as e:
-                if e.kind != "no_repository":
-                    raise
+            if not self._repo_ready:
+                await self.restic.version()
+                self._repo_ready = True
+
+    async def _create_repository(self) -> None:
+        """Create the repository on first use. Serialised: two restic inits at once
+        would each write their own key and config."""
+        async with self._repo_lock:
+            if not self._repo_created:  # another first backup may have just made it
                 log.warning("creating the restic repository at %s", self.restic.display)
                 await self.restic.init()
-            self._repo_ready = True
+                self._repo_created = True
+
+    async def _snapshots(self, tag: str) -> list[Snapshot]:
+        """Snapshots with this tag; none while the repository does not exist yet."""
+        await self._ready()
+        try:
+            return await self.restic.snapshots(tags=[tag])
+        except ResticError as e:
+            if e.kind == "no_repository":
+                return []
+            raise
 
     async def wait_settled(self, env: AppEnv, sink: StatusSink | None = None) -> None:
         """Return once no service of the stack is mid-update; raise if it stays so
@@ -387,7 +399,13 @@ class Backups:
                 await progress.update(f"{title}: {progress_line(p)}")
 
             await progress.update(f"{title}: starting restic")
-            summary = await self.restic.backup(target.paths, target.tags, on_progress)
+            try:
+                summary = await self.restic.backup(target.paths, target.tags, on_progress)
+            except ResticError as e:
+                if e.kind != "no_repository":
+                    raise
+                await self._create_repository()
+                summary = await self.restic.backup(target.paths, target.tags, on_progress)
         finally:
             # The post-hook undoes what the pre-hook did (maintenance mode, a lock):
             # it runs whatever happened above.
@@ -433,8 +451,7 @@ class Backups:
 
     # -- what exists --------------------------------------------------------------
     async def snapshots(self, env: AppEnv) -> list[Snapshot]:
-        await self._ready()
-        return await self.restic.snapshots(tags=[APP_TAG + env.domain])
+        return await self._snapshots(APP_TAG + env.domain)
 
     async def newest_snapshot(self, env: AppEnv) -> str | None:
         found = await self.snapshots(env)
@@ -444,10 +461,9 @@ class Backups:
         """Per labelled app (and per app with snapshots): the newest snapshot, its
         age and size, and whether the last run failed."""
         now = time.time() if now is None else now
-        await self._ready()
         apps, problems = await self.labelled_apps()
         newest: dict[str, Snapshot] = {}
-        for snap in await self.restic.snapshots(tags=[COOPBOT_TAG]):
+        for snap in await self._snapshots(COOPBOT_TAG):
             app = snapshot_app(snap)
             if app is not None:
                 newest[app] = snap  # oldest first: the last one wins
@@ -473,9 +489,8 @@ class Backups:
     # -- retention, check, drill -------------------------------------------------------
     async def retention(self, sink: StatusSink) -> str:
         """`forget` per app by the retention policy, then `prune` as its own step."""
-        await self._ready()
         keep = self.config.retention
-        snaps = await self.restic.snapshots(tags=[COOPBOT_TAG])
+        snaps = await self._snapshots(COOPBOT_TAG)
         apps = sorted({app for s in snaps if (app := snapshot_app(s)) is not None})
         removed = 0
         for app in apps:
@@ -500,9 +515,8 @@ class Backups:
     async def drill(self, sink: StatusSink) -> tuple[bool, str]:
         """Restore each app's newest snapshot into a temporary folder and compare file
         counts and sizes with the snapshot's own listing."""
-        await self._ready()
         newest: dict[str, Snapshot] = {}
-        for snap in await self.restic.snapshots(tags=[COOPBOT_TAG]):
+        for snap in await self._snapshots(COOPBOT_TAG):
             app = snapshot_app(snap)
             if app is not None:
                 newest[app] = snap

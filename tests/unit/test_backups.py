@@ -238,6 +238,12 @@ class FakeRestic:
         on_progress: Callable[[Progress], Awaitable[None]] | None = None,
     ) -> BackupSummary:
         await self._call("backup")
+        if not self.initialised:
+            raise ResticError(
+                "Fatal: unable to open config file: there is no repository at /srv/restic",
+                kind="no_repository",
+                exit_code=1,
+            )
         self.backed_up.append((list(paths), list(tags)))
         if on_progress is not None:
             await on_progress(Progress(50.0, 512, 1024, 1, 2, 1.0, 30.0))
@@ -905,7 +911,9 @@ async def test_the_repository_is_created_on_first_use_once(tmp_path: Path) -> No
     assert (first.app, second.app) == ("a.test", "b.test")
     assert site.restic.calls.count("init") == 1
     assert site.restic.calls.count("version") == 1
-    assert site.restic.calls[:3] == ["version", "snapshots", "init"]
+    # Both first backups found no repository; it was created once, then both ran.
+    assert site.restic.calls.count("backup") == 4
+    assert site.restic.calls.index("init") > site.restic.calls.index("backup")
     await site.backups.backup(a, Sink(), OPERATOR)
     assert site.restic.calls.count("init") == 1
     assert site.restic.calls.count("version") == 1
@@ -921,12 +929,12 @@ async def test_other_repository_errors_fail_the_backup_and_are_retried_next_time
     site: Site,
 ) -> None:
     env = site.add()
-    site.restic.snapshots_error = ResticError("wrong password", kind="wrong_password")
+    site.restic.backup_error = ResticError("wrong password", kind="wrong_password")
     with pytest.raises(ResticError, match="wrong password"):
         await site.backups.backup(env, Sink(), OPERATOR)
     assert "init" not in site.restic.calls
     assert site.store.backups("a.test")[0]["result"] == "failed"
-    site.restic.snapshots_error = None
+    site.restic.backup_error = None
     await site.backups.backup(env, Sink(), OPERATOR)
     assert site.store.backups("a.test")[0]["result"] == "ok"
 
