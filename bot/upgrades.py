@@ -607,8 +607,8 @@ class Upgrades:
         Returns the report; raises UserError with it when the upgrade failed."""
         env = plan.env
         lines = [
-            f"⬆ **Upgrade {env.domain}**: {plan.current.text} → {plan.target.text} "
-            f"({kind_label(plan.kind)})"
+            f"⬆ **Upgrade {env.domain}**: {plan.current.text} → {plan.target.text}, "
+            f"{kind_label(plan.kind)}"
         ]
         snapshot: str | None = None
         if plan.will_back_up and self.backups is not None:

@@ -338,7 +338,7 @@ async def test_voted_patch_then_a_major_upgrade_needs_the_larger_quorum(
     assert "No backup first: no `backups:` section" in body
     await site.approve(coop.alice, proposal)
     report = await site.said(coop.bob, "runs 1.0.1+1.0")
-    assert f"⬆ **Upgrade {DEMO}**: 1.0.0+1.0 → 1.0.1+1.0 (patch)" in report, report
+    assert f"⬆ **Upgrade {DEMO}**: 1.0.0+1.0 → 1.0.1+1.0, patch" in report, report
     assert "Converged" in report
     assert site.version(DEMO) == "1.0.1+1.0"
 

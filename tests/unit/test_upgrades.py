@@ -694,7 +694,7 @@ async def test_upgrade_backs_up_then_deploys_in_one_message(tmp_path: Path) -> N
     assert backups.taken == ["a.test"]
     assert site.apps.deploys == [("a.test", "2.0.0+2.0", "upgrade")]
     assert report.splitlines()[:2] == [
-        "⬆ **Upgrade a.test**: 1.0.0+1.0 → 2.0.0+2.0 (⚠ **major** (breaking))",
+        "⬆ **Upgrade a.test**: 1.0.0+1.0 → 2.0.0+2.0, ⚠ **major** (breaking)",
         "✅ Backed up first: snapshot `01234567`",
     ]
     assert report.endswith("✅ a.test runs 2.0.0+2.0.")
