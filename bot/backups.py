@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from bot.apps import Apps
+from bot.apps import Apps, deployed_from
 from bot.config import BackupsConfig
 from bot.errors import UserError
 from bot.metrics import Metrics
@@ -267,7 +267,7 @@ class Backups:
             )
         if not paths:
             raise UserError(f"{env.domain}: every volume is skipped by its labels.")
-        deployed = await self.apps.deployed(env)
+        deployed = deployed_from(env.stack_name, services)  # no second listing
         return BackupTarget(env, specs, paths, deployed.version, services, warnings)
 
     async def _deprecated(self, env: AppEnv, swarm: Swarm, spec: BackupSpec) -> list[Path]:
@@ -321,14 +321,21 @@ class Backups:
                 return []
             raise
 
-    async def wait_settled(self, env: AppEnv, sink: StatusSink | None = None) -> None:
-        """Return once no service of the stack is mid-update; raise if it stays so
-        longer than settle_timeout, or is stuck (paused)."""
+    async def wait_settled(
+        self,
+        env: AppEnv,
+        sink: StatusSink | None = None,
+        services: list[ServiceInfo] | None = None,
+    ) -> bool:
+        """Return once no service of the stack is mid-update (True if that took a
+        wait); raise if it stays so longer than settle_timeout, or is stuck (paused).
+        `services`: a listing just made, used for the first look."""
         swarm = self.apps.swarm(env.server)
         deadline = time.monotonic() + self.config.settle_timeout
-        told = False
+        told = waited = False
         while True:
-            services = await swarm.services(env.stack_name)
+            if services is None:
+                services = await swarm.services(env.stack_name)
             stuck = [s for s in services if (s.update_state or "") in STUCK]
             if stuck:
                 raise UserError(
@@ -338,7 +345,7 @@ class Backups:
                 )
             moving = [s for s in services if (s.update_state or "") in MOVING]
             if not moving:
-                return
+                return waited
             what = ", ".join(f"{s.short_name} ({s.update_state})" for s in moving)
             if time.monotonic() >= deadline:
                 raise UserError(
@@ -350,6 +357,7 @@ class Backups:
                 await sink.update(f"⏳ {env.domain} is mid-update ({what}): waiting for it")
                 told = True
             await asyncio.sleep(2)
+            services, waited = None, True
 
     async def backup(
         self,
@@ -364,7 +372,8 @@ class Backups:
         try:
             await self._ready()
             target = await self.target(env)
-            await self.wait_settled(env, progress)
+            if await self.wait_settled(env, progress, target.services):
+                target = await self.target(env)  # the update may have changed it
             return await self._backup(target, progress, actor)
         except UserError as e:
             self.store.add_backup(
