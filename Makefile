@@ -43,6 +43,7 @@ bench: deps venv
 	$(BIN)/python -m bench.deploy
 	$(BIN)/python -m bench.apps_inventory
 	$(BIN)/python -m bench.upgrade_check
+	$(BIN)/python -m bench.backup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
