@@ -179,6 +179,17 @@ def tree_totals(root: Path) -> tuple[int, int]:
     return files, size
 
 
+def restic_for(config: BackupsConfig, data_dir: Path) -> Restic:
+    """The restic adapter for the configured repository (its cache in data_dir)."""
+    return Restic(
+        config.repository,
+        config.password_file,
+        binary=config.restic,
+        extra_env=_read_env_file(config.env_file),
+        cache_dir=data_dir / "restic-cache",
+    )
+
+
 class Backups:
     def __init__(
         self,
@@ -194,13 +205,7 @@ class Backups:
         self.apps = apps
         self.store = store
         self._data_dir = data_dir or Path(tempfile.gettempdir())
-        self.restic = restic or Restic(
-            config.repository,
-            config.password_file,
-            binary=config.restic,
-            extra_env=_read_env_file(config.env_file),
-            cache_dir=self._data_dir / "restic-cache",
-        )
+        self.restic = restic or restic_for(config, self._data_dir)
         self._metrics = metrics
         if metrics is not None:  # known after a restart too, not only after the next run
             for app, runs in store.last_backups().items():

@@ -107,6 +107,8 @@ async def check(config: Config) -> int:
     else:
         results.append(await asyncio.to_thread(_check_docker, None, "default"))
     results.append(await asyncio.to_thread(_check_restic))
+    if config.backups is not None:
+        results += await _check_backups(config)
     for ok, text in results:
         print(("ok    " if ok else "FAIL  ") + text)
     failed = sum(not ok for ok, _ in results)
@@ -187,6 +189,38 @@ def _check_docker(docker_host: str | None, name: str) -> tuple[bool, str]:
         )
     except DockerException as exc:
         return False, f"server {name}: docker is unreachable: {exc}"
+
+
+async def _check_backups(config: Config) -> list[tuple[bool, str]]:
+    """The repository opens with the password (or does not exist yet), and the
+    volumes are where the config says."""
+    from bot.backups import restic_for
+    from bot.errors import UserError
+
+    assert config.backups is not None
+    root = config.backups.volumes_root
+    results = [
+        (
+            root.is_dir(),
+            f"backups.volumes_root {root} " + ("exists" if root.is_dir() else "does not exist"),
+        )
+    ]
+    try:
+        restic = restic_for(config.backups, config.data_dir)
+    except UserError as exc:  # an unreadable env_file
+        return [*results, (False, f"backups: {exc}")]
+    try:
+        found = await restic.snapshots()
+        results.append((True, f"restic repository {restic.display} opens ({len(found)} snapshots)"))
+    except UserError as exc:
+        kind = getattr(exc, "kind", None)
+        if kind == "no_repository":
+            results.append(
+                (True, f"restic repository {restic.display}: none yet, made on the first backup")
+            )
+        else:
+            results.append((False, f"restic repository {restic.display}: {exc}"))
+    return results
 
 
 def _check_restic() -> tuple[bool, str]:

@@ -198,7 +198,8 @@ class MatrixChat:
                     self._home = room_id
 
     async def home_room(self) -> str | None:
-        return self._home
+        # Known once joined and synced: nio cannot send to a room it has not seen.
+        return self._home if self._home in self.client.rooms else None
 
     async def _join(self, room_id: str) -> None:
         if room_id in self.client.rooms:

@@ -170,10 +170,10 @@ class Scheduler:
         except Exception:
             log.exception("could not announce a missed run")
 
-    async def run(self, ready: Callable[[], bool] = lambda: True) -> None:
-        """Once the chat is connected (the home room is known), fire tasks at their
+    async def run(self, ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Once `ready` says so (there is a room to report in), fire tasks at their
         times until cancelled."""
-        while not ready():  # noqa: ASYNC110  (the chat exposes a predicate, not an event)
+        while ready is not None and not await ready():  # noqa: ASYNC110 (a predicate, not an event)
             await asyncio.sleep(0.2)
         while True:
             now = self._clock()

@@ -122,9 +122,26 @@ def test_check_reports_every_component(
         "data_dir": "data",
         "abra_dir": "abra",
         "servers": {"swarm1": {"docker_host": dockerd.host}},
+        "backups": {
+            "repository": str(tmp_path / "repo"),
+            "password_file": "restic-password",
+            "volumes_root": str(tmp_path),
+        },
     }
     (tmp_path / "abra").mkdir()
+    restic_password = tmp_path / "restic-password"
+    restic_password.write_text("restic-check-password\n")
     env: dict[str, str] = {}
+    fresh = run_check(config, tmp_path, env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "none yet, made on the first backup" in fresh.stdout
+    subprocess.run(
+        ["restic", "init"],
+        env={**os.environ, "RESTIC_REPOSITORY": str(tmp_path / "repo"),
+             "RESTIC_PASSWORD_FILE": str(restic_password)},
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
     good = run_check(config, tmp_path, env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "FAIL" not in good.stdout
@@ -135,15 +152,20 @@ def test_check_reports_every_component(
         "swarm active",
         "abra_dir",
         "restic",
+        f"backups.volumes_root {tmp_path} exists",
+        f"restic repository {tmp_path / 'repo'} opens (0 snapshots)",
     ):
         assert expected in good.stdout
 
     secret.write_text("wrong-password")
+    restic_password.write_text("not-the-restic-password\n")
     config["servers"] = {"gone": {"docker_host": "unix:///nonexistent/docker.sock"}}
     bad = run_check(config, tmp_path, env)
     assert bad.returncode == 1
     assert "FAIL  password login" in bad.stdout
     assert "FAIL  server gone: docker is unreachable" in bad.stdout
+    assert f"FAIL  restic repository {tmp_path / 'repo'}: wrong password" in bad.stdout
+    assert "not-the-restic-password" not in bad.stdout
 
     invalid = run_check({"matrix": {"homeserver": "ftp://x"}, "bogus": 1}, tmp_path, env)
     assert invalid.returncode == 2

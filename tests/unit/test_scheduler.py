@@ -327,9 +327,13 @@ async def test_the_run_loop_waits_for_the_chat_and_fires_on_time(
 
     monkeypatch.setattr(scheduler_module, "asyncio", SimpleNamespace(sleep=sleep))
     scheduler, rec = make(store, [HOURLY], clock=lambda: now[0])
-    ready = iter([False, False, True])
+    answers = iter([False, False, True])
+
+    async def ready() -> bool:
+        return next(answers)
+
     with pytest.raises(Stop):
-        await scheduler.run(lambda: next(ready))
+        await scheduler.run(ready)
     # Two waits for the chat, then at most a minute at a time until 10:17, where it
     # lands exactly, runs the task, and goes on towards 11:17.
     assert slept[:2] == [0.2, 0.2]
