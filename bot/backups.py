@@ -250,8 +250,11 @@ class Backups:
                 "its recipe does not say what to back up."
             )
         prefix = env.stack_name + "_"
-        volumes = [v[len(prefix) :] for v in await swarm.volumes(env.stack_name)]
-        volumes = [v for v in volumes if v]
+        volumes = [
+            v[len(prefix) :]
+            for v in await swarm.volumes(env.stack_name)
+            if v.startswith(prefix) and len(v) > len(prefix)
+        ]
         warnings = [w for spec in specs for w in spec.warnings]
         paths: list[Path] = []
         root = self.config.volumes_root
