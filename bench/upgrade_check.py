@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.apps_inventory import fit
+from bench.apps_inventory import domain, fit, recipe, stack
 from bench.common import arguments, machine, median, result
 from bench.inproc import BenchChat, InprocBot, dockerd
 from bot.app import Bot
@@ -52,18 +52,6 @@ services:
       labels:
         - "coop-cloud.${{STACK_NAME}}.version={DEPLOYED}"
 """
-
-
-def domain(index: int) -> str:
-    return f"app{index:02d}.bench.test"
-
-
-def stack(index: int) -> str:
-    return domain(index).replace(".", "_")
-
-
-def recipe(index: int) -> str:
-    return f"rec{index:02d}"
 
 
 def image(registry: str, index: int) -> str:
