@@ -126,7 +126,13 @@ class Scheduler:
         return f"schedule.{task.name}.last"
 
     def last_run(self, task: Task) -> datetime | None:
+        """When the task last ran, or was first seen (the start of its schedule)."""
         text = self._store.get(self._key(task))
+        return datetime.fromisoformat(text) if text else None
+
+    def ran(self, task: Task) -> datetime | None:
+        """When the task really last ran (None if never): what `!schedule` shows."""
+        text = self._store.get(f"schedule.{task.name}.ran")
         return datetime.fromisoformat(text) if text else None
 
     def next_run(self, task: Task, now: datetime | None = None) -> datetime | None:
@@ -150,6 +156,7 @@ class Scheduler:
             if due is None or due > now:
                 continue
             self._store.put(self._key(task), now.isoformat())
+            self._store.put(f"schedule.{task.name}.ran", now.isoformat())
             if now - due > LATE:
                 when = due.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
                 await self._say(
@@ -191,4 +198,4 @@ class Scheduler:
     ) -> list[tuple[Task, datetime | None, datetime | None]]:
         """(task, last run, next run) for `!schedule`."""
         now = now or self._clock()
-        return [(t, self.last_run(t), self.next_run(t, now)) for t in self.tasks]
+        return [(t, self.ran(t), self.next_run(t, now)) for t in self.tasks]

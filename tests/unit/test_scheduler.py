@@ -222,12 +222,16 @@ async def test_next_run_and_schedule(store: Store) -> None:
         (WEEKLY, None, at(2024, 1, 7, 5, 0)),  # crontab's 0 is Sunday
     ]
     await scheduler.tick(at(2024, 1, 1, 11, 0))
-    # Once run: the next fire time after the last run, even when that has passed.
+    # Noted at 11:00 (first start), not run: the next fire time after that, even when
+    # it has passed, and no last run.
     assert scheduler.schedule(now) == [
-        (NIGHTLY, at(2024, 1, 1, 11, 0), at(2024, 1, 2, 3, 30)),
-        (HOURLY, at(2024, 1, 1, 11, 0), at(2024, 1, 1, 11, 17)),
-        (WEEKLY, at(2024, 1, 1, 11, 0), at(2024, 1, 7, 5, 0)),
+        (NIGHTLY, None, at(2024, 1, 2, 3, 30)),
+        (HOURLY, None, at(2024, 1, 1, 11, 17)),
+        (WEEKLY, None, at(2024, 1, 7, 5, 0)),
     ]
+    await scheduler.tick(now)  # 12:00: the hourly task (due 11:17) runs
+    assert scheduler.schedule(now)[1] == (HOURLY, now, at(2024, 1, 1, 12, 17))
+    assert scheduler.ran(NIGHTLY) is None
 
 
 @pytest.mark.parametrize(
