@@ -154,6 +154,7 @@ async def _fail_loudly(ctx: CommandContext, report: str) -> None:
     "last run failed.",
     role=Role.VIEWER,
     quick=True,
+    timeout=300,  # a remote repository can take a while to list
 )
 async def backups_command(ctx: CommandContext) -> None:
     backups = _backups(ctx)
@@ -198,6 +199,7 @@ async def backups_command(ctx: CommandContext) -> None:
 @group.command(
     "snapshots",
     help="List an app's snapshots, newest first.",
+    timeout=300,
     args=(Arg("app", "the app's domain", type=check_domain),),
     role=Role.VIEWER,
     quick=True,
