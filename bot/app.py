@@ -89,7 +89,7 @@ class Bot:
         )
         self.services.scheduler = self.scheduler
 
-    async def _can_report(self) -> bool:
+    async def can_report(self) -> bool:
         """Scheduled work waits until the home room can be written to."""
         return self.chat.alive() and await self.chat.home_room() is not None
 
@@ -115,7 +115,7 @@ class Bot:
             runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
             log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
         upkeep = asyncio.create_task(self.gate.maintain(self.chat.alive), name="proposals")
-        schedule = asyncio.create_task(self.scheduler.run(self._can_report), name="scheduler")
+        schedule = asyncio.create_task(self.scheduler.run(self.can_report), name="scheduler")
         try:
             await self.chat.run(self.dispatcher.submit)
             # End of input (console): let the work that was asked for finish.
