@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -113,15 +114,20 @@ class AppBackupState:
         return self.age is None or self.age > max_age
 
 
-def snapshot_app(snapshot: Snapshot) -> str | None:
+def snapshot_tag(snapshot: Snapshot, prefix: str) -> str | None:
+    """The value of the snapshot's first `prefix…` tag ("version=" gives the version)."""
     for tag in snapshot.tags:
-        if tag.startswith(APP_TAG):
-            return tag[len(APP_TAG) :]
+        if tag.startswith(prefix):
+            return tag[len(prefix) :]
     return None
 
 
+def snapshot_app(snapshot: Snapshot) -> str | None:
+    return snapshot_tag(snapshot, APP_TAG)
+
+
 def restore_scope(
-    target_paths: list[Path], snapshot: Snapshot, volumes_root: Path, stack: str, path: str | None
+    snapshot: Snapshot, volumes_root: Path, stack: str, path: str | None
 ) -> list[Path]:
     """The host paths a restore replaces: the snapshot's own paths, or the one that
     `path` ("<volume>[/<sub>]") names inside them. Refuses anything that is not in one
@@ -171,9 +177,7 @@ def tree_totals(root: Path) -> tuple[int, int]:
     for folder, _, names in os.walk(root):
         for name in names:
             st = os.lstat(os.path.join(folder, name))
-            if not os.path.islink(os.path.join(folder, name)) and os.path.isfile(
-                os.path.join(folder, name)
-            ):
+            if stat.S_ISREG(st.st_mode):  # lstat: a symlink is not a file here
                 files += 1
                 size += st.st_size
     return files, size
@@ -474,16 +478,20 @@ class Backups:
         found = await self.snapshots(env)
         return found[-1].id if found else None
 
+    async def _newest_per_app(self) -> dict[str, Snapshot]:
+        newest: dict[str, Snapshot] = {}
+        for snap in await self._snapshots(COOPBOT_TAG):  # oldest first: the last one wins
+            app = snapshot_app(snap)
+            if app is not None:
+                newest[app] = snap
+        return newest
+
     async def states(self, now: float | None = None) -> tuple[list[AppBackupState], list[str]]:
         """Per labelled app (and per app with snapshots): the newest snapshot, its
         age and size, and whether the last run failed."""
         now = time.time() if now is None else now
         apps, problems = await self.labelled_apps()
-        newest: dict[str, Snapshot] = {}
-        for snap in await self._snapshots(COOPBOT_TAG):
-            app = snapshot_app(snap)
-            if app is not None:
-                newest[app] = snap  # oldest first: the last one wins
+        newest = await self._newest_per_app()
         runs = self.store.last_backups()
         names = sorted({a.domain for a in apps} | set(newest))
         states = []
@@ -532,11 +540,7 @@ class Backups:
     async def drill(self, sink: StatusSink) -> tuple[bool, str]:
         """Restore each app's newest snapshot into a temporary folder and compare file
         counts and sizes with the snapshot's own listing."""
-        newest: dict[str, Snapshot] = {}
-        for snap in await self._snapshots(COOPBOT_TAG):
-            app = snapshot_app(snap)
-            if app is not None:
-                newest[app] = snap
+        newest = await self._newest_per_app()
         if not newest:
             return False, "❌ Restore drill: the repository has no coopbot snapshots yet."
         lines, ok = [], True
@@ -598,7 +602,7 @@ class Backups:
     ) -> tuple[Snapshot, list[Path], str]:
         """(snapshot, paths replaced, the plan as Markdown)."""
         snap = await self.find_snapshot(env, snapshot_id)
-        scope = restore_scope([], snap, self.config.volumes_root, env.stack_name, path)
+        scope = restore_scope(snap, self.config.volumes_root, env.stack_name, path)
         swarm = self.apps.swarm(env.server)
         services = await swarm.services(env.stack_name)
         # The stack-name prefix alone would also match a longer stack's volumes
@@ -620,7 +624,7 @@ class Backups:
         lines = [
             f"Restore **{env.domain}** from snapshot `{snap.short_id}` "
             f"({snap.time:%Y-%m-%d %H:%M} UTC, "
-            f"{_tag(snap, 'version=') or 'unversioned'}). This **replaces**:",
+            f"{snapshot_tag(snap, 'version=') or 'unversioned'}). This **replaces**:",
         ]
         for p in scope:
             files, size = await asyncio.to_thread(tree_totals, p) if p.exists() else (0, 0)
@@ -778,13 +782,6 @@ async def _wait_stopped(swarm: Swarm, stack: str, timeout: float = 120) -> None:
 
 def _counts(replicas: dict[str, int]) -> str:
     return ", ".join(f"{name}={count}" for name, count in replicas.items()) or "no services"
-
-
-def _tag(snap: Snapshot, prefix: str) -> str | None:
-    for tag in snap.tags:
-        if tag.startswith(prefix):
-            return tag[len(prefix) :]
-    return None
 
 
 def _read_env_file(path: Path | None) -> dict[str, str]:

@@ -33,6 +33,12 @@ class Message:
     timestamp_ms: int
     thread_root: str | None = None
 
+    @property
+    def reply_target(self) -> str | None:
+        """The event a reply answers: none for scheduled work, whose messages have an
+        empty event id because nobody typed them."""
+        return self.event_id or None
+
 
 @dataclass(frozen=True)
 class Reaction:

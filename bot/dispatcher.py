@@ -77,7 +77,7 @@ class CommandContext:
         return await self.services.chat.send(
             self.message.room_id,
             markdown,
-            reply_to=self.message.event_id or None,  # scheduled work answers no message
+            reply_to=self.message.reply_target,
             thread_root=self.message.thread_root,
             mentions=mentions,
         )
@@ -89,7 +89,7 @@ class CommandContext:
             self._progress = Progress(
                 self.services.chat,
                 self.message.room_id,
-                self.message.event_id or None,
+                self.message.reply_target,
                 self.message.thread_root,
                 self.services.config.jobs.progress_interval,
             )
@@ -165,9 +165,8 @@ class Dispatcher:
         exactly as a member's: parsed, authorised, gated and run as a job. Its
         messages go to the home room and answer no message (the event id is empty)."""
         room_id = await self._services.chat.home_room()
-        if room_id is None:
-            log.warning("scheduled %r skipped: the home room is not known yet", text)
-            return
+        if room_id is None:  # the scheduler waits for the room, so this is a fault
+            raise RuntimeError(f"scheduled {text!r} not run: the home room is not known")
         message = Message(room_id, "", SCHEDULER, self._prefix + text, int(time.time() * 1000))
         await self.handle(message)
 
@@ -263,7 +262,7 @@ class Dispatcher:
             await self._services.chat.send(
                 message.room_id,
                 markdown,
-                reply_to=message.event_id or None,
+                reply_to=message.reply_target,
                 thread_root=message.thread_root,
             )
         except Exception:

@@ -93,7 +93,7 @@ class ApprovalGate:
             message_id = await services.chat.send(
                 row.room_id,
                 text,
-                reply_to=message.event_id or None,
+                reply_to=message.reply_target,
                 thread_root=message.thread_root,
                 mentions=voters,
             )

@@ -7,7 +7,7 @@ import re
 
 from bot.access import SCHEDULER
 from bot.approvals import Plan
-from bot.backups import Backups, human_bytes
+from bot.backups import Backups, human_bytes, snapshot_tag
 from bot.dispatcher import CommandContext
 from bot.errors import UserError
 from bot.ops.abra import AppEnv, check_domain
@@ -117,20 +117,22 @@ async def backup(ctx: CommandContext) -> None:
             failed.append(env.domain)
             lines.append(f"❌ **{env.domain}**: {e}")
     lines += [f"⚠️ {p}" for p in problems]
-    if ctx.sender == SCHEDULER and not failed:
-        # Retention after a complete nightly run: forget, then prune on its own.
-        try:
-            lines.append(await backups.retention(ctx.progress))
-        except UserError as e:
-            failed.append("retention")
-            lines.append(f"❌ retention: {e}")
-    head = (
-        f"💾 Backups: {len(envs) - len([f for f in failed if f != 'retention'])} of "
-        f"{len(envs)} app(s) backed up"
-    )
-    report = head + ("" if not failed else f"; **{len(failed)} failed**") + ".\n\n"
-    report += "\n".join(lines)
-    if failed:
+    retention_failed = False
+    if ctx.sender == SCHEDULER:
+        # Retention after a complete nightly run: forget, then prune on its own. Not
+        # after a partial one: an app's older snapshots may be all it has.
+        if failed:
+            lines.append("🧹 Retention skipped: not every app was backed up.")
+        else:
+            try:
+                lines.append(await backups.retention(ctx.progress))
+            except UserError as e:
+                retention_failed = True
+                lines.append(f"❌ retention: {e}")
+    head = f"💾 Backups: {len(envs) - len(failed)} of {len(envs)} app(s) backed up"
+    head += f"; **{len(failed)} failed**." if failed else "."
+    report = head + "\n\n" + "\n".join(lines)
+    if failed or retention_failed:
         await _fail_loudly(ctx, report)
     else:
         await ctx.progress.finish(report)
@@ -214,7 +216,7 @@ async def snapshots(ctx: CommandContext) -> None:
     lines = [f"Snapshots of {env.domain} ({len(found)}):", "| id | time | version | paths |"]
     lines.append("|---|---|---|---|")
     for snap in reversed(found[-SNAPSHOTS_SHOWN:]):
-        version = next((t[8:] for t in snap.tags if t.startswith("version=")), "")
+        version = snapshot_tag(snap, "version=") or ""
         lines.append(
             f"| `{snap.short_id}` | {snap.time:%Y-%m-%d %H:%M} UTC | {version} | "
             f"{len(snap.paths)} |"

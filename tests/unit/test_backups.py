@@ -487,15 +487,13 @@ def scoped(*paths: str) -> Snapshot:
 
 def test_restore_scope_is_the_snapshot_or_the_named_part_of_it() -> None:
     s = scoped("a_test_data/_data", "a_test_db/_data/dump")
-    assert restore_scope([], s, ROOT, STACK, None) == [
+    assert restore_scope(s, ROOT, STACK, None) == [
         ROOT / "a_test_data/_data",
         ROOT / "a_test_db/_data/dump",
     ]
-    assert restore_scope([], s, ROOT, STACK, "data") == [ROOT / "a_test_data/_data"]
-    assert restore_scope([], s, ROOT, STACK, "/data/uploads/") == [
-        ROOT / "a_test_data/_data/uploads"
-    ]
-    assert restore_scope([], s, ROOT, STACK, "db/dump/2024") == [ROOT / "a_test_db/_data/dump/2024"]
+    assert restore_scope(s, ROOT, STACK, "data") == [ROOT / "a_test_data/_data"]
+    assert restore_scope(s, ROOT, STACK, "/data/uploads/") == [ROOT / "a_test_data/_data/uploads"]
+    assert restore_scope(s, ROOT, STACK, "db/dump/2024") == [ROOT / "a_test_db/_data/dump/2024"]
 
 
 @pytest.mark.parametrize(
@@ -515,7 +513,7 @@ def test_restore_scope_is_the_snapshot_or_the_named_part_of_it() -> None:
 def test_restore_scope_refusals(path: str, error: str) -> None:
     s = scoped("a_test_data/_data", "a_test_db/_data/dump")
     with pytest.raises(UserError) as caught:
-        restore_scope([], s, ROOT, STACK, path)
+        restore_scope(s, ROOT, STACK, path)
     assert str(caught.value) == error
 
 
@@ -525,7 +523,7 @@ def test_restore_scope_refusals(path: str, error: str) -> None:
 def test_restore_scope_refuses_a_snapshot_with_paths_outside_the_stack(outside: str) -> None:
     s = snap("aaaa1111", paths=[str(ROOT / "a_test_data/_data"), outside])
     with pytest.raises(UserError) as caught:
-        restore_scope([], s, ROOT, STACK, None)
+        restore_scope(s, ROOT, STACK, None)
     assert str(caught.value) == (
         f"snapshot aaaa1111 holds {outside}, which is not in a volume of a_test under "
         f"{ROOT}: refusing to restore it"
