@@ -37,7 +37,7 @@ from pathlib import Path
 from bench.common import arguments, machine, median, result
 from bench.inproc import ROOM, BenchChat, dockerd
 from bot.app import Bot
-from bot.chat import Message
+from bot.core.chat import Message
 from bot.config import parse_config
 from bot.ops.swarm import Swarm
 from tests.harness.dockerd import Dockerd

@@ -28,7 +28,7 @@ import docker
 
 from bench.common import arguments, machine, median, result
 from bench.inproc import InprocBot, dockerd
-from bot.apps import Steps
+from bot.features.apps import Steps
 from bot.ops.swarm import DOCKER_CLI, NAMESPACE_LABEL
 from tests.harness.dockerd import Dockerd
 from tests.harness.recipes import make_app_env, make_recipe

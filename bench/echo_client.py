@@ -7,7 +7,7 @@ callback. It has the same catch-up ability as the bot, so the backlog benchmark
 compares like with like: the access token and the last `next_batch` are kept in
 STATE_DIR/state.json, and a `limited` sync timeline is filled from /messages back
 to the previous token (the same 50-event sync filter and 100-event pages as
-bot/matrix.py). The first start answers nothing that was sent before it joined.
+bot/ops/matrix.py). The first start answers nothing that was sent before it joined.
 """
 
 from __future__ import annotations

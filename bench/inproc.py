@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.app import Bot
-from bot.chat import EventHandler, Membership, Message, Reaction
+from bot.core.chat import EventHandler, Membership, Message, Reaction
 from bot.config import parse_config
 from tests.harness.dockerd import Dockerd
 
@@ -38,7 +38,7 @@ class Posted:
 
 
 class BenchChat:
-    """bot/chat.py's Chat protocol in memory; every member is in the room as an admin."""
+    """bot/core/chat.py's Chat protocol in memory; every member is in the room as an admin."""
 
     user_id = "@coopbot:local"
 

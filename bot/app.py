@@ -8,20 +8,20 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from bot.access import Access
-from bot.apps import Apps
-from bot.backups import Backups
-from bot.chat import Chat
+from bot.core.access import Access
+from bot.features.apps import Apps
+from bot.features.backups import Backups
+from bot.core.chat import Chat
 from bot.config import Config
-from bot.console import CONSOLE_USER, ConsoleChat
-from bot.dispatcher import Dispatcher, Services
-from bot.gate import ApprovalGate
-from bot.metrics import Metrics
-from bot.registry import CommandGroup, Registry
-from bot.scheduler import Scheduler, tasks_from
-from bot.store import Store
-from bot.upgrades import Upgrades
-from bot.web import serve
+from bot.core.console import CONSOLE_USER, ConsoleChat
+from bot.core.dispatcher import Dispatcher, Services
+from bot.core.gate import ApprovalGate
+from bot.core.metrics import Metrics
+from bot.core.registry import CommandGroup, Registry
+from bot.core.scheduler import Scheduler, tasks_from
+from bot.core.store import Store
+from bot.features.upgrades import Upgrades
+from bot.core.web import serve
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def build_chat(
 ) -> Chat:
     """Matrix when configured, else the console room."""
     if config.matrix is not None and console_as is None:
-        from bot.matrix import MatrixChat  # nio loads slowly; the console doesn't need it
+        from bot.ops.matrix import MatrixChat  # nio loads slowly; the console doesn't need it
 
         return MatrixChat(config.matrix, store, config.data_dir, metrics)
     prefix = config.matrix.prefix if config.matrix else "!"

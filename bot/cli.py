@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from bot.app import Bot
 
     if args.action == "console":
-        from bot.console import CONSOLE_USER
+        from bot.core.console import CONSOLE_USER
 
         bot = Bot(config, console_as=args.as_user or CONSOLE_USER)
     else:
@@ -194,7 +194,7 @@ def _check_docker(docker_host: str | None, name: str) -> tuple[bool, str]:
 async def _check_backups(config: Config) -> list[tuple[bool, str]]:
     """The repository opens with the password (or does not exist yet), and the
     volumes are where the config says."""
-    from bot.backups import restic_for
+    from bot.features.backups import restic_for
     from bot.errors import UserError
 
     assert config.backups is not None

@@ -25,9 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from bot.approvals import Policy
+from bot.core.approvals import Policy
 from bot.errors import ConfigError
-from bot.registry import Role
+from bot.core.registry import Role
 
 DEFAULT_PATH = Path("config.yaml")
 # Strings in config.example.yaml that must not survive into a real config.
@@ -63,7 +63,7 @@ def parse_cron(value: Any) -> str:
     """A five-field crontab line, checked by the scheduler's own parser."""
     from datetime import UTC
 
-    from bot.scheduler import crontab_trigger  # the scheduler imports this module
+    from bot.core.scheduler import crontab_trigger  # the scheduler imports this module
 
     text = " ".join(str(value).split())
     try:

@@ -1,6 +1,6 @@
 """What members can do: one module per family. Each module declares a CommandGroup."""
 
-from bot.registry import CommandGroup
+from bot.core.registry import CommandGroup
 from commands import approvals, apps, audit, backup, help, jobs, upgrade
 
 GROUPS: list[CommandGroup] = [

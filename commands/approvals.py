@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bot.approvals import Choice
-from bot.dispatcher import CommandContext
-from bot.registry import Arg, CommandGroup
+from bot.core.approvals import Choice
+from bot.core.dispatcher import CommandContext
+from bot.core.registry import Arg, CommandGroup
 
 group = CommandGroup("approvals")
 _ID = Arg("id", "the proposal id shown in the proposal")

@@ -6,12 +6,12 @@ import asyncio
 import datetime as dt
 import re
 
-from bot.approvals import Plan
-from bot.dispatcher import CommandContext
+from bot.core.approvals import Plan
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
 from bot.ops.abra import AppEnv, check_domain, check_version, generate_secret
 from bot.ops.swarm import ServiceInfo, SwarmError
-from bot.registry import Arg, CommandGroup, Option, Role, positive_int
+from bot.core.registry import Arg, CommandGroup, Option, Role, positive_int
 
 group = CommandGroup("apps")
 
@@ -66,7 +66,7 @@ async def apps_command(ctx: CommandContext) -> None:
                     f"unreachable | {newest_text} |"
                 )
                 continue
-            from bot.apps import deployed_from
+            from bot.features.apps import deployed_from
 
             deployed = deployed_from(env.stack_name, stacks.get(env.stack_name, []))
             lines.append(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bot.dispatcher import CommandContext
-from bot.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.dispatcher import CommandContext
+from bot.core.registry import Arg, CommandGroup, Role, positive_int
 
 group = CommandGroup("audit")
 

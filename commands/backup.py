@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from bot.access import SCHEDULER
-from bot.approvals import Plan
-from bot.backups import Backups, human_bytes, snapshot_tag
-from bot.dispatcher import CommandContext
+from bot.core.access import SCHEDULER
+from bot.core.approvals import Plan
+from bot.features.backups import Backups, human_bytes, snapshot_tag
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
 from bot.ops.abra import AppEnv, check_domain
 from bot.ops.restic import human_age
-from bot.registry import Arg, CommandGroup, Option, Role
+from bot.core.registry import Arg, CommandGroup, Option, Role
 
 group = CommandGroup("backups")
 

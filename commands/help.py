@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from bot import __version__
-from bot.dispatcher import CommandContext
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
-from bot.registry import Arg, CommandGroup
+from bot.core.registry import Arg, CommandGroup
 
 group = CommandGroup("help")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from bot.dispatcher import CommandContext
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
-from bot.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.registry import Arg, CommandGroup, Role, positive_int
 
 group = CommandGroup("jobs")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from bot.access import SCHEDULER
-from bot.approvals import Plan
-from bot.dispatcher import CommandContext
+from bot.core.access import SCHEDULER
+from bot.core.approvals import Plan
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
 from bot.ops.abra import check_domain, check_version
-from bot.registry import Arg, CommandGroup, Role
-from bot.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
+from bot.core.registry import Arg, CommandGroup, Role
+from bot.features.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
 
 group = CommandGroup("upgrade")
 

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bot.chat import ChatEvent, EventHandler, Membership, Message, Reaction
+from bot.core.chat import ChatEvent, EventHandler, Membership, Message, Reaction
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -42,7 +42,7 @@ class SentReaction:
 
 @dataclass
 class FakeChat:
-    """The Chat protocol of bot/chat.py, in memory.
+    """The Chat protocol of bot/core/chat.py, in memory.
 
     `roster` maps a user id to `(member, power_level[, creator])` or a Membership;
     anyone else is not in the room. `incoming` is what `run()` feeds to the bot,

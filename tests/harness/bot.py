@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.app import Bot
 from bot.config import Config, parse_config
-from bot.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.registry import Arg, CommandGroup, Role, positive_int
 from commands import GROUPS
 
 # Commands that exist only in tests: a long job and an echo with a marker.
@@ -45,7 +45,7 @@ APP_STATE: dict[str, str] = {}
 
 
 async def _risky_plan(ctx: Any) -> Any:
-    from bot.approvals import Plan
+    from bot.core.approvals import Plan
 
     app = ctx.args["app"]
     version = APP_STATE.get(app, "v1")

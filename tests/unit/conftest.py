@@ -10,7 +10,7 @@ import pytest
 
 from bot.app import Bot
 from bot.config import parse_config
-from bot.registry import CommandGroup
+from bot.core.registry import CommandGroup
 from commands import GROUPS
 from tests.fakes import FakeChat
 from tests.unit.helpers import ADMIN, OPERATOR, VIEWER, BotFactory

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 
 from bot.app import Bot
-from bot.chat import Message
+from bot.core.chat import Message
 from tests.fakes import FakeChat
 
 ROOM = "!room:test"

@@ -1,4 +1,4 @@
-"""bot/approvals.py (what a reaction means, how ballots become a decision) and
+"""bot/core/approvals.py (what a reaction means, how ballots become a decision) and
 the per-action policies of bot/config.py. Pure logic: no bot, no chat."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.approvals import Ballot, Choice, Policy, State, Tally, choice_for_key, decide
+from bot.core.approvals import Ballot, Choice, Policy, State, Tally, choice_for_key, decide
 from bot.config import POLICY_NAMES, parse_config
 from bot.errors import ConfigError
-from bot.registry import Role
+from bot.core.registry import Role
 
 T0 = 1_000_000.0  # when the proposal was made
 EXPIRES = T0 + 3600

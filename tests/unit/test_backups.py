@@ -1,4 +1,4 @@
-"""bot/backups.py and commands/backup.py over fakes of Apps, Swarm and restic (no docker,
+"""bot/features/backups.py and commands/backup.py over fakes of Apps, Swarm and restic (no docker,
 no restic binary): the pure helpers, what a backup covers, settling, the backup run and
 its record, states, the drill, restores, and the commands through the dispatcher."""
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-import bot.backups as backups_module
-from bot.access import SCHEDULER
+import bot.features.backups as backups_module
+from bot.core.access import SCHEDULER
 from bot.app import Bot
-from bot.apps import Deployed, deployed_from
-from bot.backups import (
+from bot.features.apps import Deployed, deployed_from
+from bot.features.backups import (
     AppBackupState,
     Backups,
     BackupTarget,
@@ -37,7 +37,7 @@ from bot.errors import UserError
 from bot.ops.abra import AppEnv
 from bot.ops.restic import BackupSummary, Progress, ResticError, Snapshot
 from bot.ops.swarm import Convergence, ServiceInfo, SwarmError
-from bot.store import Store
+from bot.core.store import Store
 from commands.backup import AGE_ALERT_KEY
 from tests.unit.helpers import ADMIN, OPERATOR, VIEWER, BotFactory, chat_of, drain, message
 
@@ -375,7 +375,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 class FakeTime:
-    """Stands in for the `time` and `asyncio` modules of bot.backups: a monotonic clock
+    """Stands in for the `time` and `asyncio` modules of bot.features.backups: a monotonic clock
     that only moves when the code sleeps."""
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""bot/console.py: the local room on stdin/stdout, run through Bot.run()."""
+"""bot/core/console.py: the local room on stdin/stdout, run through Bot.run()."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 from bot.app import Bot
 from bot.config import parse_config
-from bot.console import CONSOLE_ROOM, CONSOLE_USER, ConsoleChat
-from bot.dispatcher import CommandContext
-from bot.registry import CommandGroup
-from bot.store import Store
+from bot.core.console import CONSOLE_ROOM, CONSOLE_USER, ConsoleChat
+from bot.core.dispatcher import CommandContext
+from bot.core.registry import CommandGroup
+from bot.core.store import Store
 from commands import GROUPS
 
 slow = CommandGroup("slow")

@@ -1,4 +1,4 @@
-"""bot/dispatcher.py through the real Bot: parse → authorise → run → report."""
+"""bot/core/dispatcher.py through the real Bot: parse → authorise → run → report."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot.app import Bot
-from bot.chat import Membership
-from bot.dispatcher import MAX_COMMAND_LENGTH, CommandContext
+from bot.core.chat import Membership
+from bot.core.dispatcher import MAX_COMMAND_LENGTH, CommandContext
 from bot.errors import UserError
-from bot.registry import Arg, CommandGroup, Role
+from bot.core.registry import Arg, CommandGroup, Role
 from tests.unit.helpers import (
     ADMIN,
     OPERATOR,

@@ -1,4 +1,4 @@
-"""bot/gate.py through the real Bot: proposals, votes by reaction, redaction and
+"""bot/core/gate.py through the real Bot: proposals, votes by reaction, redaction and
 text, recount after a restart, expiry and stale plans. FakeChat, fake clock."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from bot.app import Bot
-from bot.approvals import Plan
-from bot.chat import Message, Reaction, Redaction
-from bot.dispatcher import CommandContext
-from bot.registry import Arg, CommandGroup, Role
-from bot.store import ProposalRow
+from bot.core.approvals import Plan
+from bot.core.chat import Message, Reaction, Redaction
+from bot.core.dispatcher import CommandContext
+from bot.core.registry import Arg, CommandGroup, Role
+from bot.core.store import ProposalRow
 from tests.fakes import FakeChat, Sent
 from tests.unit.helpers import (
     ADMIN,

@@ -1,4 +1,4 @@
-"""bot/jobs.py and commands/jobs.py: locks, cancel, timeouts, !jobs, progress messages."""
+"""bot/core/jobs.py and commands/jobs.py: locks, cancel, timeouts, !jobs, progress messages."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot.app import Bot
-from bot.dispatcher import CommandContext
+from bot.core.dispatcher import CommandContext
 from bot.errors import UserError
-from bot.jobs import Progress
-from bot.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.jobs import Progress
+from bot.core.registry import Arg, CommandGroup, Role, positive_int
 from tests.fakes import Edit, FakeChat
 from tests.unit.helpers import (
     ADMIN,

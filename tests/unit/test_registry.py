@@ -1,4 +1,4 @@
-"""bot/registry.py: argument parsing, generated usage, the registry's lookups."""
+"""bot/core/registry.py: argument parsing, generated usage, the registry's lookups."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import UsageError
-from bot.registry import Arg, CommandGroup, CommandSpec, Option, Registry, Role, positive_int
+from bot.core.registry import Arg, CommandGroup, CommandSpec, Option, Registry, Role, positive_int
 
 
 async def _nothing(ctx: Any) -> None:

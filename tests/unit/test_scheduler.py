@@ -1,4 +1,4 @@
-"""bot/scheduler.py with an injected clock: tasks from the config, noting new tasks,
+"""bot/core/scheduler.py with an injected clock: tasks from the config, noting new tasks,
 due runs, missed runs coalesced and announced, failures contained, timezones, weekday
 numbers as crontab means them, and the run() loop over a patched sleep."""
 
@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import bot.scheduler as scheduler_module
+import bot.core.scheduler as scheduler_module
 from bot.config import parse_config
-from bot.scheduler import AGE_CHECK, Scheduler, Task, crontab_trigger, tasks_from
-from bot.store import Store
+from bot.core.scheduler import AGE_CHECK, Scheduler, Task, crontab_trigger, tasks_from
+from bot.core.store import Store
 
 NIGHTLY = Task("backup", "30 3 * * *", "backup all", "the backup of every app")
 HOURLY = Task("backup-age", "17 * * * *", "backups", "the backup age check")

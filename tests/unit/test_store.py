@@ -1,4 +1,4 @@
-"""bot/store.py: the SQLite state."""
+"""bot/core/store.py: the SQLite state."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import MIGRATIONS, SEEN_RETENTION_S, Store
+from bot.core.store import MIGRATIONS, SEEN_RETENTION_S, Store
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_a_failing_migration_changes_nothing(
     path = tmp_path / "coopbot.sqlite"
     Store(path).close()
     broken = "CREATE TABLE half_done (x); CREATE TABL oops (y)"
-    monkeypatch.setattr("bot.store.MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr("bot.core.store.MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(sqlite3.OperationalError):
         Store(path)
     assert "half_done" not in tables(path)

@@ -15,14 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.app import Bot
-from bot.apps import Deployed, deployed_from
+from bot.features.apps import Deployed, deployed_from
 from bot.config import Config, parse_config
 from bot.errors import UserError
-from bot.jobs import Progress
+from bot.core.jobs import Progress
 from bot.ops.abra import AppEnv
 from bot.ops.recipes import RecipeError, RecipeRepo, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo, SwarmError
-from bot.upgrades import (
+from bot.features.upgrades import (
     AppCheck,
     CheckReport,
     Drift,
@@ -512,7 +512,7 @@ def make_site(
         tmp_path,
     )
     apps = FakeApps(abra, {"default": FakeSwarm()})
-    from bot.store import Store
+    from bot.core.store import Store
 
     store = Store(tmp_path / "upgrades.sqlite")
     return Site(config, apps, backups, Upgrades(config, apps, store, backups))  # type: ignore[arg-type]

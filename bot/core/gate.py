@@ -1,5 +1,5 @@
 """The approval gate: risky commands become proposals that run once the co-op
-has voted. State lives in SQLite; the counting is bot/approvals.py's `decide`.
+has voted. State lives in SQLite; the counting is bot/core/approvals.py's `decide`.
 
 Votes arrive as reactions (and redactions withdrawing them) or as
 `!approve`/`!reject`. All changes to proposals go through one lock, so a
@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bot.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
-from bot.chat import Message, Reaction, Redaction
+from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
+from bot.core.chat import Message, Reaction, Redaction
 from bot.errors import UserError
-from bot.registry import Role
-from bot.store import ProposalRow, VoteRow
+from bot.core.registry import Role
+from bot.core.store import ProposalRow, VoteRow
 
 if TYPE_CHECKING:
-    from bot.dispatcher import CommandContext, Services
+    from bot.core.dispatcher import CommandContext, Services
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class ApprovalGate:
 
     async def _context(self, row: ProposalRow) -> CommandContext | None:
         """The command as it was asked, to run in the proposal's thread."""
-        from bot.dispatcher import CommandContext
+        from bot.core.dispatcher import CommandContext
 
         services = self._services
         spec = services.registry.get(row.command)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.metrics import Metrics
+from bot.core.metrics import Metrics
 
 
 def make_app(metrics: Metrics, alive: Callable[[], bool]) -> web.Application:

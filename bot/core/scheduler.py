@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.config import Config
-from bot.store import Store
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

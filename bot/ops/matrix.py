@@ -45,7 +45,7 @@ from nio import (
 )
 from nio.api import RelationshipType
 
-from bot.chat import (
+from bot.core.chat import (
     ChatEvent,
     EventHandler,
     Membership,
@@ -56,8 +56,8 @@ from bot.chat import (
 )
 from bot.config import MatrixConfig
 from bot.errors import CoopbotError
-from bot.metrics import Metrics
-from bot.store import Store
+from bot.core.metrics import Metrics
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from bot.chat import EventHandler, Membership, Message, Reaction
+from bot.core.chat import EventHandler, Membership, Message, Reaction
 
 CONSOLE_USER = "@you:console"
 CONSOLE_ROOM = "!console:local"

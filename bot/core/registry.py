@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from bot.errors import UsageError
 
 if TYPE_CHECKING:
-    from bot.approvals import Plan
-    from bot.dispatcher import CommandContext
+    from bot.core.approvals import Plan
+    from bot.core.dispatcher import CommandContext
 
 
 class Role(IntEnum):

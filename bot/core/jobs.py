@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bot.chat import Chat
+from bot.core.chat import Chat
 from bot.config import JobsConfig
 from bot.errors import UserError
-from bot.metrics import Metrics
-from bot.store import Store
+from bot.core.metrics import Metrics
+from bot.core.store import Store
 
 if TYPE_CHECKING:
-    from bot.dispatcher import CommandContext
+    from bot.core.dispatcher import CommandContext
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from bot.apps import Apps, deployed_from
+from bot.features.apps import Apps, deployed_from
 from bot.config import BackupsConfig
 from bot.errors import UserError
-from bot.metrics import Metrics
+from bot.core.metrics import Metrics
 from bot.ops.abra import AppEnv
 from bot.ops.backupbot import BackupSpec, backup_specs, volume_paths
 from bot.ops.restic import Progress as ResticProgress
 from bot.ops.restic import Restic, ResticError, Snapshot, human_age
 from bot.ops.swarm import ServiceInfo, Swarm, SwarmError
-from bot.store import Store
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Proposals and votes as a pure state machine: no I/O, time passed in.
 
 `decide` turns a proposal's ballots, the voters' current roles and its policy
-into a state. Everything that talks to Matrix or the store lives in bot/gate.py.
+into a state. Everything that talks to Matrix or the store lives in bot/core/gate.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.registry import Role
+from bot.core.registry import Role
 
 APPROVE_KEYS = frozenset({"👍", "✅", "➕"})
 REJECT_KEYS = frozenset({"👎", "❌"})

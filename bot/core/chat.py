@@ -1,6 +1,6 @@
 """The Chat interface: what the core needs from a chat network.
 
-Matrix (bot/matrix.py) and the local console (bot/console.py) implement it.
+Matrix (bot/ops/matrix.py) and the local console (bot/core/console.py) implement it.
 Messages are written in Markdown: the plain-text body is the Markdown itself
 (readable as is) and the HTML is rendered from it with raw HTML disabled, so
 text that came from members or from apps can never inject markup.

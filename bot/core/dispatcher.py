@@ -11,19 +11,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.access import SCHEDULER, Access
-from bot.apps import Apps
-from bot.backups import Backups
-from bot.chat import Chat, ChatEvent, Message, Reaction, Redaction
+from bot.core.access import SCHEDULER, Access
+from bot.features.apps import Apps
+from bot.features.backups import Backups
+from bot.core.chat import Chat, ChatEvent, Message, Reaction, Redaction
 from bot.config import Config
 from bot.errors import PermissionDenied, UserError
-from bot.gate import ApprovalGate
-from bot.jobs import Job, JobManager, Progress
-from bot.metrics import Metrics
-from bot.registry import CommandSpec, Registry, Role
-from bot.scheduler import Scheduler
-from bot.store import Store
-from bot.upgrades import Upgrades
+from bot.core.gate import ApprovalGate
+from bot.core.jobs import Job, JobManager, Progress
+from bot.core.metrics import Metrics
+from bot.core.registry import CommandSpec, Registry, Role
+from bot.core.scheduler import Scheduler
+from bot.core.store import Store
+from bot.features.upgrades import Upgrades
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import yaml
 
 from bot.config import Config
 from bot.errors import UserError
-from bot.jobs import Progress
+from bot.core.jobs import Progress
 from bot.ops.abra import AppEnv, list_apps, read_exports, set_pinned_version
 from bot.ops.recipes import RecipeRepo, Version, parse_version
 from bot.ops.swarm import ServiceInfo, Swarm
-from bot.store import Store
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
-from bot.apps import Apps, Deployed, deployed_from
-from bot.backups import Backups
+from bot.features.apps import Apps, Deployed, deployed_from
+from bot.features.backups import Backups
 from bot.config import Config
 from bot.errors import UserError
-from bot.jobs import Progress
+from bot.core.jobs import Progress
 from bot.ops.abra import AppEnv
 from bot.ops.recipes import StepKind, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo
-from bot.store import Store
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

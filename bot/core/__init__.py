@@ -1,0 +1,1 @@
+"""How a command lives: chat, dispatch, approvals, jobs, scheduler, store, web."""

@@ -1,0 +1,1 @@
+"""What the co-op's infrastructure does: apps, backups, upgrades."""
