@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.ops.swarm import (
+    ConvergenceWatch,
     ServiceInfo,
     TaskInfo,
     describe_pending,
@@ -510,3 +511,99 @@ def test_parse_ts(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", [None, "", "yesterday", "2026-13-40T00:00:00Z"])
 def test_parse_ts_rejects(text: str | None) -> None:
     assert parse_ts(text) is None
+
+
+# --------------------------------------------------------------------------- a watch over time
+
+
+def watch(**kw: Any) -> ConvergenceWatch:
+    return ConvergenceWatch("st", start=0.0, **{"timeout": 60.0, "monitor": 5.0, **kw})
+
+
+def test_watch_converged_must_hold_for_the_monitor_window() -> None:
+    w = watch()
+    news, outcome = w.observe([svc()], by_service(task()), 1.0)
+    assert news == ["all services running; checking they stay up for 5s"]
+    assert outcome is None
+    assert w.observe([svc()], by_service(task()), 5.9) == ([], None)
+    news, outcome = w.observe([svc()], by_service(task()), 6.0)
+    assert news == []
+    assert outcome is not None and outcome.ok and outcome.failures == []
+
+
+def test_watch_a_relapse_restarts_the_monitor_window() -> None:
+    w = watch()
+    w.observe([svc()], by_service(task()), 1.0)
+    assert w.observe([svc()], by_service(task(state="starting")), 3.0) == ([], None)
+    # Back to running: the window starts again, and its note is not repeated.
+    assert w.observe([svc()], by_service(task()), 4.0) == ([], None)
+    assert w.observe([svc()], by_service(task()), 8.0) == ([], None)
+    outcome = w.observe([svc()], by_service(task()), 9.0)[1]
+    assert outcome is not None and outcome.ok
+
+
+def test_watch_without_monitor_is_done_at_once_and_silent() -> None:
+    news, outcome = watch(monitor=0).observe([svc()], by_service(task()), 1.0)
+    assert news == []
+    assert outcome is not None and outcome.ok
+
+
+def test_watch_says_each_problem_once() -> None:
+    w = watch()
+    crash = by_service(task(state="failed", desired="shutdown", error="exit 1"))
+    assert w.observe([svc()], crash, 1.0) == (["app: task failed: exit 1"], None)
+    assert w.observe([svc()], crash, 2.0) == ([], None)
+
+
+def test_watch_times_out_with_what_it_waits_for_and_what_it_saw() -> None:
+    w = watch(timeout=10.0)
+    crash = by_service(task(state="failed", desired="shutdown", error="exit 1"))
+    w.observe([svc()], crash, 1.0)
+    news, outcome = w.observe([svc()], {}, 10.0)
+    assert news == []
+    assert outcome is not None and not outcome.ok and not outcome.rolled_back_by_swarm
+    assert outcome.failures == [
+        "not converged after 10s",
+        "app: 0/1 running",
+        "app: task failed: exit 1",
+    ]
+
+
+def test_watch_failure_keeps_earlier_problems_when_the_last_look_has_none() -> None:
+    w = watch()
+    crash = by_service(task(state="failed", desired="shutdown", error="exit 1"))
+    w.observe([svc()], crash, 1.0)
+    outcome = w.observe([svc(state="paused", message="update paused")], {}, 2.0)[1]
+    assert outcome is not None and not outcome.ok
+    assert outcome.failures == ["app: update paused: update paused"]
+    # Only the lines of the failing look count while it has some; all seen otherwise.
+    w2 = watch(max_failures=1)
+    outcome = w2.observe([svc()], crash, 1.0)[1]
+    assert outcome is not None
+    assert outcome.failures == ["app: 1 tasks failed, giving up", "app: task failed: exit 1"]
+
+
+def test_watch_swarm_rollback_after_the_start_is_swarms() -> None:
+    w = watch()
+    assert w.observe([svc(state="updating", started=DEPLOYED)], by_service(task()), 1.0)[1] is None
+    done = svc(state="rollback_completed", message="rollback completed", started=DEPLOYED)
+    news, outcome = w.observe([done], by_service(task()), 2.0)
+    assert news == ["app: rolled back by swarm: rollback completed"]
+    assert outcome is not None and outcome.rolled_back_by_swarm and not outcome.ok
+
+
+def test_watch_a_rollback_seen_first_is_expected() -> None:
+    # after_rollback=None: decided from the first look, per service.
+    done = svc(state="rollback_completed", message="rollback completed", started=DEPLOYED)
+    w = watch(monitor=0)
+    news, outcome = w.observe([done], by_service(task()), 1.0)
+    assert news == []
+    assert outcome is not None and outcome.ok
+    assert w.after_rollback == {"st_app"}
+
+
+def test_watch_an_empty_stack_is_a_failure() -> None:
+    news, outcome = watch().observe([], {}, 1.0)
+    assert news == []
+    assert outcome is not None and not outcome.ok
+    assert outcome.failures == ["stack st has no services"]
