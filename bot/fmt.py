@@ -23,3 +23,20 @@ def parse_rfc3339(text: str) -> datetime:
     micro = (frac or "").ljust(6, "0")[:6]
     zone = "+00:00" if zone in (None, "Z") else zone
     return datetime.fromisoformat(f"{base}.{micro}{zone}").astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- ages
+
+
+def human_age(seconds: float) -> str:
+    """3s, 12m, 2h 5m, 3d 4h (whole units, rounded down; negative counts as 0)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h {m}m" if m else f"{h}h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d}d {h}h" if h else f"{d}d"
