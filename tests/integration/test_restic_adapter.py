@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.ops import restic as restic_mod
 from bot.ops.restic import Progress, Restic, ResticError
+from bot.ops.restic import client as restic_mod
 
 RESTIC = "/usr/bin/restic" if os.path.exists("/usr/bin/restic") else shutil.which("restic")
 PASSWORD = "correct horse battery staple 4711"

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from bot.fmt import parse_rfc3339 as parse_time
+from bot.ops.process import read_lines as _lines
 from bot.ops.restic import (
     BackupSummary,
     Progress,
     Restic,
     ResticError,
-    _lines,
     check_snapshot_id,
     check_tag,
     classify_failure,
@@ -26,7 +27,6 @@ from bot.ops.restic import (
     parse_lock_message,
     parse_ls,
     parse_snapshots,
-    parse_time,
     parse_version,
 )
 
