@@ -37,8 +37,8 @@ from pathlib import Path
 from bench.common import arguments, machine, median, result
 from bench.inproc import ROOM, BenchChat, dockerd
 from bot.app import Bot
-from bot.core.chat import Message
 from bot.config import parse_config
+from bot.core.chat import Message
 from bot.ops.swarm import Swarm
 from tests.harness.dockerd import Dockerd
 from tests.harness.recipes import make_app_env

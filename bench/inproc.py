@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.app import Bot
-from bot.core.chat import EventHandler, Membership, Message, Reaction
 from bot.config import parse_config
+from bot.core.chat import EventHandler, Membership, Message, Reaction
 from tests.harness.dockerd import Dockerd
 
 ROOM = "!bench:local"

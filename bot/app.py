@@ -1,29 +1,43 @@
-"""The one place that builds the real clients and wires everything together."""
+"""The one place that builds the real clients and wires everything together.
+
+Adapters (docker, git, restic, Matrix) are constructed here and nowhere else;
+features receive what they use, and everything built is closed on shutdown.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 
+from bot.config import BackupsConfig, Config
 from bot.core.access import Access
-from bot.features.apps import Apps
-from bot.features.backups import Backups
+from bot.core.authorise import Authoriser
 from bot.core.chat import Chat
-from bot.config import Config
 from bot.core.console import CONSOLE_USER, ConsoleChat
-from bot.core.dispatcher import Dispatcher, Services
-from bot.core.gate import ApprovalGate
+from bot.core.context import Services
+from bot.core.dispatcher import Dispatcher
+from bot.core.jobs import JobManager
 from bot.core.metrics import Metrics
 from bot.core.registry import CommandGroup, Registry
-from bot.core.scheduler import Scheduler, tasks_from
+from bot.core.scheduler import Schedule, Scheduler, tasks_from
 from bot.core.store import Store
-from bot.features.upgrades import Upgrades
 from bot.core.web import serve
+from bot.features.apps import Apps
+from bot.features.backups import Backups, restic_environment
+from bot.features.upgrades import Upgrades
+from bot.ops.recipes import Recipes
+from bot.ops.restic import Restic
+from bot.ops.swarm import Swarm
 
 log = logging.getLogger(__name__)
+
+# How long a supervised loop waits after a failure before it starts again.
+RESTART_DELAY = 5.0
 
 
 def build_chat(
@@ -38,6 +52,34 @@ def build_chat(
     return ConsoleChat(prefix, console_as or CONSOLE_USER)
 
 
+def build_swarms(config: Config) -> dict[str, Swarm]:
+    """One docker adapter per configured server."""
+    return {name: Swarm(server.docker_host) for name, server in config.servers.items()}
+
+
+def build_restic(config: BackupsConfig, data_dir: Path) -> Restic:
+    """The restic adapter for the configured repository (its cache in data_dir)."""
+    return Restic(
+        config.repository,
+        config.password_file,
+        binary=config.restic,
+        extra_env=restic_environment(config.env_file),
+        cache_dir=data_dir / "restic-cache",
+    )
+
+
+async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a long-lived loop until cancelled; a failure is logged and the loop
+    starts again, so one failed message edit never stops proposals expiring."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("%s failed; starting it again in %.0f s", name, RESTART_DELAY)
+            await asyncio.sleep(RESTART_DELAY)
+
+
 class Bot:
     def __init__(
         self,
@@ -48,46 +90,59 @@ class Bot:
         console_as: str | None = None,
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 5.0,
+        swarms: dict[str, Swarm] | None = None,
+        restic: Restic | None = None,
     ) -> None:
         if groups is None:
             from commands import GROUPS
 
             groups = GROUPS
         self.config = config
+        prefix = config.matrix.prefix if config.matrix else "!"
         self.store = Store(config.data_dir / "coopbot.sqlite")
         self.metrics = Metrics()
         self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
-        apps = Apps(config, self.store)
-        backups = (
-            Backups(
-                config.backups, apps, self.store, data_dir=config.data_dir, metrics=self.metrics
+        self.swarms = swarms if swarms is not None else build_swarms(config)
+        self.recipes = Recipes(config.abra_dir / "recipes")
+        apps = Apps(config, self.store, self.swarms, self.recipes)
+        backups = None
+        if config.backups is not None:
+            restic = restic or build_restic(config.backups, config.data_dir)
+            backups = Backups(
+                config.backups,
+                apps,
+                self.store,
+                restic,
+                data_dir=config.data_dir,
+                metrics=self.metrics,
             )
-            if config.backups
-            else None
+        access = Access(config.access, self.chat)
+        authoriser = Authoriser(access, self.store, self.metrics, prefix)
+        self.jobs = JobManager(self.store, config.jobs, self.metrics, authoriser.reauthorise)
+        schedule = Schedule(
+            tasks_from(config),
+            self.store,
+            timezone=config.timezone,
+            clock=lambda: datetime.fromtimestamp(clock(), UTC),
         )
         self.services = Services(
             config=config,
             chat=self.chat,
             store=self.store,
             registry=Registry(groups),
-            access=Access(config.access, self.chat),
+            access=access,
             metrics=self.metrics,
             apps=apps,
-            backups=backups,
+            jobs=self.jobs,
             upgrades=Upgrades(config, apps, self.store, backups),
+            schedule=schedule,
+            backups=backups,
         )
-        prefix = config.matrix.prefix if config.matrix else "!"
-        self.gate = ApprovalGate(self.services, prefix, clock, sweep_interval)
-        self.dispatcher = Dispatcher(self.services, prefix, self.gate)
-        self.scheduler = Scheduler(
-            tasks_from(config),
-            self.store,
-            self.dispatcher.run_scheduled,
-            self._announce,
-            timezone=config.timezone,
-            clock=lambda: datetime.fromtimestamp(clock(), UTC),
+        self.dispatcher = Dispatcher(
+            self.services, self.jobs, authoriser, clock=clock, sweep_interval=sweep_interval
         )
-        self.services.scheduler = self.scheduler
+        self.gate = self.dispatcher.gate
+        self.scheduler = Scheduler(schedule, self.dispatcher.run_scheduled, self._announce)
 
     async def can_report(self) -> bool:
         """Scheduled work waits until the home room can be written to."""
@@ -99,7 +154,10 @@ class Bot:
             await self.chat.send(room_id, text)
 
     async def run(self) -> None:
-        """Run until the chat loop ends (console EOF) or the task is cancelled."""
+        """Run until the chat loop ends (console EOF) or the task is cancelled.
+
+        The chat loop, the proposal upkeep and the scheduler live in one task
+        group: when the chat loop ends, the other two are cancelled with it."""
         for job in self.store.interrupt_unfinished_jobs():
             log.warning("job #%s (%s) was interrupted by the last stop", job.id, job.text)
             self.store.audit(
@@ -110,24 +168,44 @@ class Bot:
                 room_id=job.room_id,
                 event_id=job.event_id,
             )
-        runner = None
-        if self.config.web.listen:
-            runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
-            log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
-        upkeep = asyncio.create_task(self.gate.maintain(self.chat.alive), name="proposals")
-        schedule = asyncio.create_task(self.scheduler.run(self.can_report), name="scheduler")
+        self.store.forget_old_events()
         try:
-            await self.chat.run(self.dispatcher.submit)
-            # End of input (console): let the work that was asked for finish.
-            await self.dispatcher.drain()
+            async with self._web(), asyncio.TaskGroup() as group:
+                upkeep = group.create_task(
+                    supervised("proposal upkeep", lambda: self.gate.maintain(self.chat.alive)),
+                    name="proposals",
+                )
+                schedule = group.create_task(
+                    supervised("scheduler", lambda: self.scheduler.run(self.can_report)),
+                    name="scheduler",
+                )
+                await self.chat.run(self.dispatcher.submit)
+                # End of input (console): let the work that was asked for finish.
+                await self.dispatcher.drain()
+                upkeep.cancel()
+                schedule.cancel()
         finally:
-            upkeep.cancel()
-            schedule.cancel()
-            await asyncio.gather(upkeep, schedule, return_exceptions=True)
-            await self.dispatcher.shutdown()
-            if runner is not None:
-                await runner.cleanup()
-            close = getattr(self.chat, "close", None)
-            if close is not None:
-                await asyncio.shield(close())
-            self.store.close()
+            await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _web(self) -> AsyncIterator[None]:
+        if not self.config.web.listen:
+            yield
+            return
+        runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
+        log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        """Stop the jobs, then close every client this bot built."""
+        await self.dispatcher.shutdown()
+        close = getattr(self.chat, "close", None)
+        if close is not None:
+            await asyncio.shield(close())
+        for swarm in self.swarms.values():
+            await swarm.close()
+        await asyncio.to_thread(self.recipes.close)
+        self.store.close()

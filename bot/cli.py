@@ -194,7 +194,7 @@ def _check_docker(docker_host: str | None, name: str) -> tuple[bool, str]:
 async def _check_backups(config: Config) -> list[tuple[bool, str]]:
     """The repository opens with the password (or does not exist yet), and the
     volumes are where the config says."""
-    from bot.features.backups import restic_for
+    from bot.app import build_restic
     from bot.errors import UserError
 
     assert config.backups is not None
@@ -206,7 +206,7 @@ async def _check_backups(config: Config) -> list[tuple[bool, str]]:
         )
     ]
     try:
-        restic = restic_for(config.backups, config.data_dir)
+        restic = build_restic(config.backups, config.data_dir)
     except UserError as exc:  # an unreadable env_file
         return [*results, (False, f"backups: {exc}")]
     try:

@@ -26,8 +26,9 @@ from pydantic import (
 )
 
 from bot.core.approvals import Policy
+from bot.core.cron import crontab_trigger
+from bot.core.roles import Role
 from bot.errors import ConfigError
-from bot.core.registry import Role
 
 DEFAULT_PATH = Path("config.yaml")
 # Strings in config.example.yaml that must not survive into a real config.
@@ -62,8 +63,6 @@ RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
 def parse_cron(value: Any) -> str:
     """A five-field crontab line, checked by the scheduler's own parser."""
     from datetime import UTC
-
-    from bot.core.scheduler import crontab_trigger  # the scheduler imports this module
 
     text = " ".join(str(value).split())
     try:

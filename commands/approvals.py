@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from bot.core.approvals import Choice
-from bot.core.dispatcher import CommandContext
-from bot.core.registry import Arg, CommandGroup
+from bot.core.context import Arg, CommandContext
+from bot.core.registry import CommandGroup
 
 group = CommandGroup("approvals")
 _ID = Arg("id", "the proposal id shown in the proposal")
@@ -14,12 +14,12 @@ _ID = Arg("id", "the proposal id shown in the proposal")
 
 @group.command("approve", help="Approve a proposal (like reacting 👍).", args=(_ID,), quick=True)
 async def approve(ctx: CommandContext) -> None:
-    await ctx.services.gate.vote_by_text(ctx, ctx.args["id"], Choice.APPROVE)
+    await ctx.control.vote(ctx, ctx.args["id"], Choice.APPROVE)
 
 
 @group.command("reject", help="Reject a proposal (like reacting 👎).", args=(_ID,), quick=True)
 async def reject(ctx: CommandContext) -> None:
-    await ctx.services.gate.vote_by_text(ctx, ctx.args["id"], Choice.REJECT)
+    await ctx.control.vote(ctx, ctx.args["id"], Choice.REJECT)
 
 
 @group.command("proposals", help="List the open proposals in this room.", quick=True)

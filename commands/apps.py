@@ -7,11 +7,12 @@ import datetime as dt
 import re
 
 from bot.core.approvals import Plan
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext, Option, positive_int
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
 from bot.ops.abra import AppEnv, check_domain, check_version, generate_secret
 from bot.ops.swarm import ServiceInfo, SwarmError
-from bot.core.registry import Arg, CommandGroup, Option, Role, positive_int
 
 group = CommandGroup("apps")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bot.core.dispatcher import CommandContext
-from bot.core.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.context import Arg, CommandContext, positive_int
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 
 group = CommandGroup("audit")
 

@@ -7,12 +7,13 @@ import re
 
 from bot.core.access import SCHEDULER
 from bot.core.approvals import Plan
-from bot.features.backups import Backups, human_bytes, snapshot_tag
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext, Option
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
+from bot.features.backups import Backups, human_bytes, snapshot_tag
 from bot.ops.abra import AppEnv, check_domain
 from bot.ops.restic import human_age
-from bot.core.registry import Arg, CommandGroup, Option, Role
 
 group = CommandGroup("backups")
 
@@ -264,8 +265,8 @@ async def restore(ctx: CommandContext) -> None:
 
 @group.command("schedule", help="When scheduled work runs next.", quick=True)
 async def schedule(ctx: CommandContext) -> None:
-    scheduler = ctx.services.scheduler
-    if scheduler is None or not scheduler.tasks:
+    scheduler = ctx.services.schedule
+    if not scheduler.tasks:
         await ctx.reply("Nothing is scheduled.")
         return
     zone = scheduler.zone
@@ -274,7 +275,7 @@ async def schedule(ctx: CommandContext) -> None:
         return moment.astimezone(zone).strftime("%a %Y-%m-%d %H:%M") if moment else "—"
 
     lines = [f"Times in {zone}.", "| task | cron | runs | next | last |", "|---|---|---|---|---|"]
-    for task, last, upcoming in scheduler.schedule():
+    for task, last, upcoming in scheduler.rows():
         lines.append(
             f"| {task.what} | `{task.cron}` | `{ctx.prefix}{task.command}` | "
             f"{when(upcoming)} | {when(last)} |"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from bot import __version__
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext
+from bot.core.registry import CommandGroup
 from bot.errors import UserError
-from bot.core.registry import Arg, CommandGroup
 
 group = CommandGroup("help")
 

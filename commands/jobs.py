@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext, positive_int
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
-from bot.core.registry import Arg, CommandGroup, Role, positive_int
 
 group = CommandGroup("jobs")
 

@@ -6,11 +6,12 @@ import json
 
 from bot.core.access import SCHEDULER
 from bot.core.approvals import Plan
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
-from bot.ops.abra import check_domain, check_version
-from bot.core.registry import Arg, CommandGroup, Role
 from bot.features.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
+from bot.ops.abra import check_domain, check_version
 
 group = CommandGroup("upgrade")
 
@@ -46,7 +47,7 @@ async def upgrades_command(ctx: CommandContext) -> None:
         await ctx.reply(render_report(report, ctx.prefix, new=fresh))
     if ctx.services.config.upgrades.auto_patch:
         for domain, version in upgrades.auto_patches(report):
-            await ctx.services.run_scheduled(f"upgrade {domain} {version}")
+            await ctx.control.run_scheduled(f"upgrade {domain} {version}")
 
 
 async def _prepare(ctx: CommandContext) -> UpgradePlan:

@@ -164,3 +164,10 @@ def messages(bodies: Iterable[str], sender: str, room: str = "!room:test") -> li
         Message(room, f"$in-{index}", sender, body, 1_700_000_000_000 + index)
         for index, body in enumerate(bodies, start=1)
     ]
+
+
+def swap_services(services: object, **fakes: object) -> None:
+    """Put fakes into a built bot's frozen Services (tests only: the bot itself never
+    changes what it was built with)."""
+    for name, fake in fakes.items():
+        object.__setattr__(services, name, fake)

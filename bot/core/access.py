@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.core.chat import Chat
 from bot.config import AccessConfig
-from bot.core.registry import Role
+from bot.core.chat import Chat
+from bot.core.roles import Role
 
 # Who scheduled work runs as. Matrix user ids always start with "@", so no member
 # can be this identity.

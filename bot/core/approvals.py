@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.core.registry import Role
+from bot.core.roles import Role
 
 APPROVE_KEYS = frozenset({"👍", "✅", "➕"})
 REJECT_KEYS = frozenset({"👎", "❌"})

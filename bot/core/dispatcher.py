@@ -7,23 +7,17 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bot.core.access import SCHEDULER, Access
-from bot.features.apps import Apps
-from bot.features.backups import Backups
-from bot.core.chat import Chat, ChatEvent, Message, Reaction, Redaction
-from bot.config import Config
-from bot.errors import PermissionDenied, UserError
+from bot.core.access import SCHEDULER
+from bot.core.approvals import Choice
+from bot.core.authorise import Authoriser
+from bot.core.chat import ChatEvent, Message, Reaction, Redaction
+from bot.core.context import CommandContext, Services
 from bot.core.gate import ApprovalGate
-from bot.core.jobs import Job, JobManager, Progress
-from bot.core.metrics import Metrics
-from bot.core.registry import CommandSpec, Registry, Role
-from bot.core.scheduler import Scheduler
-from bot.core.store import Store
-from bot.features.upgrades import Upgrades
+from bot.core.jobs import JobManager
+from bot.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,95 +27,22 @@ QUICK_TIMEOUT = 60.0
 _WORD = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
 
 
-@dataclass
-class Services:
-    """Everything a command may use. Built once, in bot/app.py."""
-
-    config: Config
-    chat: Chat
-    store: Store
-    registry: Registry
-    access: Access
-    metrics: Metrics
-    apps: Apps
-    backups: Backups | None = None  # None without a backups: section
-    upgrades: Upgrades | None = None
-    scheduler: Scheduler | None = None  # set by bot/app.py
-    jobs: JobManager = field(init=False)
-    gate: ApprovalGate = field(init=False)
-    # Run a command line ("backup all") as the scheduler identity, reporting in the
-    # home room; set by the Dispatcher.
-    run_scheduled: Callable[[str], Awaitable[None]] = field(init=False)
-
-
-@dataclass
-class CommandContext:
-    spec: CommandSpec
-    args: dict[str, Any]
-    message: Message
-    role: Role
-    services: Services
-    job: Job | None = None
-    _progress: Progress | None = None
-
-    @property
-    def sender(self) -> str:
-        return self.message.sender
-
-    @property
-    def prefix(self) -> str:
-        matrix = self.services.config.matrix
-        return matrix.prefix if matrix else "!"
-
-    async def reply(self, markdown: str, *, mentions: Sequence[str] = ()) -> str:
-        return await self.services.chat.send(
-            self.message.room_id,
-            markdown,
-            reply_to=self.message.reply_target,
-            thread_root=self.message.thread_root,
-            mentions=mentions,
-        )
-
-    @property
-    def progress(self) -> Progress:
-        """The job's one progress message (created on first update)."""
-        if self._progress is None:
-            self._progress = Progress(
-                self.services.chat,
-                self.message.room_id,
-                self.message.reply_target,
-                self.message.thread_root,
-                self.services.config.jobs.progress_interval,
-            )
-        return self._progress
-
-    async def report_failure(self, markdown: str) -> None:
-        """Failures end the progress message if there is one, else they are a reply."""
-        if self._progress is not None and self._progress.event_id is not None:
-            await self._progress.finish(markdown)
-        else:
-            await self.reply(markdown)
-
-    async def settle(self) -> None:
-        """Show the progress message's newest text if the throttle still holds it."""
-        if self._progress is not None:
-            await self._progress.settle()
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-
-
 class Dispatcher:
-    def __init__(self, services: Services, prefix: str, gate: ApprovalGate) -> None:
+    def __init__(
+        self,
+        services: Services,
+        jobs: JobManager,
+        authoriser: Authoriser,
+        *,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 5.0,
+    ) -> None:
         self._services = services
-        self._prefix = prefix
+        self._jobs = jobs  # services.jobs, with the controls only the core uses
+        self._authoriser = authoriser
+        self._prefix = services.prefix
         self._tasks: set[asyncio.Task[None]] = set()
-        services.jobs = JobManager(
-            services.store, services.config.jobs, services.metrics, self._reauthorise
-        )
-        services.gate = gate
-        services.run_scheduled = self.run_scheduled
+        self.gate = ApprovalGate(services, self, clock, sweep_interval)
 
     def is_command(self, body: str) -> bool:
         return body.startswith(self._prefix) and len(body) > len(self._prefix)
@@ -134,9 +55,9 @@ class Dispatcher:
                 return
             work = self.handle(event)
         elif isinstance(event, Reaction):
-            work = self._guard(self._services.gate.on_reaction(event))
+            work = self._guard(self.gate.on_reaction(event))
         elif isinstance(event, Redaction):
-            work = self._guard(self._services.gate.on_redaction(event))
+            work = self._guard(self.gate.on_redaction(event))
         task = asyncio.create_task(work, name=f"handle-{event.event_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -150,15 +71,18 @@ class Dispatcher:
 
     async def drain(self) -> None:
         """Wait until every message being handled and every job has finished."""
-        while self._tasks or self._services.jobs.active():
-            pending = [*self._tasks, *(j.task for j in self._services.jobs.active() if j.task)]
+        while self._tasks or self._jobs.active():
+            pending = [*self._tasks, *(j.task for j in self._jobs.active() if j.task)]
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._services.jobs.shutdown()
+        await self._jobs.shutdown()
+
+    async def vote(self, ctx: CommandContext, proposal_id: str, choice: Choice) -> None:
+        await self.gate.vote_by_text(ctx, proposal_id, choice)
 
     async def run_scheduled(self, text: str) -> None:
         """Handle `text` (without the prefix) as a command of the scheduler identity,
@@ -216,12 +140,12 @@ class Dispatcher:
             room_id=message.room_id,
             event_id=message.event_id,
         )
-        role = await self._authorise(spec, message)
+        role = await self._authoriser.authorise(spec, message)
         args = spec.parse(rest, self._prefix)
-        ctx = CommandContext(spec, args, message, role, services)
+        ctx = CommandContext(spec, args, message, role, services, self)
         services.metrics.commands.labels(spec.name, "accepted").inc()
         if spec.vote_policy is not None:
-            await services.gate.propose(ctx)
+            await self.gate.propose(ctx)
         elif spec.quick:
             # Quick answers (help, ping) get no job record, which would only
             # crowd !jobs; they are still tracked tasks with a time limit.
@@ -234,28 +158,6 @@ class Dispatcher:
                 ) from None
         else:
             services.jobs.start(ctx)
-
-    async def _authorise(self, spec: CommandSpec, message: Message) -> Role:
-        services = self._services
-        role = await services.access.role(message.room_id, message.sender)
-        if role is None or role < spec.role:
-            services.metrics.commands.labels(spec.name, "denied").inc()
-            services.store.audit(
-                message.sender,
-                "denied",
-                f"{spec.name} needs {spec.role.label}",
-                room_id=message.room_id,
-                event_id=message.event_id,
-            )
-            have = role.label if role is not None else "not a member of this room"
-            raise PermissionDenied(
-                f"🔒 `{self._prefix}{spec.name}` needs the {spec.role.label} role; "
-                f"{message.sender} is {have}. Nothing was done."
-            )
-        return role
-
-    async def _reauthorise(self, ctx: CommandContext) -> None:
-        ctx.role = await self._authorise(ctx.spec, ctx.message)
 
     async def _reply(self, message: Message, markdown: str) -> None:
         try:

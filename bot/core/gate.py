@@ -15,16 +15,13 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
 from bot.core.chat import Message, Reaction, Redaction
-from bot.errors import UserError
-from bot.core.registry import Role
+from bot.core.context import CommandContext, Control, Services
+from bot.core.roles import Role
 from bot.core.store import ProposalRow, VoteRow
-
-if TYPE_CHECKING:
-    from bot.core.dispatcher import CommandContext, Services
+from bot.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +41,13 @@ class ApprovalGate:
     def __init__(
         self,
         services: Services,
-        prefix: str,
+        control: Control,
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 5.0,
     ) -> None:
         self._services = services
-        self._prefix = prefix
+        self._control = control  # the dispatcher: what an approved command runs with
+        self._prefix = services.prefix
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._lock = asyncio.Lock()
@@ -280,8 +278,6 @@ class ApprovalGate:
 
     async def _context(self, row: ProposalRow) -> CommandContext | None:
         """The command as it was asked, to run in the proposal's thread."""
-        from bot.core.dispatcher import CommandContext
-
         services = self._services
         spec = services.registry.get(row.command)
         role = await services.access.role(row.room_id, row.requester)
@@ -300,7 +296,9 @@ class ApprovalGate:
             # Threads do not nest: a proposal asked in a thread reports in that thread.
             thread_root=row.thread_root or row.message_id,
         )
-        return CommandContext(spec, spec.parse(rest, self._prefix), message, role, services)
+        return CommandContext(
+            spec, spec.parse(rest, self._prefix), message, role, services, self._control
+        )
 
     async def _show(self, row: ProposalRow, text: str) -> None:
         if row.message_id is None or self._shown.get(row.id) == text:

@@ -13,107 +13,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from bot.core.chat import Chat
 from bot.config import JobsConfig
-from bot.errors import UserError
+from bot.core.context import CommandContext
 from bot.core.metrics import Metrics
 from bot.core.store import Store
-
-if TYPE_CHECKING:
-    from bot.core.dispatcher import CommandContext
+from bot.errors import UserError
 
 log = logging.getLogger(__name__)
-
-ACTIVE_STATES = ("waiting", "running")
-
-
-class Progress:
-    """One message per job, edited in place at most every `interval` seconds.
-    The newest text always lands: a throttled update is flushed later."""
-
-    def __init__(
-        self,
-        chat: Chat,
-        room_id: str,
-        reply_to: str | None,
-        thread_root: str | None,
-        interval: float,
-    ) -> None:
-        self._chat = chat
-        self._room_id = room_id
-        self._reply_to = reply_to
-        self._thread_root = thread_root
-        self._interval = interval
-        self._lock = asyncio.Lock()
-        self._event_id: str | None = None
-        self._shown: str | None = None
-        self._latest: str | None = None
-        self._last_edit = 0.0
-        self._pending: asyncio.Task[None] | None = None
-
-    @property
-    def event_id(self) -> str | None:
-        return self._event_id
-
-    async def update(self, markdown: str) -> None:
-        self._latest = markdown
-        if self._event_id is None or time.monotonic() - self._last_edit >= self._interval:
-            await self._flush()
-        elif self._pending is None:
-            self._pending = asyncio.create_task(self._flush_later(), name="progress-flush")
-
-    async def finish(self, markdown: str) -> None:
-        """The final text: shown now, whatever the throttle says."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-        self._latest = markdown
-        await self._flush()
-
-    async def detail(self, markdown: str) -> str:
-        """Post a detail in the progress message's thread."""
-        if self._event_id is None:
-            await self._flush()
-        assert self._event_id is not None
-        # A thread cannot start inside another: a job already running in a thread
-        # (an approved proposal's) puts its details in that thread, under the message.
-        if self._thread_root is not None:
-            return await self._chat.send(
-                self._room_id, markdown, reply_to=self._event_id, thread_root=self._thread_root
-            )
-        return await self._chat.send(self._room_id, markdown, thread_root=self._event_id)
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - self._last_edit)))
-        self._pending = None
-        await self._flush()
-
-    async def _flush(self) -> None:
-        async with self._lock:
-            text = self._latest or "…"
-            if text == self._shown:
-                return
-            if self._event_id is None:
-                self._event_id = await self._chat.send(
-                    self._room_id, text, reply_to=self._reply_to, thread_root=self._thread_root
-                )
-            else:
-                await self._chat.edit(self._room_id, self._event_id, text)
-            self._shown = text
-            self._last_edit = time.monotonic()
-
-    async def settle(self) -> None:
-        """Show the newest text now if a throttled update is still pending."""
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-            await self._flush()
-
-    def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
 
 
 @dataclass
@@ -131,7 +38,7 @@ class Job:
         return self.ctx.message.body
 
 
-Reauthorise = Callable[["CommandContext"], Awaitable[None]]
+Reauthorise = Callable[[CommandContext], Awaitable[None]]
 
 
 class JobManager:

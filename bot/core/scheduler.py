@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from apscheduler.triggers.cron import CronTrigger
-
 from bot.config import Config
+from bot.core.cron import crontab_trigger
 from bot.core.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,39 +58,6 @@ def tasks_from(config: Config) -> list[Task]:
     return tasks
 
 
-_NUMERIC_DAYS = re.compile(r"^(\*|\d+)(?:-(\d+))?(?:/(\d+))?$")
-
-
-def crontab_trigger(expr: str, zone: tzinfo) -> CronTrigger:
-    """CronTrigger.from_crontab, with crontab's weekday numbers (0 or 7 = Sunday):
-    APScheduler 3 counts 0 as Monday (its issue 286), so "0 5 * * 0" would fire on
-    Mondays. Numeric weekdays are expanded and renumbered; names are left alone."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"Wrong number of fields; got {len(fields)}, expected 5")
-    minute, hour, day, month, weekdays = fields
-    parts: list[str] = []
-    for part in weekdays.split(","):
-        m = _NUMERIC_DAYS.match(part)
-        if m is None or part == "*":
-            parts.append(part)  # *, mon, sat-sun, ...: APScheduler reads these right
-            continue
-        first, last, step = m.groups()
-        start = 0 if first == "*" else int(first)
-        end = int(last) if last is not None else (6 if step or first == "*" else start)
-        if end > 7:
-            raise ValueError(f"day of week {part!r}: 0-7 (0 and 7 are Sunday)")
-        parts += [str((d + 6) % 7) for d in range(start, end + 1, int(step or 1))]
-    return CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=",".join(dict.fromkeys(parts)),
-        timezone=zone,
-    )
-
-
 def _zone(name: str | None) -> tzinfo:
     if name is None:
         from tzlocal import get_localzone  # APScheduler's own dependency
@@ -103,13 +68,14 @@ def _zone(name: str | None) -> tzinfo:
     return ZoneInfo(name)
 
 
-class Scheduler:
+class Schedule:
+    """The cron tasks and when each last ran and runs next (state in the store).
+    What `!schedule` reads; the Scheduler below is what fires them."""
+
     def __init__(
         self,
         tasks: list[Task],
         store: Store,
-        run: Callable[[str], Awaitable[None]],
-        announce: Callable[[str], Awaitable[None]],
         *,
         timezone: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -118,9 +84,7 @@ class Scheduler:
         self.zone = _zone(timezone)
         self._triggers = {t.name: crontab_trigger(t.cron, self.zone) for t in tasks}
         self._store = store
-        self._run = run
-        self._announce = announce
-        self._clock = clock
+        self.clock = clock
 
     def _key(self, task: Task) -> str:
         return f"schedule.{task.name}.last"
@@ -137,17 +101,16 @@ class Scheduler:
 
     def next_run(self, task: Task, now: datetime | None = None) -> datetime | None:
         """The first fire time after the last run (or after now, for a new task)."""
-        after = self.last_run(task) or (now or self._clock())
+        after = self.last_run(task) or (now or self.clock())
         fire: datetime | None = self._triggers[task.name].get_next_fire_time(
             None, after + timedelta(microseconds=1)
         )
         return fire
 
-    async def tick(self, now: datetime | None = None) -> list[Task]:
-        """Run every task that is due at `now`; returns them. A new task is only
-        noted (its first run is its next fire time)."""
-        now = now or self._clock()
-        fired = []
+    def due(self, now: datetime) -> list[tuple[Task, datetime]]:
+        """The tasks due at `now` with the time each was due, marked as run. A new
+        task is only noted (its first run is its next fire time)."""
+        found = []
         for task in self.tasks:
             if self.last_run(task) is None:
                 self._store.put(self._key(task), now.isoformat())
@@ -157,8 +120,38 @@ class Scheduler:
                 continue
             self._store.put(self._key(task), now.isoformat())
             self._store.put(f"schedule.{task.name}.ran", now.isoformat())
+            found.append((task, due))
+        return found
+
+    def rows(
+        self, now: datetime | None = None
+    ) -> list[tuple[Task, datetime | None, datetime | None]]:
+        """(task, last run, next run) for `!schedule`."""
+        now = now or self.clock()
+        return [(t, self.ran(t), self.next_run(t, now)) for t in self.tasks]
+
+
+class Scheduler:
+    """Fires the schedule's tasks at their times through `run` (the dispatcher)."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        run: Callable[[str], Awaitable[None]],
+        announce: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.schedule = schedule
+        self._run = run
+        self._announce = announce
+
+    async def tick(self, now: datetime | None = None) -> list[Task]:
+        """Run every task that is due at `now`; returns them."""
+        schedule = self.schedule
+        now = now or schedule.clock()
+        fired = []
+        for task, due in schedule.due(now):
             if now - due > LATE:
-                when = due.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
+                when = due.astimezone(schedule.zone).strftime("%Y-%m-%d %H:%M %Z")
                 await self._say(
                     f"⏰ {task.what.capitalize()} was due at {when} while the bot was not "
                     "running; running it once now."
@@ -182,20 +175,14 @@ class Scheduler:
         times until cancelled."""
         while ready is not None and not await ready():  # noqa: ASYNC110 (a predicate, not an event)
             await asyncio.sleep(0.2)
+        schedule = self.schedule
         while True:
-            now = self._clock()
+            now = schedule.clock()
             await self.tick(now)
-            upcoming = [n for t in self.tasks if (n := self.next_run(t, now)) is not None]
+            upcoming = [n for t in schedule.tasks if (n := schedule.next_run(t, now)) is not None]
             wait = (
-                min((n - self._clock()).total_seconds() for n in upcoming)
+                min((n - schedule.clock()).total_seconds() for n in upcoming)
                 if upcoming
                 else MAX_SLEEP
             )
             await asyncio.sleep(min(max(wait, 0.5), MAX_SLEEP))
-
-    def schedule(
-        self, now: datetime | None = None
-    ) -> list[tuple[Task, datetime | None, datetime | None]]:
-        """(task, last run, next run) for `!schedule`."""
-        now = now or self._clock()
-        return [(t, self.ran(t), self.next_run(t, now)) for t in self.tasks]

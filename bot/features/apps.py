@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import difflib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 
 from bot.config import Config
-from bot.errors import UserError
-from bot.core.jobs import Progress
-from bot.ops.abra import AppEnv, list_apps, read_exports, set_pinned_version
-from bot.ops.recipes import RecipeRepo, Version, parse_version
-from bot.ops.swarm import ServiceInfo, Swarm
 from bot.core.store import Store
+from bot.errors import UserError
+from bot.ops.abra import AppEnv, list_apps, read_exports, set_pinned_version
+from bot.ops.recipes import RecipeRepo, Recipes, Version, parse_version
+from bot.ops.swarm import ServiceInfo, Swarm
+from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def deployed_from(stack: str, services: list[ServiceInfo]) -> Deployed:
 class Steps:
     """The lines of a job's progress message: one per step, updated in place."""
 
-    progress: Progress
+    progress: ProgressSink
     title: str
     lines: list[str] = field(default_factory=list)
 
@@ -99,10 +99,13 @@ class Steps:
 class Apps:
     """Inventory and actions over every configured server."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(
+        self, config: Config, store: Store, swarms: Mapping[str, Swarm], recipes: Recipes
+    ) -> None:
         self._config = config
         self._store = store
-        self._swarms = {name: Swarm(server.docker_host) for name, server in config.servers.items()}
+        self._swarms = swarms  # one adapter per configured server, built in bot/app.py
+        self._recipes = recipes
 
     # -- lookup ------------------------------------------------------------------
     @property
@@ -125,7 +128,7 @@ class Apps:
         return self._swarms[server]
 
     def recipe(self, name: str) -> RecipeRepo:
-        return RecipeRepo(self.abra_dir / "recipes" / name)
+        return self._recipes.repo(name)
 
     async def deployed(self, app: AppEnv) -> Deployed:
         services = await self.swarm(app.server).services(app.stack_name)
@@ -148,7 +151,7 @@ class Apps:
     async def deploy(
         self,
         app: AppEnv,
-        progress: Progress,
+        progress: ProgressSink,
         actor: str,
         version: str | None = None,
         *,
@@ -383,7 +386,7 @@ class Apps:
         )
 
     # -- undeploy ----------------------------------------------------------------------
-    async def undeploy(self, app: AppEnv, progress: Progress, actor: str) -> str:
+    async def undeploy(self, app: AppEnv, progress: ProgressSink, actor: str) -> str:
         steps = Steps(progress, f"**Undeploy {app.domain}** on {app.server}")
         await steps.step(f"Removing stack {app.stack_name}")
         volumes = await self.swarm(app.server).remove(app.stack_name)

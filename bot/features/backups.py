@@ -24,18 +24,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 
-from bot.features.apps import Apps, deployed_from
 from bot.config import BackupsConfig
-from bot.errors import UserError
 from bot.core.metrics import Metrics
+from bot.core.store import Store
+from bot.errors import UserError
+from bot.features.apps import Apps, deployed_from
 from bot.ops.abra import AppEnv
 from bot.ops.backupbot import BackupSpec, backup_specs, volume_paths
 from bot.ops.restic import Progress as ResticProgress
 from bot.ops.restic import Restic, ResticError, Snapshot, human_age
 from bot.ops.swarm import ServiceInfo, Swarm, SwarmError
-from bot.core.store import Store
+from bot.ports import StatusSink
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,6 @@ MOVING = frozenset({"updating", "rollback_started"})
 STUCK = frozenset({"paused", "rollback_paused"})
 RESTORE_DIR = "coopbot-restore-"  # inside <volumes_root>/<volume>/, beside _data
 ASIDE_DIR = "coopbot-previous-"
-
-
-class StatusSink(Protocol):
-    """Where progress lines go: a job's Progress, or anything with update()."""
-
-    async def update(self, markdown: str) -> None: ...
 
 
 def human_bytes(n: float) -> str:
@@ -183,33 +177,22 @@ def tree_totals(root: Path) -> tuple[int, int]:
     return files, size
 
 
-def restic_for(config: BackupsConfig, data_dir: Path) -> Restic:
-    """The restic adapter for the configured repository (its cache in data_dir)."""
-    return Restic(
-        config.repository,
-        config.password_file,
-        binary=config.restic,
-        extra_env=_read_env_file(config.env_file),
-        cache_dir=data_dir / "restic-cache",
-    )
-
-
 class Backups:
     def __init__(
         self,
         config: BackupsConfig,
         apps: Apps,
         store: Store,
+        restic: Restic,
         *,
         data_dir: Path | None = None,
-        restic: Restic | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.apps = apps
         self.store = store
         self._data_dir = data_dir or Path(tempfile.gettempdir())
-        self.restic = restic or restic_for(config, self._data_dir)
+        self.restic = restic
         self._metrics = metrics
         if metrics is not None:  # known after a restart too, not only after the next run
             for app, runs in store.last_backups().items():
@@ -784,7 +767,7 @@ def _counts(replicas: dict[str, int]) -> str:
     return ", ".join(f"{name}={count}" for name, count in replicas.items()) or "no services"
 
 
-def _read_env_file(path: Path | None) -> dict[str, str]:
+def restic_environment(path: Path | None) -> dict[str, str]:
     """VAR=value lines (blank lines and # comments skipped) for restic's environment."""
     if path is None:
         return {}

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
+from bot.config import Config
+from bot.core.store import Store
+from bot.errors import UserError
 from bot.features.apps import Apps, Deployed, deployed_from
 from bot.features.backups import Backups
-from bot.config import Config
-from bot.errors import UserError
-from bot.core.jobs import Progress
 from bot.ops.abra import AppEnv
 from bot.ops.recipes import StepKind, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo
-from bot.core.store import Store
+from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +320,12 @@ def restore_hint(domain: str, snapshot: str | None, taken_now: bool, prefix: str
 # ----------------------------------------------------------------------------- I/O
 
 
-class _Below(Progress):
+class _Below:
     """A phase's progress shown under the lines of the phases before it, so the whole
     upgrade (backup, deploy, result) stays one message: Apps.deploy renders its own
-    text, and this puts it in place. Everything is forwarded to the job's Progress,
-    so the base class's state is never used."""
+    text, and this puts it in place. Everything is forwarded to the job's progress."""
 
-    def __init__(self, outer: Progress, above: str) -> None:
+    def __init__(self, outer: ProgressSink, above: str) -> None:
         self._outer = outer
         self._above = above
 
@@ -345,9 +344,6 @@ class _Below(Progress):
 
     async def settle(self) -> None:
         await self._outer.settle()
-
-    def close(self) -> None:
-        pass
 
 
 class _Once(Generic[T]):
@@ -597,7 +593,7 @@ class Upgrades:
     async def upgrade(
         self,
         plan: UpgradePlan,
-        progress: Progress,
+        progress: ProgressSink,
         actor: str,
         job_id: int | None = None,
         prefix: str = "!",

@@ -45,6 +45,7 @@ from nio import (
 )
 from nio.api import RelationshipType
 
+from bot.config import MatrixConfig
 from bot.core.chat import (
     ChatEvent,
     EventHandler,
@@ -54,10 +55,9 @@ from bot.core.chat import (
     Redaction,
     render_html,
 )
-from bot.config import MatrixConfig
-from bot.errors import CoopbotError
 from bot.core.metrics import Metrics
 from bot.core.store import Store
+from bot.errors import CoopbotError
 
 log = logging.getLogger(__name__)
 

@@ -87,6 +87,29 @@ def _lock_for(path: Path) -> threading.RLock:
         return _LOCKS.setdefault(path, threading.RLock())
 
 
+class Recipes:
+    """The recipe checkouts of an abra folder (`<abra>/recipes/<name>`), each opened
+    once and kept; `close` stops every repository's git helper processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._open: dict[str, RecipeRepo] = {}
+        self._lock = threading.Lock()  # inventory reads run in worker threads
+
+    def repo(self, name: str) -> RecipeRepo:
+        with self._lock:
+            repo = self._open.get(name)
+            if repo is None:
+                repo = self._open[name] = RecipeRepo(self.root / name)
+            return repo
+
+    def close(self) -> None:
+        with self._lock:
+            repos, self._open = list(self._open.values()), {}
+        for repo in repos:
+            repo.close()
+
+
 class RecipeRepo:
     """One recipe checkout, e.g. `~/.abra/recipes/<recipe>`."""
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from bot.app import Bot
 from bot.config import Config, parse_config
-from bot.core.registry import Arg, CommandGroup, Role, positive_int
+from bot.core.context import Arg, positive_int
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from commands import GROUPS
 
 # Commands that exist only in tests: a long job and an echo with a marker.

@@ -379,7 +379,7 @@ async def test_scheduled_backup_drill_and_age_alert(site: Site) -> None:
     coop, bot = site.coop, site.runner.bot
     assert bot is not None
     scheduler = bot.scheduler
-    (task,) = [t for t in scheduler.tasks if t.name == "backup"]
+    (task,) = [t for t in scheduler.schedule.tasks if t.name == "backup"]
     # The scheduler's loop starts once the bot can report in its room; so does this test.
     for _ in range(300):
         if await bot.can_report():

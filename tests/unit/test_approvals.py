@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.core.approvals import Ballot, Choice, Policy, State, Tally, choice_for_key, decide
 from bot.config import POLICY_NAMES, parse_config
+from bot.core.approvals import Ballot, Choice, Policy, State, Tally, choice_for_key, decide
+from bot.core.roles import Role
 from bot.errors import ConfigError
-from bot.core.registry import Role
 
 T0 = 1_000_000.0  # when the proposal was made
 EXPIRES = T0 + 3600

@@ -17,28 +17,29 @@ from typing import Any
 import pytest
 
 import bot.features.backups as backups_module
+from bot.app import Bot, build_restic
+from bot.config import BackupsConfig
 from bot.core.access import SCHEDULER
-from bot.app import Bot
+from bot.core.store import Store
+from bot.errors import UserError
 from bot.features.apps import Deployed, deployed_from
 from bot.features.backups import (
     AppBackupState,
     Backups,
     BackupTarget,
     _in_stack_volume,
-    _read_env_file,
     human_bytes,
     progress_line,
+    restic_environment,
     restore_scope,
     snapshot_app,
     tree_totals,
 )
-from bot.config import BackupsConfig
-from bot.errors import UserError
 from bot.ops.abra import AppEnv
 from bot.ops.restic import BackupSummary, Progress, ResticError, Snapshot
 from bot.ops.swarm import Convergence, ServiceInfo, SwarmError
-from bot.core.store import Store
 from commands.backup import AGE_ALERT_KEY
+from tests.fakes import swap_services
 from tests.unit.helpers import ADMIN, OPERATOR, VIEWER, BotFactory, chat_of, drain, message
 
 STACK = "a_test"
@@ -363,7 +364,7 @@ def make_site(
     restic = FakeRestic(initialised=initialised)
     store = store or Store(tmp_path / "backups.sqlite")
     data_dir = tmp_path / "data"
-    backups = Backups(cfg, apps, store, data_dir=data_dir, restic=restic)  # type: ignore[arg-type]
+    backups = Backups(cfg, apps, store, restic, data_dir=data_dir)  # type: ignore[arg-type]
     return Site(cfg, apps, restic, store, backups, cfg.volumes_root, data_dir)
 
 
@@ -540,8 +541,8 @@ def test_tree_totals_counts_regular_files_and_not_symlinks(tmp_path: Path) -> No
     assert tree_totals(tmp_path / "empty") == (0, 0)
 
 
-def test_read_env_file(tmp_path: Path) -> None:
-    assert _read_env_file(None) == {}
+def testrestic_environment(tmp_path: Path) -> None:
+    assert restic_environment(None) == {}
     path = tmp_path / "restic.env"
     path.write_text(
         "# S3 keys\n"
@@ -551,7 +552,7 @@ def test_read_env_file(tmp_path: Path) -> None:
         '  RESTIC_PROGRESS_FPS = "0.5"  \n'
         "EMPTY=\n"
     )
-    assert _read_env_file(path) == {
+    assert restic_environment(path) == {
         "AWS_ACCESS_KEY_ID": "AKIA123",
         "AWS_SECRET_ACCESS_KEY": "s3cr=et",
         "RESTIC_PROGRESS_FPS": "0.5",
@@ -564,7 +565,7 @@ def test_read_env_file_names_the_bad_line(tmp_path: Path, bad: str) -> None:
     path = tmp_path / "restic.env"
     path.write_text(f"# ok\nA=1\n{bad}\n")
     with pytest.raises(UserError) as caught:
-        _read_env_file(path)
+        restic_environment(path)
     assert str(caught.value) == f"{path}:3: expected VAR=value"
 
 
@@ -572,7 +573,13 @@ def test_backups_reads_the_env_file_into_restics_environment(tmp_path: Path) -> 
     (tmp_path / "restic.env").write_text("AWS_SECRET_ACCESS_KEY=topsecret\n")
     config = backups_config(tmp_path, env_file=str(tmp_path / "restic.env"))
     store = Store(tmp_path / "s.sqlite")
-    backups = Backups(config, FakeApps({}), store, data_dir=tmp_path / "d")  # type: ignore[arg-type]
+    backups = Backups(
+        config,
+        FakeApps({}),  # type: ignore[arg-type]
+        store,
+        build_restic(config, tmp_path / "d"),
+        data_dir=tmp_path / "d",
+    )
     assert backups.restic.extra_env == {"AWS_SECRET_ACCESS_KEY": "topsecret"}
     assert backups.restic.cache_dir == tmp_path / "d" / "restic-cache"
     assert backups.restic._mask("key topsecret") == "key ***"
@@ -1253,8 +1260,7 @@ PINGED = " ".join(ADMINS)
 def wire(bot: Bot, tmp_path: Path, **config: Any) -> Site:
     """Real Backups (and the bot's store) over fake apps, swarm and restic."""
     site = make_site(tmp_path, store=bot.store, **config)
-    bot.services.apps = site.apps  # type: ignore[assignment]
-    bot.services.backups = site.backups
+    swap_services(bot.services, apps=site.apps, backups=site.backups)
     return site
 
 
@@ -1511,8 +1517,7 @@ async def test_schedule_lists_the_tasks(make_bot: BotFactory, tmp_path: Path) ->
         "| the upgrade check | `0 9 * * *` | `!upgrades` | Tue 2024-01-02 09:00 | — |",
     ]
     # A first tick only notes the tasks: no last run is shown for them.
-    scheduler = bot.services.scheduler
-    assert scheduler is not None
+    scheduler = bot.scheduler
     await scheduler.tick(now)
     (text,) = await ask(bot, "!schedule", VIEWER)
     assert "| `!backups` | Mon 2024-01-01 12:17 | — |" in text

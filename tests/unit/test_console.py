@@ -9,7 +9,7 @@ from pathlib import Path
 from bot.app import Bot
 from bot.config import parse_config
 from bot.core.console import CONSOLE_ROOM, CONSOLE_USER, ConsoleChat
-from bot.core.dispatcher import CommandContext
+from bot.core.context import CommandContext
 from bot.core.registry import CommandGroup
 from bot.core.store import Store
 from commands import GROUPS

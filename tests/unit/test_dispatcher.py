@@ -11,9 +11,11 @@ import pytest
 
 from bot.app import Bot
 from bot.core.chat import Membership
-from bot.core.dispatcher import MAX_COMMAND_LENGTH, CommandContext
+from bot.core.context import Arg, CommandContext
+from bot.core.dispatcher import MAX_COMMAND_LENGTH
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
-from bot.core.registry import Arg, CommandGroup, Role
 from tests.unit.helpers import (
     ADMIN,
     OPERATOR,

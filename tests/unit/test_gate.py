@@ -13,8 +13,9 @@ import pytest
 from bot.app import Bot
 from bot.core.approvals import Plan
 from bot.core.chat import Message, Reaction, Redaction
-from bot.core.dispatcher import CommandContext
-from bot.core.registry import Arg, CommandGroup, Role
+from bot.core.context import Arg, CommandContext
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.core.store import ProposalRow
 from tests.fakes import FakeChat, Sent
 from tests.unit.helpers import (

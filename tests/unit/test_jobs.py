@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot.app import Bot
-from bot.core.dispatcher import CommandContext
+from bot.core.context import Arg, CommandContext, positive_int
+from bot.core.progress import Progress
+from bot.core.registry import CommandGroup
+from bot.core.roles import Role
 from bot.errors import UserError
-from bot.core.jobs import Progress
-from bot.core.registry import Arg, CommandGroup, Role, positive_int
 from tests.fakes import Edit, FakeChat
 from tests.unit.helpers import (
     ADMIN,

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from bot.config import parse_config
-from bot.ops.matrix import MatrixChat, MatrixError
 from bot.core.metrics import Metrics
 from bot.core.store import Store
+from bot.ops.matrix import MatrixChat, MatrixError
 
 
 class RateLimiter:

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.core.context import Arg, CommandSpec, Option, positive_int
+from bot.core.registry import CommandGroup, Registry
+from bot.core.roles import Role
 from bot.errors import UsageError
-from bot.core.registry import Arg, CommandGroup, CommandSpec, Option, Registry, Role, positive_int
 
 
 async def _nothing(ctx: Any) -> None:

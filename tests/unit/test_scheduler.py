@@ -15,7 +15,8 @@ import pytest
 
 import bot.core.scheduler as scheduler_module
 from bot.config import parse_config
-from bot.core.scheduler import AGE_CHECK, Scheduler, Task, crontab_trigger, tasks_from
+from bot.core.cron import crontab_trigger
+from bot.core.scheduler import AGE_CHECK, Schedule, Scheduler, Task, tasks_from
 from bot.core.store import Store
 
 NIGHTLY = Task("backup", "30 3 * * *", "backup all", "the backup of every app")
@@ -62,7 +63,9 @@ def make(
 ) -> tuple[Scheduler, Recorder]:
     rec = recorder or Recorder()
     kwargs = {"clock": clock} if clock is not None else {}
-    return Scheduler(tasks, store, rec.run, rec.announce, timezone=timezone, **kwargs), rec
+    return Scheduler(
+        Schedule(tasks, store, timezone=timezone, **kwargs), rec.run, rec.announce
+    ), rec
 
 
 # ================================================================ tasks from the config
@@ -117,9 +120,9 @@ async def test_a_new_task_is_only_noted(store: Store) -> None:
     now = at(2024, 1, 1, 3, 30)  # exactly a fire time: still only noted
     assert await scheduler.tick(now) == []
     assert rec.runs == [] and rec.said == []
-    assert scheduler.last_run(NIGHTLY) == now
+    assert scheduler.schedule.last_run(NIGHTLY) == now
     assert store.get("schedule.backup.last") == "2024-01-01T03:30:00+00:00"
-    assert scheduler.next_run(NIGHTLY) == at(2024, 1, 2, 3, 30)
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 2, 3, 30)
 
 
 async def test_a_due_task_runs_once(store: Store) -> None:
@@ -132,8 +135,8 @@ async def test_a_due_task_runs_once(store: Store) -> None:
     assert await scheduler.tick(at(2024, 1, 2, 3, 31)) == []
     assert rec.runs == ["backup all"]
     assert rec.said == []  # on time: nothing to announce
-    assert scheduler.last_run(NIGHTLY) == at(2024, 1, 2, 3, 30)
-    assert scheduler.next_run(NIGHTLY) == at(2024, 1, 3, 3, 30)
+    assert scheduler.schedule.last_run(NIGHTLY) == at(2024, 1, 2, 3, 30)
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 3, 3, 30)
 
 
 async def test_missed_runs_coalesce_into_one_announced_run(store: Store) -> None:
@@ -150,8 +153,8 @@ async def test_missed_runs_coalesce_into_one_announced_run(store: Store) -> None
         "running; running it once now.",
     ]
     assert await scheduler.tick(now + timedelta(seconds=1)) == []
-    assert scheduler.next_run(NIGHTLY) == at(2024, 1, 6, 3, 30)
-    assert scheduler.next_run(HOURLY) == at(2024, 1, 5, 10, 17)
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 6, 3, 30)
+    assert scheduler.schedule.next_run(HOURLY) == at(2024, 1, 5, 10, 17)
     assert len(rec.runs) == 2 and len(rec.said) == 2
 
 
@@ -179,7 +182,7 @@ async def test_a_failing_run_does_not_stop_the_other_tasks(store: Store) -> None
     assert await scheduler.tick(now) == [NIGHTLY, HOURLY]
     assert rec.runs == ["backup all", "backups"]
     # The failed task counts as run: it is not started again at every tick.
-    assert scheduler.last_run(NIGHTLY) == now
+    assert scheduler.schedule.last_run(NIGHTLY) == now
     assert await scheduler.tick(now + timedelta(seconds=30)) == []
     assert rec.runs == ["backup all", "backups"]
 
@@ -198,7 +201,7 @@ async def test_the_last_run_survives_a_restart(store: Store) -> None:
     second, rec = make(store, [NIGHTLY, HOURLY])  # a new task added by the restart
     assert await second.tick(at(2024, 1, 2, 3, 30)) == [NIGHTLY]
     assert rec.runs == ["backup all"]
-    assert second.last_run(HOURLY) == at(2024, 1, 2, 3, 30)  # noted, not run
+    assert second.schedule.last_run(HOURLY) == at(2024, 1, 2, 3, 30)  # noted, not run
 
 
 async def test_tick_reads_the_injected_clock(store: Store) -> None:
@@ -216,7 +219,7 @@ async def test_next_run_and_schedule(store: Store) -> None:
     now = at(2024, 1, 1, 12, 0)  # a Monday
     scheduler, _ = make(store, [NIGHTLY, HOURLY, WEEKLY], clock=lambda: now)
     # A task never run: its next fire time after now.
-    assert scheduler.schedule() == [
+    assert scheduler.schedule.rows() == [
         (NIGHTLY, None, at(2024, 1, 2, 3, 30)),
         (HOURLY, None, at(2024, 1, 1, 12, 17)),
         (WEEKLY, None, at(2024, 1, 7, 5, 0)),  # crontab's 0 is Sunday
@@ -224,14 +227,14 @@ async def test_next_run_and_schedule(store: Store) -> None:
     await scheduler.tick(at(2024, 1, 1, 11, 0))
     # Noted at 11:00 (first start), not run: the next fire time after that, even when
     # it has passed, and no last run.
-    assert scheduler.schedule(now) == [
+    assert scheduler.schedule.rows(now) == [
         (NIGHTLY, None, at(2024, 1, 2, 3, 30)),
         (HOURLY, None, at(2024, 1, 1, 11, 17)),
         (WEEKLY, None, at(2024, 1, 7, 5, 0)),
     ]
     await scheduler.tick(now)  # 12:00: the hourly task (due 11:17) runs
-    assert scheduler.schedule(now)[1] == (HOURLY, now, at(2024, 1, 1, 12, 17))
-    assert scheduler.ran(NIGHTLY) is None
+    assert scheduler.schedule.rows(now)[1] == (HOURLY, now, at(2024, 1, 1, 12, 17))
+    assert scheduler.schedule.ran(NIGHTLY) is None
 
 
 @pytest.mark.parametrize(
@@ -270,8 +273,8 @@ def test_a_weekday_number_past_seven_is_refused() -> None:
 async def test_cron_times_are_in_the_configured_zone(store: Store) -> None:
     scheduler, rec = make(store, [NIGHTLY], timezone="Europe/Berlin")
     await scheduler.tick(at(2024, 1, 1, 12, 0))
-    assert scheduler.next_run(NIGHTLY) == at(2024, 1, 2, 2, 30)  # 03:30 CET
-    assert scheduler.next_run(NIGHTLY) == at(2024, 1, 2, 3, 30, zone="Europe/Berlin")
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 2, 2, 30)  # 03:30 CET
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 2, 3, 30, zone="Europe/Berlin")
     # A missed run is announced in the zone's own time.
     assert await scheduler.tick(at(2024, 1, 3, 12, 0)) == [NIGHTLY]
     assert rec.said == [
@@ -283,16 +286,16 @@ async def test_cron_times_are_in_the_configured_zone(store: Store) -> None:
 async def test_summer_time_moves_the_utc_fire_time(store: Store) -> None:
     scheduler, _ = make(store, [NIGHTLY], timezone="Europe/Berlin")
     await scheduler.tick(at(2024, 3, 30, 12, 0))  # the day before the clocks go forward
-    assert scheduler.next_run(NIGHTLY) == at(2024, 3, 31, 1, 30)  # 03:30 CEST
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 3, 31, 1, 30)  # 03:30 CEST
     await scheduler.tick(at(2024, 3, 31, 1, 30))
-    assert scheduler.next_run(NIGHTLY) == at(2024, 4, 1, 1, 30)
+    assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 4, 1, 1, 30)
 
 
 async def test_a_time_skipped_by_summer_time_fires_once_after_the_gap(store: Store) -> None:
     task = Task("t", "30 2 * * *", "backups", "the t")  # 02:30 is skipped on 31 March
     scheduler, rec = make(store, [task], timezone="Europe/Berlin")
     await scheduler.tick(at(2024, 3, 30, 12, 0))
-    due = scheduler.next_run(task)
+    due = scheduler.schedule.next_run(task)
     assert due is not None
     # APScheduler gives the wall time 02:30, which does not exist that night; as an
     # instant it is 01:30 UTC (03:30 CEST): the first minute after the gap.
@@ -300,7 +303,7 @@ async def test_a_time_skipped_by_summer_time_fires_once_after_the_gap(store: Sto
     assert await scheduler.tick(at(2024, 3, 31, 1, 29, 59)) == []
     assert await scheduler.tick(at(2024, 3, 31, 1, 30)) == [task]
     assert rec.said == []
-    assert scheduler.next_run(task) == at(2024, 4, 1, 0, 30)  # 02:30 CEST
+    assert scheduler.schedule.next_run(task) == at(2024, 4, 1, 0, 30)  # 02:30 CEST
 
 
 def test_the_default_zone_is_the_machines() -> None:
@@ -346,7 +349,7 @@ async def test_the_run_loop_waits_for_the_chat_and_fires_on_time(
     assert slept[19:] == [60.0, 60.0]
     assert rec.runs == ["backups"]
     assert rec.said == []
-    assert scheduler.last_run(HOURLY) == at(2024, 1, 1, 10, 17)
+    assert scheduler.schedule.last_run(HOURLY) == at(2024, 1, 1, 10, 17)
 
 
 async def test_the_run_loop_sleeps_at_least_half_a_second(

@@ -15,13 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.app import Bot
-from bot.features.apps import Deployed, deployed_from
 from bot.config import Config, parse_config
+from bot.core.progress import Progress
 from bot.errors import UserError
-from bot.core.jobs import Progress
-from bot.ops.abra import AppEnv
-from bot.ops.recipes import RecipeError, RecipeRepo, Version, parse_version, step_kind
-from bot.ops.swarm import ServiceInfo, SwarmError
+from bot.features.apps import Deployed, deployed_from
 from bot.features.upgrades import (
     AppCheck,
     CheckReport,
@@ -43,7 +40,10 @@ from bot.features.upgrades import (
     split_pinned,
     steps_between,
 )
-from tests.fakes import FakeChat
+from bot.ops.abra import AppEnv
+from bot.ops.recipes import RecipeError, RecipeRepo, Version, parse_version, step_kind
+from bot.ops.swarm import ServiceInfo, SwarmError
+from tests.fakes import FakeChat, swap_services
 from tests.harness.recipes import git, make_recipe
 from tests.unit.helpers import ADMIN, OPERATOR, ROOM, VIEWER, BotFactory, chat_of, drain, message
 
@@ -773,8 +773,7 @@ async def test_a_deploy_that_changed_nothing_needs_no_restore(tmp_path: Path) ->
 def wire(bot: Bot, site: Site) -> None:
     """The bot's commands on the fakes (Apps and Upgrades are built in bot/app.py)."""
     site.upgrades.store = bot.store
-    bot.services.apps = site.apps  # type: ignore[assignment]
-    bot.services.upgrades = site.upgrades
+    swap_services(bot.services, apps=site.apps, upgrades=site.upgrades)
 
 
 async def ask(bot: Bot, body: str, sender: str = OPERATOR) -> list[str]:

@@ -1,0 +1,294 @@
+"""What a command is and what it runs with.
+
+A command module declares *what* a command is (`CommandSpec`: name, typed
+arguments, role, whether it needs a vote); the dispatcher decides *how* it runs
+and hands the handler a `CommandContext`. Usage lines are generated from the
+spec, so they can never drift from the parser. `Services` is everything a
+command may use, built once in bot/app.py and frozen.
+
+The spec and the context refer to each other (a handler takes a context, a
+context carries its spec), so they live in one module, below every other core
+module: registry, jobs, gate and dispatcher import this, never the reverse.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.config import Config
+from bot.core.access import Access
+from bot.core.approvals import Choice, Plan
+from bot.core.chat import Chat, Message
+from bot.core.metrics import Metrics
+from bot.core.progress import Progress
+from bot.core.roles import Role
+from bot.core.scheduler import Schedule
+from bot.core.store import Store
+from bot.errors import UsageError
+from bot.features.apps import Apps
+from bot.features.backups import Backups
+from bot.features.upgrades import Upgrades
+
+Converter = Callable[[str], Any]
+Handler = Callable[["CommandContext"], Awaitable[None]]
+Planner = Callable[["CommandContext"], Awaitable["Plan"]]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A positional argument."""
+
+    name: str
+    help: str = ""
+    type: Converter = str
+    required: bool = True
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    # Takes every remaining token, joined by spaces (free text such as a reason).
+    rest: bool = False
+
+    def usage(self) -> str:
+        label = "|".join(self.choices) if self.choices else self.name
+        label += "..." if self.rest else ""
+        return f"<{label}>" if self.required else f"[{label}]"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A named option: `--name VALUE`, or `--name` alone when `flag` is set."""
+
+    name: str
+    help: str = ""
+    type: Converter = str
+    default: Any = None
+    flag: bool = False
+    metavar: str = "VALUE"
+
+    def usage(self) -> str:
+        return f"[--{self.name}]" if self.flag else f"[--{self.name} {self.metavar}]"
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    handler: Handler
+    help: str
+    args: tuple[Arg, ...] = ()
+    options: tuple[Option, ...] = ()
+    aliases: tuple[str, ...] = ()
+    role: Role = Role.VIEWER
+    # The approval policy this command goes through (e.g. "rollback"); None runs at once.
+    vote_policy: str | None = None
+    # Describes what the command will do, for the proposal and the stale check.
+    plan: Planner | None = None
+    # The argument whose value names the app this command works on: jobs on one
+    # app take its lock, so two of them never run at once.
+    lock_arg: str | None = None
+    timeout: float | None = None  # overrides jobs.timeout
+    # Answers at once without a job record (help, ping): nothing to track or cancel.
+    quick: bool = False
+
+    @property
+    def summary(self) -> str:
+        return self.help.strip().splitlines()[0] if self.help.strip() else ""
+
+    def usage(self, prefix: str = "!") -> str:
+        parts = [prefix + self.name]
+        parts += [arg.usage() for arg in self.args]
+        parts += [option.usage() for option in self.options]
+        return " ".join(parts)
+
+    def parse(self, text: str, prefix: str = "!") -> dict[str, Any]:
+        """Bind the text after the command name to typed values, or raise UsageError."""
+        usage = self.usage(prefix)
+        try:
+            tokens = shlex.split(text)
+        except ValueError as exc:
+            raise UsageError(f"cannot read the arguments: {str(exc).lower()}", usage) from None
+        values: dict[str, Any] = {a.name: a.default for a in self.args}
+        values.update({o.name: (False if o.flag else o.default) for o in self.options})
+        options = {o.name: o for o in self.options}
+        positional: list[str] = []
+        index = 0
+        while index < len(tokens):
+            token = tokens[index]
+            index += 1
+            if token == "--":
+                positional += tokens[index:]
+                break
+            if not token.startswith("--") or len(token) == 2:
+                positional.append(token)
+                continue
+            name, has_value, inline = token[2:].partition("=")
+            option = options.get(name)
+            if option is None:
+                raise UsageError(f"unknown option --{name}", usage)
+            if option.flag:
+                if has_value:
+                    raise UsageError(f"--{name} takes no value", usage)
+                values[name] = True
+                continue
+            if not has_value:
+                if index >= len(tokens):
+                    raise UsageError(f"--{name} needs a value", usage)
+                inline = tokens[index]
+                index += 1
+            values[name] = _convert(f"--{name}", option.type, inline, usage)
+        for arg in self.args:
+            if not positional:
+                if arg.required:
+                    raise UsageError(f"missing <{arg.name}>", usage)
+                break
+            if arg.rest:
+                raw, positional = " ".join(positional), []
+            else:
+                raw = positional.pop(0)
+            if arg.choices and raw not in arg.choices:
+                raise UsageError(
+                    f"<{arg.name}> must be one of {', '.join(arg.choices)}, not {raw!r}", usage
+                )
+            values[arg.name] = _convert(f"<{arg.name}>", arg.type, raw, usage)
+        if positional:
+            raise UsageError(f"unexpected argument {positional[0]!r}", usage)
+        return values
+
+
+def _convert(label: str, converter: Converter, raw: str, usage: str) -> Any:
+    try:
+        return converter(raw)
+    except ValueError as exc:
+        raise UsageError(f"{label}: {exc}", usage) from None
+
+
+class Commands(Protocol):
+    """The registry as the core sees it (bot/core/registry.py)."""
+
+    def get(self, word: str) -> CommandSpec | None: ...
+    def suggest(self, word: str) -> list[str]: ...
+    def visible_to(self, role: Role) -> list[CommandSpec]: ...
+
+
+class JobView(Protocol):
+    """One tracked job, as `!jobs` and `!cancel` see it."""
+
+    id: int
+    ctx: CommandContext
+    app: str | None
+    state: str
+    created_at: float
+    cancelled_by: str | None
+
+    @property
+    def text(self) -> str: ...
+
+
+class Jobs(Protocol):
+    """The job manager (bot/core/jobs.py)."""
+
+    def start(self, ctx: CommandContext) -> JobView: ...
+    def get(self, job_id: int) -> JobView | None: ...
+    def active(self) -> Sequence[JobView]: ...
+    def cancel(self, job_id: int, by: str) -> JobView | None: ...
+
+
+class Control(Protocol):
+    """What a command may ask of the dispatcher that runs it."""
+
+    async def vote(self, ctx: CommandContext, proposal_id: str, choice: Choice) -> None:
+        """A vote by text (`!approve ID`), counted like a reaction."""
+
+    async def run_scheduled(self, text: str) -> None:
+        """Run a command line as the scheduler identity, reporting in the home room."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a command may use. Built once, complete, in bot/app.py."""
+
+    config: Config
+    chat: Chat
+    store: Store
+    registry: Commands
+    access: Access
+    metrics: Metrics
+    apps: Apps
+    jobs: Jobs
+    upgrades: Upgrades
+    schedule: Schedule
+    backups: Backups | None = None  # None without a backups: section
+
+    @property
+    def prefix(self) -> str:
+        matrix = self.config.matrix
+        return matrix.prefix if matrix else "!"
+
+
+@dataclass
+class CommandContext:
+    spec: CommandSpec
+    args: dict[str, Any]
+    message: Message
+    role: Role
+    services: Services
+    control: Control
+    job: JobView | None = None
+    _progress: Progress | None = None
+
+    @property
+    def sender(self) -> str:
+        return self.message.sender
+
+    @property
+    def prefix(self) -> str:
+        return self.services.prefix
+
+    async def reply(self, markdown: str, *, mentions: Sequence[str] = ()) -> str:
+        return await self.services.chat.send(
+            self.message.room_id,
+            markdown,
+            reply_to=self.message.reply_target,
+            thread_root=self.message.thread_root,
+            mentions=mentions,
+        )
+
+    @property
+    def progress(self) -> Progress:
+        """The job's one progress message (created on first update)."""
+        if self._progress is None:
+            self._progress = Progress(
+                self.services.chat,
+                self.message.room_id,
+                self.message.reply_target,
+                self.message.thread_root,
+                self.services.config.jobs.progress_interval,
+            )
+        return self._progress
+
+    async def report_failure(self, markdown: str) -> None:
+        """Failures end the progress message if there is one, else they are a reply."""
+        if self._progress is not None and self._progress.event_id is not None:
+            await self._progress.finish(markdown)
+        else:
+            await self.reply(markdown)
+
+    async def settle(self) -> None:
+        """Show the progress message's newest text if the throttle still holds it."""
+        if self._progress is not None:
+            await self._progress.settle()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
