@@ -135,7 +135,7 @@ class _Parser:
     def run(self) -> list[Entry]:
         if self.src.startswith("\ufeff"):
             # godotenv takes the byte-order mark for part of the first name and fails.
-            raise self.error("starts with a byte-order mark; save it as UTF-8 without one")
+            raise self.error("starts with a byte-order mark; save it as UTF-8 without one", 1)
         entries: list[Entry] = []
         closed_quote_line = 0  # line on which the previous value's closing quote was
         while self.statement_start():
