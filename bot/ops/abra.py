@@ -12,11 +12,13 @@ import re
 import secrets
 import string
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.errors import UserError
+from bot.ops import dotenv
+from bot.ops.dotenv import DotenvError
 
 __all__ = [
     "SAFE_NAME",
@@ -118,75 +120,9 @@ def check_recipe(text: str) -> str:
     return text
 
 
-# --- .env syntax ------------------------------------------------------------
+# --- .env files: read by bot.ops.dotenv, the one reader ---------------------
 
-_ASSIGNMENT = re.compile(r"(?P<lead>\s*(?:export\s+)?)(?P<key>[^=]*?)\s*=(?P<rest>.*)", re.S)
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_KEY = re.compile(r"SECRET_(?P<name>[A-Za-z0-9_]+)_VERSION")
-_HINT = re.compile(r"(?P<key>[A-Za-z_]+)=(?P<value>\S+)")
-
-
-def _split_value(raw: str) -> tuple[str, str | None, str]:
-    """Split what follows `=` into (value, inline comment, quote char or "").
-
-    Like abra's dotenv reader: quotes are removed, " # ..." after an unquoted
-    value is a comment, and `#` inside a word (`pa#ss`) is part of the value.
-    """
-    text = raw.strip()
-    if text[:1] in ('"', "'"):
-        quote, chars, i = text[0], [], 1
-        while i < len(text):
-            char = text[i]
-            if quote == '"' and char == "\\" and text[i + 1 : i + 2] in ('"', "\\"):
-                chars.append(text[i + 1])
-                i += 2
-                continue
-            if char == quote:
-                break
-            chars.append(char)
-            i += 1
-        else:
-            raise ValueError(f"the {quote} quote is never closed")
-        rest = text[i + 1 :].strip()
-        if rest and not rest.startswith("#"):
-            raise ValueError(f"unexpected {rest!r} after the closing quote")
-        return "".join(chars), (rest[1:].strip() if rest else None), quote
-    if text.startswith("#"):
-        return "", text[1:].strip(), ""
-    comment = re.search(r"\s#", text)
-    if comment:
-        return text[: comment.start()].rstrip(), text[comment.end() :].strip(), ""
-    return text, None, ""
-
-
-@dataclass(frozen=True)
-class _Line:
-    number: int
-    key: str
-    value: str
-    comment: str | None
-    quote: str
-
-
-def _assignments(path: Path, text: str) -> list[_Line]:
-    """Every KEY=VALUE line of a .env file; AbraError names the first bad line."""
-    found = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _ASSIGNMENT.fullmatch(line)
-        if not match:
-            raise AbraError(f"{path}:{number}: expected KEY=value, got {stripped!r}")
-        key = match["key"]
-        if not _KEY.fullmatch(key):
-            raise AbraError(f"{path}:{number}: {key!r} is not a valid variable name")
-        try:
-            value, comment, quote = _split_value(match["rest"])
-        except ValueError as error:
-            raise AbraError(f"{path}:{number}: {key}: {error}") from None
-        found.append(_Line(number, key, value, comment, quote))
-    return found
 
 
 def _read_text(path: Path) -> str:
@@ -198,8 +134,15 @@ def _read_text(path: Path) -> str:
         raise AbraError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
-def _secret(path: Path, line: _Line, name: str) -> SecretSpec:
-    hints = {m["key"].lower(): m["value"] for m in _HINT.finditer(line.comment or "")}
+def _entries(path: Path, environ: Mapping[str, str] | None = None) -> list[dotenv.Entry]:
+    try:
+        return dotenv.read_file(path, environ=environ)
+    except DotenvError as error:
+        raise AbraError(str(error)) from None
+
+
+def _secret(path: Path, entry: dotenv.Entry, name: str) -> SecretSpec:
+    hints = {key.lower(): value for key, value in entry.modifiers.items()}
     length: int | None = None
     if "length" in hints:
         try:
@@ -208,23 +151,27 @@ def _secret(path: Path, line: _Line, name: str) -> SecretSpec:
             length = 0
         if length <= 0:
             raise AbraError(
-                f"{path}:{line.number}: {line.key}: length={hints['length']} "
+                f"{path}:{entry.line}: {entry.key}: length={hints['length']} "
                 "is not a positive whole number"
             )
-    return SecretSpec(name.lower(), line.value, line.key, length, hints.get("charset"))
+    return SecretSpec(name.lower(), entry.value, entry.key, length, hints.get("charset"))
 
 
-def parse_env(path: Path, server: str) -> AppEnv:
-    """Read one app's `<domain>.env`. Raises AbraError naming the file and line."""
+def parse_env(path: Path, server: str, *, environ: Mapping[str, str] | None = None) -> AppEnv:
+    """Read one app's `<domain>.env` as abra does. Raises AbraError naming the file and line.
+
+    `$VAR` and `${VAR}` expand from earlier keys, then from `environ` (abra
+    would use its own process environment; by default nothing).
+    """
     path = Path(path)
     domain = path.name.removesuffix(".env")
     try:
         check_domain(domain)
     except ValueError as error:
         raise AbraError(f"{path}: the file name must be <domain>.env: {error}") from None
-    lines = _assignments(path, _read_text(path))
-    values = {line.key: line.value for line in lines}
-    where = {line.key: line.number for line in lines}
+    entries = _entries(path, environ)
+    values = dotenv.as_dict(entries)
+    where = {entry.key: entry.line for entry in entries}
 
     recipe_key = "RECIPE" if "RECIPE" in values else "TYPE"
     if not values.get(recipe_key):
@@ -259,11 +206,13 @@ def parse_env(path: Path, server: str) -> AppEnv:
                 "number of seconds"
             )
 
-    # The last assignment wins, as in a shell; so one spec per secret.
-    secret_lines = {
-        line.key: (line, m["name"]) for line in lines if (m := _SECRET_KEY.fullmatch(line.key))
+    # The last assignment wins, as in godotenv; so one spec per secret.
+    secret_entries = {
+        entry.key: (entry, m["name"])
+        for entry in entries
+        if (m := _SECRET_KEY.fullmatch(entry.key))
     }
-    specs = tuple(_secret(path, line, name) for line, name in secret_lines.values())
+    specs = tuple(_secret(path, entry, name) for entry, name in secret_entries.values())
     return AppEnv(
         domain=domain,
         server=server,
@@ -277,7 +226,7 @@ def parse_env(path: Path, server: str) -> AppEnv:
     )
 
 
-_EXPORT = re.compile(r"export\s+(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<rest>.*)")
+_EXPORT = re.compile(r"export\s+(?P<key>[A-Za-z_][A-Za-z0-9_]*)=.*")
 
 
 def read_exports(path: Path) -> dict[str, str]:
@@ -287,6 +236,8 @@ def read_exports(path: Path) -> dict[str, str]:
     `$VAR` outside single quotes) is skipped rather than guessed at, as is
     anything that does not parse. Recipes use these for config versions
     (`export NGINX_CONF_VERSION=v2`) that their compose files interpolate.
+    Each line is read with the .env reader, one line at a time, so quoting
+    means what it means in an app's .env.
     """
     exports: dict[str, str] = {}
     for line in _read_text(Path(path)).splitlines():
@@ -294,13 +245,19 @@ def read_exports(path: Path) -> dict[str, str]:
         if not match:
             continue
         try:
-            value, _, quote = _split_value(match["rest"])
-        except ValueError:
+            entry = dotenv.parse(line)[0]
+        except DotenvError:
             continue
-        if "`" in value or (quote != "'" and "$" in value):
+        if entry.key != match["key"]:
             continue
-        exports[match["key"]] = value
+        if "`" in entry.raw or (entry.quote != "'" and "$" in entry.raw):
+            continue
+        exports[entry.key] = entry.value
     return exports
+
+
+# What godotenv skips before a name: blanks and an `export` followed by a blank.
+_LEAD = re.compile(r"[\t\v\f\r \x85\xa0]*(?:export[\t\v\f\r \x85\xa0]+)?")
 
 
 def set_pinned_version(path: Path, recipe: str, version: str) -> None:
@@ -314,25 +271,31 @@ def set_pinned_version(path: Path, recipe: str, version: str) -> None:
     check_recipe(recipe)
     check_version(version)
     raw = path.read_bytes().decode("utf-8", errors="surrogateescape")
-    lines = raw.splitlines(keepends=True)
+    try:
+        entries = dotenv.parse(raw, source=str(path))
+    except DotenvError as error:
+        raise AbraError(str(error)) from None
+    # Split on "\n" only: the reader numbers lines that way (CRLF stays in the line).
+    lines = raw.split("\n")
     changed = False
-    for index, line in enumerate(lines):
-        body = line.rstrip("\r\n")
-        match = _ASSIGNMENT.fullmatch(body)
-        if body.lstrip().startswith("#") or not match or match["key"] not in ("TYPE", "RECIPE"):
+    for entry in entries:
+        if entry.key not in ("TYPE", "RECIPE"):
             continue
-        try:
-            _, comment, _ = _split_value(match["rest"])
-        except ValueError:
-            comment = None
-        suffix = f"  # {comment}" if comment else ""
-        ending = line[len(body) :]
-        lines[index] = f"{match['lead']}{match['key']}={recipe}:{version}{suffix}{ending}"
+        if "\n" in entry.raw:
+            raise AbraError(f"{path}:{entry.line}: {entry.key}: a value over several lines")
+        body = lines[entry.line - 1]
+        ending = "\r" if body.endswith("\r") else ""
+        lead = _LEAD.match(body)
+        prefix = lead[0] if lead else ""
+        if not body.startswith(entry.key, len(prefix)):
+            # e.g. `A="x" TYPE=y`: rewriting the line would lose A.
+            raise AbraError(f"{path}:{entry.line}: {entry.key}: not at the start of its line")
+        suffix = f"  # {entry.comment}" if entry.comment else ""
+        lines[entry.line - 1] = f"{prefix}{entry.key}={recipe}:{version}{suffix}{ending}"
         changed = True
     if not changed:
-        newline = "\r\n" if raw.endswith("\r\n") else "\n"
-        lines.insert(0, f"TYPE={recipe}:{version}{newline}")
-    _write_atomic(path, "".join(lines).encode("utf-8", errors="surrogateescape"))
+        lines.insert(0, f"TYPE={recipe}:{version}" + ("\r" if raw.endswith("\r\n") else ""))
+    _write_atomic(path, "\n".join(lines).encode("utf-8", errors="surrogateescape"))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -122,7 +122,8 @@ def test_quotes_escapes_and_last_assignment_wins(tmp_path: Path) -> None:
     ("line", "problem"),
     [
         ("JUSTTEXT", "expected KEY=value"),
-        ("1BAD=x", "not a valid variable name"),
+        # godotenv accepts a leading digit (`1BAD=x`), so the old row became `-`
+        ("BAD-KEY=x", "not a valid variable name"),
         ("BAD KEY=x", "not a valid variable name"),
         ("=x", "not a valid variable name"),
         ('A="open', "never closed"),
@@ -140,6 +141,32 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, problem: str) -
         parse_env(path, "s")
     assert f"{path}:3:" in str(caught.value)
     assert isinstance(caught.value, UserError)
+
+
+def test_values_expand_like_abra_and_errors_never_show_a_value(tmp_path: Path) -> None:
+    # abra's godotenv expands $VAR/${VAR} from earlier keys: overlays chain (bonfire).
+    text = (
+        "TYPE=x\n"
+        'COMPOSE_FILE="compose.yml"\n'
+        'COMPOSE_FILE="$COMPOSE_FILE:compose.postgres.yml"\n'
+        "URL=https://${DOMAIN}/\n"
+        "LITERAL='$DOMAIN'\n"
+        "1ST=ok\n"
+    )
+    path = write(tmp_path / "a.org.env", text)
+    app = parse_env(path, "s", environ={"DOMAIN": "a.org"})
+    assert app.compose_files == ("compose.yml", "compose.postgres.yml")
+    assert app.values["URL"] == "https://a.org/"
+    assert app.values["LITERAL"] == "$DOMAIN"
+    assert app.values["1ST"] == "ok"
+    # Without an environment given, nothing from the bot's own process leaks in.
+    assert parse_env(path, "s").values["URL"] == "https:///"
+
+    write(path, "TYPE=x\nDB_PASSWORD='hunter2\n")
+    with pytest.raises(AbraError) as caught:
+        parse_env(path, "s")
+    assert str(caught.value).startswith(f"{path}:2: DB_PASSWORD: ")
+    assert "hunter2" not in str(caught.value)
 
 
 def test_missing_recipe_and_bad_names(tmp_path: Path) -> None:
