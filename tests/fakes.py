@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from bot.core.chat import ChatEvent, EventHandler, Membership, Message, Reaction
+from bot.core.progress import Progress
+from bot.errors import UserError
+from bot.features.apps import Deployed, deployed_from
+from bot.ops.abra import AppEnv
+from bot.ops.recipes import RecipeRepo
+from bot.ops.restic import BackupSummary, ResticError, Snapshot
+from bot.ops.restic import Progress as ResticProgress
+from bot.ops.swarm import Convergence, ServiceInfo, SwarmError
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -171,3 +183,276 @@ def swap_services(services: object, **fakes: object) -> None:
     changes what it was built with)."""
     for name, fake in fakes.items():
         object.__setattr__(services, name, fake)
+
+
+# ================================================================ adapters and features
+# One copy of each, shared by the unit tests of backups and upgrades; the contract
+# tests in tests/integration/test_adapter_contracts.py hold them to the real adapters.
+
+DIGEST = "sha256:" + "a" * 64  # what registry_digest answers for a ref not in `digests`
+
+
+@dataclass
+class FakeSwarm:
+    """The parts of bot.ops.swarm.Swarm that the features call."""
+
+    stacks_of: dict[str, list[ServiceInfo]] = field(default_factory=dict)
+    volumes_of: dict[str, list[str]] = field(default_factory=dict)
+    mounts_of: dict[str, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
+    secret_names: set[str] = field(default_factory=set)  # every swarm secret's name
+    hooks: dict[str, tuple[int, str]] = field(default_factory=dict)  # command -> result
+    execs: list[tuple[str, str]] = field(default_factory=list)  # (service, command)
+    answers: list[list[ServiceInfo]] = field(default_factory=list)  # next services() answers
+    scaled: list[dict[str, int]] = field(default_factory=list)
+    converged: Convergence | None = None
+    digests: dict[str, str | Exception] = field(default_factory=dict)
+    # True, or the host to name in the error (the tests of each feature name their own)
+    unreachable: bool | str = False
+    asked: list[str] = field(default_factory=list)  # refs registry_digest was asked for
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def stacks(self) -> dict[str, list[ServiceInfo]]:
+        if self.unreachable:
+            host = self.unreachable if isinstance(self.unreachable, str) else "ssh://nowhere"
+            raise SwarmError(f"server unreachable: {host}")
+        return {name: list(s) for name, s in self.stacks_of.items()}
+
+    async def services(self, stack: str) -> list[ServiceInfo]:
+        await asyncio.sleep(0)
+        if self.answers:
+            return self.answers.pop(0)
+        return list(self.stacks_of.get(stack, []))
+
+    async def secrets(self) -> set[str]:
+        return set(self.secret_names)
+
+    async def volumes(self, stack: str) -> list[str]:
+        return sorted(self.volumes_of.get(stack, []))
+
+    async def mounts(self, stack: str) -> dict[str, list[tuple[str, str]]]:
+        return self.mounts_of.get(stack, {})
+
+    async def exec(self, stack: str, service: str, command: str) -> tuple[int, str]:
+        self.execs.append((service, command))
+        return self.hooks.get(command, (0, ""))
+
+    async def scale(self, stack: str, replicas: dict[str, int]) -> None:
+        self.scaled.append(dict(replicas))
+        self.stacks_of[stack] = [
+            dataclasses.replace(s, replicas_running=replicas[s.short_name])
+            if s.short_name in replicas
+            else s
+            for s in self.stacks_of[stack]
+        ]
+
+    async def wait_converged(self, stack: str, timeout: float) -> Convergence:  # noqa: ASYNC109
+        return self.converged or Convergence(True, False, [], self.stacks_of[stack])
+
+    async def registry_digest(self, ref: str) -> str:
+        self.asked.append(ref)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # long enough for the others to start
+            answer = self.digests.get(ref, DIGEST)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        finally:
+            self.in_flight -= 1
+
+
+@dataclass
+class FakeApps:
+    """The parts of bot.features.apps.Apps that Backups, Upgrades and the commands use."""
+
+    swarms: dict[str, FakeSwarm]
+    envs: list[AppEnv] = field(default_factory=list)
+    abra_dir: Path | None = None  # where recipe() finds the recipes' git checkouts
+    deploys: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, version, action)
+    deploy_fails: str | None = None  # the error, or None for success
+    deploy_changes_spec: bool = True  # a failed deploy that got as far as the swarm
+
+    async def inventory(self) -> tuple[list[AppEnv], list[str]]:
+        return list(self.envs), []
+
+    async def find(self, domain: str) -> AppEnv:
+        for env in self.envs:
+            if env.domain == domain:
+                return env
+        raise UserError(f"No app {domain} on any configured server.")
+
+    def swarm(self, server: str) -> FakeSwarm:
+        return self.swarms[server]
+
+    def recipe(self, name: str) -> RecipeRepo:
+        assert self.abra_dir is not None, "FakeApps(abra_dir=...) for recipes"
+        return RecipeRepo(self.abra_dir / "recipes" / name)
+
+    async def deployed(self, env: AppEnv) -> Deployed:
+        services = await self.swarm(env.server).services(env.stack_name)
+        return deployed_from(env.stack_name, services)
+
+    async def deploy(
+        self,
+        env: AppEnv,
+        progress: Progress,
+        actor: str,
+        version: str | None = None,
+        *,
+        job_id: int | None = None,
+        action: str = "deploy",
+    ) -> str:
+        assert version is not None
+        self.deploys.append((env.domain, version, action))
+        await progress.update(f"**{action.capitalize()} {env.domain}**\n⏳ deploying")
+        swarm = self.swarm(env.server)
+        old = swarm.stacks_of[env.stack_name]
+        if self.deploy_fails:
+            if self.deploy_changes_spec:
+                swarm.stacks_of[env.stack_name] = [
+                    dataclasses.replace(s, version=s.version + 2) for s in old
+                ]
+            raise UserError(f"**{action.capitalize()} {env.domain}**\n❌ {self.deploy_fails}")
+        label = f"coop-cloud.{env.stack_name}.version"
+        swarm.stacks_of[env.stack_name] = [
+            dataclasses.replace(s, labels={**s.labels, label: version}, version=s.version + 1)
+            for s in old
+        ]
+        return f"**{action.capitalize()} {env.domain}**\n✅ {env.domain} runs {version}."
+
+
+SUMMARY = BackupSummary(
+    snapshot_id="abcd1234",
+    files_new=1,
+    files_changed=2,
+    files_unmodified=3,
+    data_added=1024,
+    total_bytes_processed=2 * 1024 * 1024,
+    duration=5.0,
+)
+
+NO_REPOSITORY = "Fatal: unable to open config file: there is no repository at /srv/restic"
+
+
+class FakeRestic:
+    """The methods of bot.ops.restic.Restic that Backups calls; every call yields to
+    the loop once, as a subprocess would, so concurrent callers interleave."""
+
+    display = "/srv/restic"
+
+    def __init__(self, *, initialised: bool = True) -> None:
+        self.initialised = initialised
+        self.calls: list[str] = []
+        self.snaps: list[Snapshot] = []
+        self.summary = SUMMARY
+        self.backup_error: Exception | None = None
+        self.snapshots_error: ResticError | None = None
+        self.check_error: ResticError | None = None
+        self.restore_error: ResticError | None = None
+        self.backed_up: list[tuple[list[Path], list[str]]] = []
+        self.files: dict[str, dict[str, bytes]] = {}  # snapshot id -> {absolute path: data}
+        self.listings: dict[str, list[tuple[str, str, int]]] = {}
+        self.restored: list[tuple[str, Path, list[str]]] = []
+        self.forgotten: list[list[str]] = []
+        self.forget_removes: dict[str, list[str]] = {}
+
+    async def _call(self, name: str) -> None:
+        self.calls.append(name)
+        await asyncio.sleep(0)
+
+    async def version(self) -> tuple[int, int, int]:
+        await self._call("version")
+        return (0, 14, 0)
+
+    async def init(self) -> None:
+        await self._call("init")
+        self.initialised = True
+
+    async def snapshots(self, tags: list[str] | None = None) -> list[Snapshot]:
+        await self._call("snapshots")
+        if self.snapshots_error is not None:
+            raise self.snapshots_error
+        if not self.initialised:
+            raise ResticError(NO_REPOSITORY, kind="no_repository", exit_code=1)
+        return [s for s in self.snaps if all(t in s.tags for t in tags or [])]
+
+    async def backup(
+        self,
+        paths: list[Path],
+        tags: list[str],
+        on_progress: Callable[[ResticProgress], Awaitable[None]] | None = None,
+    ) -> BackupSummary:
+        await self._call("backup")
+        if not self.initialised:
+            raise ResticError(NO_REPOSITORY, kind="no_repository", exit_code=1)
+        self.backed_up.append((list(paths), list(tags)))
+        if on_progress is not None:
+            await on_progress(ResticProgress(50.0, 512, 1024, 1, 2, 1.0, 30.0))
+        if self.backup_error is not None:
+            raise self.backup_error
+        return self.summary
+
+    async def ls(self, snapshot_id: str) -> list[tuple[str, str, int]]:
+        await self._call("ls")
+        return self.listings[snapshot_id]
+
+    async def restore(self, snapshot_id: str, target: Path, include: list[str] = []) -> None:  # noqa: B006
+        await self._call("restore")
+        self.restored.append((snapshot_id, target, list(include)))
+        if self.restore_error is not None:
+            raise self.restore_error
+        for path, data in self.files[snapshot_id].items():
+            if include and not any(path == i or path.startswith(i + "/") for i in include):
+                continue
+            dest = target / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+
+    async def forget(
+        self, tags: list[str], daily: int, weekly: int, monthly: int, group_by: str = ""
+    ) -> list[str]:
+        await self._call("forget")
+        self.forgotten.append([*tags, f"{daily}/{weekly}/{monthly}", f"group_by={group_by!r}"])
+        return self.forget_removes.get(tags[0], [])
+
+    async def prune(self) -> None:
+        await self._call("prune")
+
+    async def check(self, read_data_subset: str | None = None) -> str:
+        await self._call(f"check {read_data_subset}")
+        if self.check_error is not None:
+            raise self.check_error
+        return "no errors were found"
+
+
+@dataclass
+class Outcome:
+    snapshot_id: str
+    report: str
+
+
+@dataclass
+class FakeBackups:
+    """The parts of bot.features.backups.Backups that Upgrades uses."""
+
+    labelled: bool = True
+    fails: str | None = None
+    newest: str | None = "feedbeef00112233"
+    taken: list[str] = field(default_factory=list)
+
+    async def has_labels(self, env: AppEnv) -> bool:
+        return self.labelled
+
+    async def backup(
+        self, env: AppEnv, progress: Any, actor: str, job_id: int | None = None
+    ) -> Outcome:
+        await progress.update(f"💾 Backing up **{env.domain}**: restic")
+        if self.fails:
+            raise UserError(self.fails)
+        self.taken.append(env.domain)
+        return Outcome("0123456789abcdef", "snapshot 01234567")
+
+    async def newest_snapshot(self, env: AppEnv) -> str | None:
+        return self.newest

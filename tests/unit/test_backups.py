@@ -8,8 +8,8 @@ import asyncio
 import dataclasses
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from bot.config import BackupsConfig
 from bot.core.access import SCHEDULER
 from bot.core.store import Store
 from bot.errors import UserError
-from bot.features.apps import Deployed, deployed_from
 from bot.features.backups import (
     AppBackupState,
     Backups,
@@ -36,10 +35,10 @@ from bot.features.backups import (
     tree_totals,
 )
 from bot.ops.abra import AppEnv
-from bot.ops.restic import BackupSummary, Progress, ResticError, Snapshot
-from bot.ops.swarm import Convergence, ServiceInfo, SwarmError
+from bot.ops.restic import Progress, ResticError, Snapshot
+from bot.ops.swarm import Convergence, ServiceInfo
 from commands.backup import AGE_ALERT_KEY
-from tests.fakes import swap_services
+from tests.fakes import SUMMARY, FakeApps, FakeRestic, FakeSwarm, swap_services
 from tests.unit.helpers import ADMIN, OPERATOR, VIEWER, BotFactory, chat_of, drain, message
 
 STACK = "a_test"
@@ -105,184 +104,6 @@ def snap(
 
 
 # ================================================================ fakes
-
-
-@dataclass
-class FakeSwarm:
-    stacks_of: dict[str, list[ServiceInfo]] = field(default_factory=dict)
-    volumes_of: dict[str, list[str]] = field(default_factory=dict)
-    mounts_of: dict[str, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
-    hooks: dict[str, tuple[int, str]] = field(default_factory=dict)  # command -> result
-    execs: list[tuple[str, str]] = field(default_factory=list)  # (service, command)
-    answers: list[list[ServiceInfo]] = field(default_factory=list)  # next services() answers
-    scaled: list[dict[str, int]] = field(default_factory=list)
-    converged: Convergence | None = None
-    unreachable: bool = False
-
-    async def stacks(self) -> dict[str, list[ServiceInfo]]:
-        if self.unreachable:
-            raise SwarmError("server unreachable: ssh://nowhere")
-        return {name: list(s) for name, s in self.stacks_of.items()}
-
-    async def services(self, stack: str) -> list[ServiceInfo]:
-        await asyncio.sleep(0)
-        if self.answers:
-            return self.answers.pop(0)
-        return list(self.stacks_of.get(stack, []))
-
-    async def volumes(self, stack: str) -> list[str]:
-        return sorted(self.volumes_of.get(stack, []))
-
-    async def mounts(self, stack: str) -> dict[str, list[tuple[str, str]]]:
-        return self.mounts_of.get(stack, {})
-
-    async def exec(self, stack: str, service: str, command: str) -> tuple[int, str]:
-        self.execs.append((service, command))
-        return self.hooks.get(command, (0, ""))
-
-    async def scale(self, stack: str, replicas: dict[str, int]) -> None:
-        self.scaled.append(dict(replicas))
-        self.stacks_of[stack] = [
-            dataclasses.replace(s, replicas_running=replicas[s.short_name])
-            if s.short_name in replicas
-            else s
-            for s in self.stacks_of[stack]
-        ]
-
-    async def wait_converged(self, stack: str, timeout: float) -> Convergence:  # noqa: ASYNC109
-        return self.converged or Convergence(True, False, [], self.stacks_of[stack])
-
-
-@dataclass
-class FakeApps:
-    swarms: dict[str, FakeSwarm]
-    envs: list[AppEnv] = field(default_factory=list)
-
-    async def inventory(self) -> tuple[list[AppEnv], list[str]]:
-        return list(self.envs), []
-
-    async def find(self, domain: str) -> AppEnv:
-        for env in self.envs:
-            if env.domain == domain:
-                return env
-        raise UserError(f"No app {domain} on any configured server.")
-
-    def swarm(self, server: str) -> FakeSwarm:
-        return self.swarms[server]
-
-    async def deployed(self, env: AppEnv) -> Deployed:
-        services = await self.swarm(env.server).services(env.stack_name)
-        return deployed_from(env.stack_name, services)
-
-
-SUMMARY = BackupSummary(
-    snapshot_id="abcd1234",
-    files_new=1,
-    files_changed=2,
-    files_unmodified=3,
-    data_added=1024,
-    total_bytes_processed=2 * 1024 * 1024,
-    duration=5.0,
-)
-
-
-class FakeRestic:
-    """The methods of bot.ops.restic.Restic that Backups calls; every call yields to
-    the loop once, as a subprocess would, so concurrent callers interleave."""
-
-    display = "/srv/restic"
-
-    def __init__(self, *, initialised: bool = True) -> None:
-        self.initialised = initialised
-        self.calls: list[str] = []
-        self.snaps: list[Snapshot] = []
-        self.summary = SUMMARY
-        self.backup_error: Exception | None = None
-        self.snapshots_error: ResticError | None = None
-        self.check_error: ResticError | None = None
-        self.restore_error: ResticError | None = None
-        self.backed_up: list[tuple[list[Path], list[str]]] = []
-        self.files: dict[str, dict[str, bytes]] = {}  # snapshot id -> {absolute path: data}
-        self.listings: dict[str, list[tuple[str, str, int]]] = {}
-        self.restored: list[tuple[str, Path, list[str]]] = []
-        self.forgotten: list[list[str]] = []
-        self.forget_removes: dict[str, list[str]] = {}
-
-    async def _call(self, name: str) -> None:
-        self.calls.append(name)
-        await asyncio.sleep(0)
-
-    async def version(self) -> tuple[int, int, int]:
-        await self._call("version")
-        return (0, 14, 0)
-
-    async def init(self) -> None:
-        await self._call("init")
-        self.initialised = True
-
-    async def snapshots(self, tags: list[str] | None = None) -> list[Snapshot]:
-        await self._call("snapshots")
-        if self.snapshots_error is not None:
-            raise self.snapshots_error
-        if not self.initialised:
-            raise ResticError(
-                "Fatal: unable to open config file: there is no repository at /srv/restic",
-                kind="no_repository",
-                exit_code=1,
-            )
-        return [s for s in self.snaps if all(t in s.tags for t in tags or [])]
-
-    async def backup(
-        self,
-        paths: list[Path],
-        tags: list[str],
-        on_progress: Callable[[Progress], Awaitable[None]] | None = None,
-    ) -> BackupSummary:
-        await self._call("backup")
-        if not self.initialised:
-            raise ResticError(
-                "Fatal: unable to open config file: there is no repository at /srv/restic",
-                kind="no_repository",
-                exit_code=1,
-            )
-        self.backed_up.append((list(paths), list(tags)))
-        if on_progress is not None:
-            await on_progress(Progress(50.0, 512, 1024, 1, 2, 1.0, 30.0))
-        if self.backup_error is not None:
-            raise self.backup_error
-        return self.summary
-
-    async def ls(self, snapshot_id: str) -> list[tuple[str, str, int]]:
-        await self._call("ls")
-        return self.listings[snapshot_id]
-
-    async def restore(self, snapshot_id: str, target: Path, include: list[str] = []) -> None:  # noqa: B006
-        await self._call("restore")
-        self.restored.append((snapshot_id, target, list(include)))
-        if self.restore_error is not None:
-            raise self.restore_error
-        for path, data in self.files[snapshot_id].items():
-            if include and not any(path == i or path.startswith(i + "/") for i in include):
-                continue
-            dest = target / path.lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-
-    async def forget(
-        self, tags: list[str], daily: int, weekly: int, monthly: int, group_by: str = ""
-    ) -> list[str]:
-        await self._call("forget")
-        self.forgotten.append([*tags, f"{daily}/{weekly}/{monthly}", f"group_by={group_by!r}"])
-        return self.forget_removes.get(tags[0], [])
-
-    async def prune(self) -> None:
-        await self._call("prune")
-
-    async def check(self, read_data_subset: str | None = None) -> str:
-        await self._call(f"check {read_data_subset}")
-        if self.check_error is not None:
-            raise self.check_error
-        return "no errors were found"
 
 
 class Sink:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from bot.app import Bot
 from bot.config import Config, parse_config
 from bot.core.progress import Progress
 from bot.errors import UserError
-from bot.features.apps import Deployed, deployed_from
 from bot.features.upgrades import (
     AppCheck,
     CheckReport,
@@ -41,9 +40,9 @@ from bot.features.upgrades import (
     steps_between,
 )
 from bot.ops.abra import AppEnv
-from bot.ops.recipes import RecipeError, RecipeRepo, Version, parse_version, step_kind
+from bot.ops.recipes import RecipeError, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo, SwarmError
-from tests.fakes import FakeChat, swap_services
+from tests.fakes import FakeApps, FakeBackups, FakeChat, FakeSwarm, swap_services
 from tests.harness.recipes import git, make_recipe
 from tests.unit.helpers import ADMIN, OPERATOR, ROOM, VIEWER, BotFactory, chat_of, drain, message
 
@@ -348,124 +347,6 @@ RELEASES = [
 
 
 @dataclass
-class FakeSwarm:
-    stacks_of: dict[str, list[ServiceInfo]] = field(default_factory=dict)
-    digests: dict[str, str | Exception] = field(default_factory=dict)
-    unreachable: bool = False
-    asked: list[str] = field(default_factory=list)
-    in_flight: int = 0
-    most_in_flight: int = 0
-
-    async def stacks(self) -> dict[str, list[ServiceInfo]]:
-        if self.unreachable:
-            raise SwarmError("server unreachable: unix:///nowhere")
-        return {k: list(s) for k, s in self.stacks_of.items()}
-
-    async def services(self, stack: str) -> list[ServiceInfo]:
-        return list(self.stacks_of.get(stack, []))
-
-    async def registry_digest(self, ref: str) -> str:
-        self.asked.append(ref)
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(0.01)  # long enough for the others to start
-            answer = self.digests.get(ref, A)
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-        finally:
-            self.in_flight -= 1
-
-
-@dataclass
-class FakeApps:
-    """The parts of bot.apps.Apps that Upgrades and the commands use."""
-
-    abra_dir: Path
-    swarms: dict[str, FakeSwarm]
-    envs: list[AppEnv] = field(default_factory=list)
-    deploys: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, version, action)
-    deploy_fails: str | None = None  # the error, or None for success
-    deploy_changes_spec: bool = True  # a failed deploy that got as far as the swarm
-
-    async def inventory(self) -> tuple[list[AppEnv], list[str]]:
-        return list(self.envs), []
-
-    async def find(self, domain: str) -> AppEnv:
-        for env in self.envs:
-            if env.domain == domain:
-                return env
-        raise UserError(f"No app {domain} on any configured server.")
-
-    def swarm(self, server: str) -> FakeSwarm:
-        return self.swarms[server]
-
-    def recipe(self, name: str) -> RecipeRepo:
-        return RecipeRepo(self.abra_dir / "recipes" / name)
-
-    async def deployed(self, env: AppEnv) -> Deployed:
-        return deployed_from(env.stack_name, await self.swarm(env.server).services(env.stack_name))
-
-    async def deploy(
-        self,
-        env: AppEnv,
-        progress: Progress,
-        actor: str,
-        version: str | None = None,
-        *,
-        job_id: int | None = None,
-        action: str = "deploy",
-    ) -> str:
-        assert version is not None
-        self.deploys.append((env.domain, version, action))
-        await progress.update(f"**{action.capitalize()} {env.domain}**\n⏳ deploying")
-        swarm = self.swarm(env.server)
-        old = swarm.stacks_of[env.stack_name]
-        if self.deploy_fails:
-            if self.deploy_changes_spec:
-                swarm.stacks_of[env.stack_name] = [
-                    dataclasses.replace(s, version=s.version + 2) for s in old
-                ]
-            raise UserError(f"**{action.capitalize()} {env.domain}**\n❌ {self.deploy_fails}")
-        label = f"coop-cloud.{env.stack_name}.version"
-        swarm.stacks_of[env.stack_name] = [
-            dataclasses.replace(s, labels={**s.labels, label: version}, version=s.version + 1)
-            for s in old
-        ]
-        return f"**{action.capitalize()} {env.domain}**\n✅ {env.domain} runs {version}."
-
-
-@dataclass
-class Outcome:
-    snapshot_id: str
-    report: str
-
-
-@dataclass
-class FakeBackups:
-    labelled: bool = True
-    fails: str | None = None
-    newest: str | None = "feedbeef00112233"
-    taken: list[str] = field(default_factory=list)
-
-    async def has_labels(self, env: AppEnv) -> bool:
-        return self.labelled
-
-    async def backup(
-        self, env: AppEnv, progress: Any, actor: str, job_id: int | None = None
-    ) -> Outcome:
-        await progress.update(f"💾 Backing up **{env.domain}**: restic")
-        if self.fails:
-            raise UserError(self.fails)
-        self.taken.append(env.domain)
-        return Outcome("0123456789abcdef", "snapshot 01234567")
-
-    async def newest_snapshot(self, env: AppEnv) -> str | None:
-        return self.newest
-
-
-@dataclass
 class Site:
     config: Config
     apps: FakeApps
@@ -511,7 +392,7 @@ def make_site(
         },
         tmp_path,
     )
-    apps = FakeApps(abra, {"default": FakeSwarm()})
+    apps = FakeApps({"default": FakeSwarm()}, abra_dir=abra)
     from bot.core.store import Store
 
     store = Store(tmp_path / "upgrades.sqlite")
@@ -575,7 +456,7 @@ async def test_check_reports_fetch_failures_once_per_recipe_and_unreachable_serv
     site.add("b.test", recipe="offline")
     site.add("c.test", recipe="demo")
     site.add("d.test", recipe="local")
-    site.apps.swarms["far"] = FakeSwarm(unreachable=True)
+    site.apps.swarms["far"] = FakeSwarm(unreachable="unix:///nowhere")
     site.apps.envs.append(AppEnv("far.test", "far", tmp_path / "far.env", "demo", None, {}))
     report = await site.upgrades.check()
     texts = [p.text for p in report.all_problems()]
