@@ -52,9 +52,13 @@ def build_chat(
     return ConsoleChat(prefix, console_as or CONSOLE_USER)
 
 
+def build_swarm(docker_host: str) -> Swarm:
+    return Swarm(docker_host)
+
+
 def build_swarms(config: Config) -> dict[str, Swarm]:
     """One docker adapter per configured server."""
-    return {name: Swarm(server.docker_host) for name, server in config.servers.items()}
+    return {name: build_swarm(server.docker_host) for name, server in config.servers.items()}
 
 
 def build_restic(config: BackupsConfig, data_dir: Path) -> Restic:

@@ -549,3 +549,54 @@ def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:
         "formatted_body": render_html(markdown),
         "m.mentions": {"user_ids": list(mentions)} if mentions else {},
     }
+
+
+async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
+    """For `coopbot check`: the homeserver answers, the credential works (a password
+    login uses a throwaway device, logged out again at once), room aliases resolve."""
+    results: list[tuple[bool, str]] = []
+    client = AsyncClient(matrix.homeserver, matrix.user_id)
+    try:
+        try:
+            await client.discovery_info()  # any answer at all means reachable
+            versions = await client.send("GET", "/_matrix/client/versions")
+            reachable = versions.status == 200
+        except Exception as exc:
+            results.append((False, f"homeserver {matrix.homeserver} is unreachable: {exc}"))
+            return results
+        if not reachable:
+            results.append((False, f"homeserver {matrix.homeserver} answered {versions.status}"))
+            return results
+        results.append((True, f"homeserver {matrix.homeserver} answers"))
+        if matrix.access_token is not None:
+            client.access_token = matrix.access_token.get_secret_value()
+            who = await client.whoami()
+            ok = not isinstance(who, WhoamiError) and who.user_id == matrix.user_id
+            results.append(
+                (ok, f"access token {'works' if ok else 'was refused'} for {matrix.user_id}")
+            )
+        else:
+            assert matrix.password is not None
+            # A throwaway device, logged out again at once.
+            login = await client.login(matrix.password.get_secret_value(), "coopbot check")
+            ok = isinstance(login, LoginResponse)
+            results.append(
+                (
+                    ok,
+                    f"password login as {matrix.user_id} "
+                    + ("works" if ok else f"failed: {login.message}"),
+                )
+            )
+            if ok:
+                await client.logout()
+                client.access_token = login.access_token  # logout cleared it; not needed further
+        for ref in matrix.rooms:
+            if ref.startswith("#"):
+                resolved = await client.room_resolve_alias(ref)
+                ok = not isinstance(resolved, RoomResolveAliasError)
+                results.append(
+                    (ok, f"room alias {ref} " + ("resolves" if ok else "does not resolve"))
+                )
+    finally:
+        await client.close()
+    return results

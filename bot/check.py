@@ -1,0 +1,110 @@
+"""`coopbot check`: validate the config and probe what it points at, through the
+same adapters the bot runs with (built by bot/app.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from bot.app import build_restic, build_swarm
+from bot.config import Config
+from bot.errors import UserError
+from bot.ops.process import run_process
+from bot.ops.swarm import SwarmError
+
+Result = tuple[bool, str]
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+async def check(config: Config) -> int:
+    """Print one line per check; non-zero exit if any failed."""
+    results: list[Result] = [(True, "config is valid")]
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        results.append((True, f"data_dir {config.data_dir} is writable"))
+    except OSError as exc:
+        results.append((False, f"data_dir {config.data_dir}: {exc.strerror}"))
+    if config.matrix is None:
+        results.append((True, "no matrix: section: the bot will open the console room"))
+    else:
+        from bot.ops import matrix  # nio loads slowly; only a Matrix config needs it
+
+        results += await matrix.probe(config.matrix)
+    if config.servers:
+        for name, server in config.servers.items():
+            results.append(await _check_docker(server.docker_host, name))
+        abra = config.abra_dir
+        results.append(
+            (abra.is_dir(), f"abra_dir {abra} " + ("exists" if abra.is_dir() else "does not exist"))
+        )
+    else:
+        results.append(
+            await _check_docker(os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST), "default")
+        )
+    results.append(await _check_restic(config.backups.restic if config.backups else "restic"))
+    if config.backups is not None:
+        results += await _check_backups(config)
+    for ok, text in results:
+        print(("ok    " if ok else "FAIL  ") + text)
+    failed = sum(not ok for ok, _ in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+async def _check_docker(docker_host: str, name: str) -> Result:
+    swarm = build_swarm(docker_host)
+    try:
+        info = await swarm.info()
+    except SwarmError as exc:
+        return False, f"server {name}: docker is unreachable: {exc}"
+    finally:
+        await swarm.close()
+    state = info.get("Swarm", {}).get("LocalNodeState", "inactive")
+    ok = state == "active"
+    return ok, (
+        f"server {name}: docker answers (engine {info.get('ServerVersion')}, "
+        f"swarm {state}{'' if ok else ': run `docker swarm init`'})"
+    )
+
+
+async def _check_restic(binary: str) -> Result:
+    path = shutil.which(binary)
+    if path is None:
+        return False, f"{binary} is not installed (not on PATH)"
+    try:
+        out = await run_process([path, "version"], env=dict(os.environ), timeout=20)
+    except (OSError, TimeoutError) as exc:
+        return False, f"restic does not run: {exc}"
+    return out.returncode == 0, (out.stdout or out.stderr).strip()
+
+
+async def _check_backups(config: Config) -> list[Result]:
+    """The repository opens with the password (or does not exist yet), and the
+    volumes are where the config says."""
+    assert config.backups is not None
+    root = config.backups.volumes_root
+    results = [
+        (
+            root.is_dir(),
+            f"backups.volumes_root {root} " + ("exists" if root.is_dir() else "does not exist"),
+        )
+    ]
+    try:
+        restic = build_restic(config.backups, config.data_dir)
+    except UserError as exc:  # an unreadable env_file
+        return [*results, (False, f"backups: {exc}")]
+    try:
+        found = await restic.snapshots()
+        results.append((True, f"restic repository {restic.display} opens ({len(found)} snapshots)"))
+    except UserError as exc:
+        kind = getattr(exc, "kind", None)
+        if kind == "no_repository":
+            results.append(
+                (True, f"restic repository {restic.display}: none yet, made on the first backup")
+            )
+        else:
+            results.append((False, f"restic repository {restic.display}: {exc}"))
+    return results
