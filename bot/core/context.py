@@ -26,7 +26,7 @@ from bot.core.metrics import Metrics
 from bot.core.progress import Progress
 from bot.core.roles import Role
 from bot.core.scheduler import Schedule
-from bot.core.store import Store
+from bot.core.store import JobState, Store
 from bot.errors import UsageError
 from bot.features.apps import Apps
 from bot.features.backups import Backups
@@ -187,7 +187,7 @@ class JobView(Protocol):
     id: int
     ctx: CommandContext
     app: str | None
-    state: str
+    state: JobState
     created_at: float
     cancelled_by: str | None
 

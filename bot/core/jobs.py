@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from bot.config import JobsConfig
 from bot.core.context import CommandContext
 from bot.core.metrics import Metrics
-from bot.core.store import Store
+from bot.core.store import JobState, Store
 from bot.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class Job:
     id: int
     ctx: CommandContext
     app: str | None
-    state: str = "waiting"
+    state: JobState = JobState.WAITING
     created_at: float = field(default_factory=time.time)
     task: asyncio.Task[None] | None = None
     cancelled_by: str | None = None
@@ -96,7 +96,7 @@ class JobManager:
     async def _run(self, job: Job) -> None:
         ctx = job.ctx
         timeout = ctx.spec.timeout or self._config.timeout
-        state, result = "failed", ""
+        state, result = JobState.FAILED, ""
         lock = self._locks.setdefault(job.app, asyncio.Lock()) if job.app else None
         acquired = False
         deadline: asyncio.Timeout | None = None
@@ -120,15 +120,15 @@ class JobManager:
                 self._holders[job.app or ""] = job
             # The member's role may have changed while the job waited.
             await self._reauthorise(ctx)
-            job.state = "running"
-            self._store.set_job_state(job.id, "running")
+            job.state = JobState.RUNNING
+            self._store.set_job_state(job.id, JobState.RUNNING)
             deadline = asyncio.timeout(timeout)
             async with deadline:
                 await ctx.spec.handler(ctx)
                 await ctx.settle()
-            state, result = "done", "ok"
+            state, result = JobState.DONE, "ok"
         except asyncio.CancelledError:
-            state = "cancelled"
+            state = JobState.CANCELLED
             who = job.cancelled_by or "shutdown"
             result = f"cancelled by {who}"
             if job.cancelled_by:
@@ -140,7 +140,7 @@ class JobManager:
                 # The handler's own TimeoutError (HTTP, docker): unexpected, not ours.
                 result = await self._incident(job)
             else:
-                state, result = "timeout", f"timed out after {timeout:.0f}s"
+                state, result = JobState.TIMEOUT, f"timed out after {timeout:.0f}s"
                 await ctx.report_failure(f"⌛ Job #{job.id} timed out after {timeout:.0f}s.")
         except UserError as exc:
             result = str(exc)

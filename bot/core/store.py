@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,21 @@ MIGRATIONS: list[str] = [
 SEEN_RETENTION_S = 14 * 86400
 
 
+class JobState(StrEnum):
+    """A job's life: waiting (for its app's lock) → running → one of the ends."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"  # open when the bot stopped
+
+
+OPEN_JOB_STATES = (JobState.WAITING, JobState.RUNNING)
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: int
@@ -83,7 +99,7 @@ class JobRow:
     sender: str
     room_id: str
     event_id: str
-    state: str
+    state: JobState
     result: str | None
     created_at: float
     started_at: float | None
@@ -213,15 +229,15 @@ class Store:
     ) -> int:
         cursor = self._db.execute(
             "INSERT INTO jobs (command, text, app, sender, room_id, event_id, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'waiting', ?)",
-            (command, text, app, sender, room_id, event_id, time.time()),
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (command, text, app, sender, room_id, event_id, JobState.WAITING, time.time()),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def set_job_state(self, job_id: int, state: str, result: str | None = None) -> None:
+    def set_job_state(self, job_id: int, state: JobState, result: str | None = None) -> None:
         now = time.time()
-        if state == "running":
+        if state == JobState.RUNNING:
             self._db.execute(
                 "UPDATE jobs SET state = ?, started_at = ? WHERE id = ?", (state, now, job_id)
             )
@@ -233,9 +249,9 @@ class Store:
 
     def job(self, job_id: int) -> JobRow | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else JobRow(**dict(row))
+        return None if row is None else _job_row(row)
 
-    def jobs(self, states: tuple[str, ...] = (), limit: int = 50) -> list[JobRow]:
+    def jobs(self, states: tuple[JobState, ...] = (), limit: int = 50) -> list[JobRow]:
         if states:
             marks = ",".join("?" * len(states))
             rows = self._db.execute(
@@ -244,13 +260,15 @@ class Store:
             )
         else:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
-        return [JobRow(**dict(row)) for row in rows]
+        return [_job_row(row) for row in rows]
 
     def interrupt_unfinished_jobs(self) -> list[JobRow]:
         """Jobs a previous process left waiting or running: mark and return them."""
-        unfinished = self.jobs(("waiting", "running"), limit=1000)
+        unfinished = self.jobs(OPEN_JOB_STATES, limit=1000)
         for job in unfinished:
-            self.set_job_state(job.id, "interrupted", "the bot stopped while this job was open")
+            self.set_job_state(
+                job.id, JobState.INTERRUPTED, "the bot stopped while this job was open"
+            )
         return unfinished
 
     # -- proposals and votes ---------------------------------------------------
@@ -450,3 +468,8 @@ class Store:
         for row in self._db.execute(newest.format("WHERE result IN ('ok', 'warning')")):
             result[row["app"]]["good"] = dict(row)
         return result
+
+
+def _job_row(row: sqlite3.Row) -> JobRow:
+    fields = dict(row)
+    return JobRow(**{**fields, "state": JobState(fields["state"])})

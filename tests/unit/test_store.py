@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.store import MIGRATIONS, SEEN_RETENTION_S, Store
+from bot.core.store import MIGRATIONS, SEEN_RETENTION_S, JobState, Store
 
 
 @pytest.fixture
@@ -92,11 +92,11 @@ def test_job_lifecycle(store: Store) -> None:
     assert (row.command, row.text, row.app, row.state) == ("deploy", "!deploy a", "a", "waiting")
     assert row.started_at is None and row.finished_at is None
 
-    store.set_job_state(job_id, "running")
+    store.set_job_state(job_id, JobState.RUNNING)
     row = store.job(job_id)
     assert row is not None and row.state == "running" and row.started_at is not None
 
-    store.set_job_state(job_id, "done", "ok")
+    store.set_job_state(job_id, JobState.DONE, "ok")
     row = store.job(job_id)
     assert row is not None and (row.state, row.result) == ("done", "ok")
     assert row.started_at is not None and row.finished_at is not None
@@ -106,20 +106,24 @@ def test_job_lifecycle(store: Store) -> None:
 
 def test_jobs_filter_by_state_newest_first(store: Store) -> None:
     ids = [store.add_job("c", f"!c {n}", None, "@u:test", "!r:test", f"$e{n}") for n in range(4)]
-    store.set_job_state(ids[0], "done", "ok")
-    store.set_job_state(ids[2], "running")
+    store.set_job_state(ids[0], JobState.DONE, "ok")
+    store.set_job_state(ids[2], JobState.RUNNING)
     assert [row.id for row in store.jobs()] == ids[::-1]
     assert [row.id for row in store.jobs(limit=2)] == [ids[3], ids[2]]
-    assert [row.id for row in store.jobs(("waiting", "running"))] == [ids[3], ids[2], ids[1]]
-    assert [row.id for row in store.jobs(("done",))] == [ids[0]]
+    assert [row.id for row in store.jobs((JobState.WAITING, JobState.RUNNING))] == [
+        ids[3],
+        ids[2],
+        ids[1],
+    ]
+    assert [row.id for row in store.jobs((JobState.DONE,))] == [ids[0]]
 
 
 def test_interrupt_unfinished_jobs(store: Store) -> None:
     waiting = store.add_job("a", "!a", "x", "@u:test", "!r:test", "$1")
     running = store.add_job("b", "!b", "y", "@u:test", "!r:test", "$2")
     done = store.add_job("c", "!c", None, "@u:test", "!r:test", "$3")
-    store.set_job_state(running, "running")
-    store.set_job_state(done, "done", "ok")
+    store.set_job_state(running, JobState.RUNNING)
+    store.set_job_state(done, JobState.DONE, "ok")
 
     interrupted = store.interrupt_unfinished_jobs()
 
