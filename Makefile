@@ -30,10 +30,13 @@ test: deps venv lint
 unit: venv
 	$(BIN)/pytest tests/unit
 
+## lint: ruff, mypy over bot/commands and over tests, and the import contracts of pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests
+	$(BIN)/lint-imports
 
 ## bench: the figures named in the issues, each beside its baseline
 bench: deps venv
