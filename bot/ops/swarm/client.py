@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +29,7 @@ import requests.exceptions
 
 from bot.labels import NAMESPACE_LABEL, is_rollback, namespace_filter, service_filter
 from bot.ops.compose import load_compose
+from bot.ops.process import ProcessTimeout, run_process
 from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
@@ -47,6 +47,8 @@ def _find_cli() -> str:
 
 
 DOCKER_CLI = _find_cli()
+# `docker stack config` of a big recipe prints a lot; nothing else comes close.
+CLI_OUTPUT_LIMIT = 16 * 1024 * 1024
 
 
 def _remove_network(client: Any, net_id: str) -> None:
@@ -159,30 +161,20 @@ class Swarm:
         """Run the docker CLI (argument list, explicit env); (returncode, stdout, stderr)."""
         log.info("docker %s (env keys: %s)", " ".join(args), ", ".join(sorted(env or {})))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.cli,
-                *args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+            # The one process runner: a timeout or cancel stops the CLI's whole process
+            # group (ssh for ssh:// hosts too), and what it prints is bounded.
+            res = await run_process(
+                [self.cli, *args],
                 env=self._cli_env(env),
                 cwd=cwd,
+                timeout=limit,
+                stdout_limit=CLI_OUTPUT_LIMIT,
             )
+        except ProcessTimeout as e:
+            raise SwarmError(f"docker {' '.join(args[:2])} took more than {limit:g}s") from e
         except OSError as e:
             raise SwarmError(f"cannot run the docker CLI {self.cli}: {e}") from e
-        try:
-            async with asyncio.timeout(limit):
-                out, err = await proc.communicate()
-        except BaseException as e:  # timeout or cancellation: don't leave it running
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait())
-            if isinstance(e, TimeoutError):
-                raise SwarmError(f"docker {' '.join(args[:2])} took more than {limit:g}s") from e
-            raise
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        return res.returncode, res.stdout, res.stderr
 
     # -- reading state
 
