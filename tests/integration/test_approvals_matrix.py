@@ -39,7 +39,8 @@ class Voting:
         assert match, body
         assert self.runner.bot is not None
         row = self.runner.bot.store.proposal(match.group(1))
-        assert row is not None and row.message_id is not None
+        assert row is not None
+        assert row.message_id is not None
         return row.message_id, row.id
 
     async def shown(
@@ -68,7 +69,8 @@ class Voting:
         """The approved action ran, and reported in the proposal's thread."""
         reply = await member.wait_for_reply(self.room, self.coop.bot_id, f"risky ran on {app}")
         relation = reply.source["content"]["m.relates_to"]
-        assert relation["rel_type"] == "m.thread" and relation["event_id"] == message_id
+        assert relation["rel_type"] == "m.thread"
+        assert relation["event_id"] == message_id
 
     async def did_not_run(self, member: Member, app: str) -> None:
         await self.coop.ask(member, "!ping", "pong")  # everything before it was handled
@@ -114,17 +116,20 @@ async def test_approval_by_the_quorum_runs_the_action(voting: Voting) -> None:
     content = proposal.source["content"]
     # Eligible voters are pinged: not the requester, not the viewer, not the bot.
     assert sorted(content["m.mentions"]["user_ids"]) == sorted([coop.alice.user_id, dave.user_id])
-    assert "Remove **app1** (now at v1)" in content["body"] and "Needs **2**" in content["body"]
+    assert "Remove **app1** (now at v1)" in content["body"]
+    assert "Needs **2**" in content["body"]
     await coop.alice.react(voting.room, message_id, "👍")
     assert "Still needed: 1" in await voting.shown(
         coop.alice, message_id, "Approved by: " + coop.alice.user_id
     )
     await dave.react(voting.room, message_id, "👍")
     shown = await voting.shown(coop.alice, message_id, "**Approved**")
-    assert coop.alice.user_id in shown and dave.user_id in shown
+    assert coop.alice.user_id in shown
+    assert dave.user_id in shown
     await voting.ran(coop.alice, "app1", message_id)
     audit = await coop.ask(coop.alice, "!audit app1", "approved")
-    assert proposal_id in audit and dave.user_id in audit
+    assert proposal_id in audit
+    assert dave.user_id in audit
 
 
 async def test_self_votes_viewers_and_the_bots_seed_reactions_do_not_count(voting: Voting) -> None:
@@ -137,7 +142,8 @@ async def test_self_votes_viewers_and_the_bots_seed_reactions_do_not_count(votin
     shown = await voting.shown(coop.alice, message_id, "Still needed: 1")
     while f"{coop.carol.user_id} (not operator)" not in shown:  # votes may land in any order
         shown = await voting.shown(coop.alice, message_id, "Not counted")
-    assert "Still needed: 1" in shown and f"{coop.bob.user_id} (asked for it)" in shown
+    assert "Still needed: 1" in shown
+    assert f"{coop.bob.user_id} (asked for it)" in shown
     await voting.did_not_run(coop.alice, "app2")
 
 
@@ -222,7 +228,8 @@ async def test_two_proposals_at_once_on_different_apps(voting: Voting) -> None:
     await voting.ran(coop.alice, "app10", second)
     assert voting.runner.bot is not None
     untouched = voting.runner.bot.store.proposal(first_id)
-    assert untouched is not None and untouched.state == "open"
+    assert untouched is not None
+    assert untouched.state == "open"
     assert voting.runner.bot.store.votes(first_id) == []
     await coop.alice.react(voting.room, first, "👍")
     await dave.react(voting.room, first, "👍")

@@ -160,7 +160,8 @@ async def site(
 
 async def test_missing_secrets_are_named_and_nothing_is_created(site: Site) -> None:
     report = await site.run(site.coop.bob, f"!deploy {DOMAIN} 1.0.0+1.0", "Pre-flight failed")
-    assert f"{STACK}_db_password_v1" in report and "nothing was created" in report
+    assert f"{STACK}_db_password_v1" in report
+    assert "nothing was created" in report
     assert site.docker.services.list(filters={"name": STACK}) == []
     listed = await site.coop.ask(site.coop.bob, f"!secrets {DOMAIN}", "missing")
     assert f"{STACK}_db_password_v1" in listed
@@ -183,7 +184,8 @@ async def test_deploy_redeploy_version_change_and_rollback(site: Site) -> None:
     assert env.pinned_version == "1.0.0+1.0"  # written back, as newer abra does
     (service,) = site.docker.services.list(filters={"name": f"{STACK}_app"})
     container = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
-    assert "GREETING=hello world" in container["Env"] and "ENTRY=v1" in container["Env"]
+    assert "GREETING=hello world" in container["Env"]
+    assert "ENTRY=v1" in container["Env"]
     assert "/busybox:1.0@sha256:" in container["Image"]  # pinned: the registry answered
     # A redeploy of the running version runs at once too.
     await site.run(coop.bob, f"!deploy {DOMAIN}", "runs 1.0.0+1.0")
@@ -191,10 +193,13 @@ async def test_deploy_redeploy_version_change_and_rollback(site: Site) -> None:
     report = await site.voted(f"!deploy {DOMAIN} 1.1.0+1.1", "runs 1.1.0+1.1")
     assert "Newer busybox" in report
     status = await coop.ask(coop.carol, f"!status {DOMAIN}", "Version: 1.1.0+1.1")
-    assert "local/busybox:1.1" in status and coop.bob.user_id in status
+    assert "local/busybox:1.1" in status
+    assert coop.bob.user_id in status
     apps = await coop.ask(coop.carol, "!apps", DOMAIN)
-    assert "1.1.0+1.1" in apps and "2.0.2+2.0" in apps  # deployed, and the newest release
-    assert "far.coop.test" in apps and "unreachable" in apps  # the other server is down
+    assert "1.1.0+1.1" in apps  # deployed, and the newest release
+    assert "2.0.2+2.0" in apps
+    assert "far.coop.test" in apps  # the other server is down
+    assert "unreachable" in apps
     # Back to the previous version from history.
     await site.voted(f"!rollback {DOMAIN}", "runs 1.0.0+1.0")
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.0.0+1.0"
@@ -210,7 +215,8 @@ async def test_failed_releases_are_rolled_back(site: Site) -> None:
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
     # Tasks that crash are caught by convergence, and the old spec comes back.
     report = await site.voted(f"!deploy {DOMAIN} 2.0.1+2.0", "; the app is", timeout=200)
-    assert "Did not converge" in report and "Rolled back" in report
+    assert "Did not converge" in report
+    assert "Rolled back" in report
     assert "running the previous version again" in report
     assert site.labels()[f"coop-cloud.{STACK}.version"] == "1.1.0+1.1"
     # With failure_action: rollback, swarm restores the old spec itself; the bot says so.
@@ -280,4 +286,5 @@ async def test_logs_mask_secrets(site: Site) -> None:
         if "visible=yes" in logs:
             break
         await asyncio.sleep(1)
-    assert "DB_PASSWORD=****" in logs and "hunter2" not in logs
+    assert "DB_PASSWORD=****" in logs
+    assert "hunter2" not in logs

@@ -222,12 +222,14 @@ async def site(
 async def test_backup_and_restore_round_trip_byte_for_byte(site: Site) -> None:
     coop = site.coop
     report = await site.run(coop.bob, f"!backup {DOMAIN}", "snapshot `")
-    assert "✅" in report and "1.0.0+1.0" in report, report
+    assert "✅" in report, report
+    assert "1.0.0+1.0" in report, report
     assert re.search(r"\d+ new, 0 changed, 0 unchanged files", report), report
     # The pre-hook ran before restic read the volume, the post-hook after.
     assert (site.volume("data") / "hooks.log").read_text() == "pre\npost\n"
     (snap,) = await site.repo.snapshots()
-    assert f"app={DOMAIN}" in snap.tags and "version=1.0.0+1.0" in snap.tags
+    assert f"app={DOMAIN}" in snap.tags
+    assert "version=1.0.0+1.0" in snap.tags
     assert sorted(snap.paths) == sorted(
         [str(site.volume("data")), str(site.volume("config") / "keep")]
     )  # cache skipped, config limited to keep/
@@ -241,7 +243,8 @@ async def test_backup_and_restore_round_trip_byte_for_byte(site: Site) -> None:
     snapshots = await coop.ask(coop.carol, f"!snapshots {DOMAIN}", snap.short_id)
     assert "1.0.0+1.0" in snapshots
     table = await coop.ask(coop.carol, "!backups", DOMAIN)
-    assert snap.short_id in table and "✅" in table
+    assert snap.short_id in table
+    assert "✅" in table
 
     # Damage: change, delete and add files; then restore by vote.
     (site.volume("data") / "a.txt").write_text("changed\n")
@@ -249,12 +252,15 @@ async def test_backup_and_restore_round_trip_byte_for_byte(site: Site) -> None:
     (site.volume("data") / "new.txt").write_text("should go\n")
     (site.volume("config") / "keep" / "settings.ini").write_text("broken\n")
     body = await coop.ask(coop.bob, f"!restore {DOMAIN}", "Proposal `")
-    assert "replaces" in body and f"{STACK}_data" in body and snap.short_id in body
+    assert "replaces" in body
+    assert f"{STACK}_data" in body
+    assert snap.short_id in body
     proposal = re.search(r"Proposal `(\w+)`", body)
     assert proposal
     await coop.ask(coop.alice, f"!approve {proposal.group(1)}", "Counted")
     report = await site.said(f"restored from `{snap.short_id}`", timeout=180)
-    assert "scaled to 0 (was app=1)" in report and "running again" in report, report
+    assert "scaled to 0 (was app=1)" in report, report
+    assert "running again" in report, report
     assert sha(site.volume("data")) == before_data
     assert sha(site.volume("config") / "keep") == before_config
     assert (site.volume("config") / "drop" / "tmp.txt").exists()  # outside the snapshot
@@ -289,7 +295,8 @@ async def test_hooks_failing(site: Site) -> None:
     # A failing post-hook: the snapshot is made, and the run warns.
     await site.labels(backup_labels(**{"backupbot.backup.post-hook": "exit 4"}))
     report = await site.run(coop.bob, f"!backup {DOMAIN}", "post-hook in app failed (exit 4)")
-    assert "⚠️" in report and "snapshot `" in report
+    assert "⚠️" in report
+    assert "snapshot `" in report
     assert len(await site.snapshots()) == 1
 
 
@@ -325,14 +332,16 @@ async def test_locked_repository_and_wrong_password(site: Site) -> None:
                 break
             await asyncio.sleep(0.1)
         report = await site.run(coop.bob, f"!backup {DOMAIN}", "repository is locked by")
-        assert f"pid {holder.pid}" in report and "not unlocked automatically" in report
+        assert f"pid {holder.pid}" in report
+        assert "not unlocked automatically" in report
     finally:
         holder.kill()
         await holder.wait()
     # restic reads the password file on each run: a changed one is used at once.
     site.repo.password_file.write_text("not the password\n")
     report = await site.run(coop.bob, f"!backup {DOMAIN}", "wrong password or no key")
-    assert "not the password" not in report and PASSWORD not in report
+    assert "not the password" not in report
+    assert PASSWORD not in report
 
 
 async def test_unreadable_file_is_a_warning(site: Site) -> None:
@@ -356,7 +365,8 @@ async def test_unreadable_file_is_a_warning(site: Site) -> None:
         report = await site.run(site.coop.bob, f"!backup {DOMAIN}", "snapshot `")
     finally:
         secret.unlink()
-    assert "⚠️" in report and f"{secret}: open: Permission denied" in report, report
+    assert "⚠️" in report, report
+    assert f"{secret}: open: Permission denied" in report, report
 
 
 async def test_stack_mid_update_is_not_backed_up(site: Site, tmp_path: pathlib.Path) -> None:
@@ -369,7 +379,8 @@ async def test_stack_mid_update_is_not_backed_up(site: Site, tmp_path: pathlib.P
             "--label-add", "backupbot.backup=true", "--force", f"{BUSY_STACK}_app",
         )  # fmt: skip
         report = await site.run(site.coop.bob, f"!backup {BUSY_DOMAIN}", "is not backed up")
-        assert "mid-update (app (updating))" in report and "did not settle" in report
+        assert "mid-update (app (updating))" in report
+        assert "did not settle" in report
         assert await site.snapshots() == []
     finally:
         dockerd.cli("stack", "rm", BUSY_STACK)
@@ -393,12 +404,14 @@ async def test_scheduled_backup_drill_and_age_alert(site: Site) -> None:
     assert "backup" in [t.name for t in fired]
     await site.said("The backup of every app was due at", timeout=30)
     summary = await site.said("Backups: 1 of 1 app(s) backed up", timeout=120)
-    assert "Retention (daily 7" in summary and DOMAIN in summary
+    assert "Retention (daily 7" in summary
+    assert DOMAIN in summary
     # Done: at the same time, nothing is due again.
     assert "backup" not in [t.name for t in await scheduler.tick(now)]
 
     report = await site.run(coop.bob, "!backup drill", "Restore drill passed")
-    assert f"✅ {DOMAIN}" in report and "matching" in report
+    assert f"✅ {DOMAIN}" in report
+    assert "matching" in report
 
     # max_age: the newest snapshot is older than allowed → the admins are pinged once.
     await site.runner.stop()
@@ -419,4 +432,5 @@ async def test_scheduled_backup_drill_and_age_alert(site: Site) -> None:
     assert later == []
 
     schedule = await coop.ask(coop.carol, "!schedule", "the backup of every app")
-    assert "`30 3 * * *`" in schedule and "!backup all" in schedule
+    assert "`30 3 * * *`" in schedule
+    assert "!backup all" in schedule

@@ -15,10 +15,8 @@ from tests.harness.synapse import Synapse
 
 
 @pytest.fixture
-async def coop(
-    synapse: Synapse, make_member: MemberFactory, tmp_path: pathlib.Path
-) -> AsyncIterator[Coop]:
-    yield await make_coop(synapse, make_member, tmp_path)
+async def coop(synapse: Synapse, make_member: MemberFactory, tmp_path: pathlib.Path) -> Coop:
+    return await make_coop(synapse, make_member, tmp_path)
 
 
 @pytest.fixture
@@ -33,10 +31,12 @@ async def running(coop: Coop) -> AsyncIterator[Coop]:
 
 async def test_help_lists_only_what_the_member_may_run(running: Coop) -> None:
     admin_help = await running.ask(running.alice, "!help", "Commands you (admin)")
-    assert "!cancel <id>" in admin_help and "!audit" in admin_help
+    assert "!cancel <id>" in admin_help
+    assert "!audit" in admin_help
     viewer_help = await running.ask(running.carol, "!help", "Commands you (viewer)")
     assert "!ping" in viewer_help
-    assert "!cancel" not in viewer_help and "!audit" not in viewer_help
+    assert "!cancel" not in viewer_help
+    assert "!audit" not in viewer_help
     detail = await running.ask(running.bob, "!help cancel", "!cancel <id>")
     assert "Needs: operator" in detail
 
@@ -46,18 +46,21 @@ async def test_replies_are_html_notices_replying_to_the_command(running: Coop) -
     reply = await running.alice.wait_for_reply(running.room, running.bot_id, "pong")
     content = reply.source["content"]
     assert content["msgtype"] == "m.notice"
-    assert content["format"] == "org.matrix.custom.html" and content["formatted_body"]
+    assert content["format"] == "org.matrix.custom.html"
+    assert content["formatted_body"]
     assert content["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
 
 
 async def test_unknown_command_names_what_was_typed_and_suggests(running: Coop) -> None:
     answer = await running.ask(running.carol, "!pnig", "Unknown command")
-    assert "`!pnig`" in answer and "Did you mean `!ping`" in answer
+    assert "`!pnig`" in answer
+    assert "Did you mean `!ping`" in answer
 
 
 async def test_unauthorised_member_is_told_the_role_needed(running: Coop) -> None:
     answer = await running.ask(running.carol, "!slow 1", "needs the operator role")
-    assert "viewer" in answer and "Nothing was done" in answer
+    assert "viewer" in answer
+    assert "Nothing was done" in answer
     # The operator (power 50) may run it; nothing of carol's ran.
     await running.bob.send(running.room, "!slow 1")
     await running.bob.wait_for_reply(running.room, running.bot_id, "slow 1 done")
@@ -71,7 +74,8 @@ async def test_a_long_job_does_not_block_other_commands(running: Coop) -> None:
     # While the job works, the bot still answers at once.
     await running.ask(running.alice, "!ping", "pong", timeout=10)
     jobs = await running.ask(running.alice, "!jobs", "running")
-    assert "!slow 30 app1" in jobs and "on app1" in jobs
+    assert "!slow 30 app1" in jobs
+    assert "on app1" in jobs
     job_id = jobs.split("#", 1)[1].split(" ", 1)[0]
     await running.ask(running.bob, f"!cancel {job_id}", f"Cancelling job #{job_id}")
     await running.bob.wait_for_reply(running.room, running.bot_id, "cancelled by")
@@ -85,7 +89,8 @@ async def test_progress_is_one_edited_message_with_details_in_its_thread(running
     progress = await bob.wait_for_reply(room, running.bot_id, "working 1/3")
     detail = await bob.wait_for_reply(room, running.bot_id, "detail of the first step")
     relation = detail.source["content"]["m.relates_to"]
-    assert relation["rel_type"] == "m.thread" and relation["event_id"] == progress.event_id
+    assert relation["rel_type"] == "m.thread"
+    assert relation["event_id"] == progress.event_id
     final = await bob.wait_for_reply(room, running.bot_id, "slow 3 done")
     edit = final.source["content"]
     assert edit["m.relates_to"] == {"rel_type": "m.replace", "event_id": progress.event_id}

@@ -169,4 +169,5 @@ def test_check_reports_every_component(
 
     invalid = run_check({"matrix": {"homeserver": "ftp://x"}, "bogus": 1}, tmp_path, env)
     assert invalid.returncode == 2
-    assert "matrix.homeserver" in invalid.stderr and "bogus: unknown key" in invalid.stderr
+    assert "matrix.homeserver" in invalid.stderr
+    assert "bogus: unknown key" in invalid.stderr

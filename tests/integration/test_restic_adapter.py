@@ -178,7 +178,8 @@ async def test_backup_snapshots_ls_restore_round_trip(repo: Restic, tmp_path: Pa
     assert summary.files_new == len(files)
     assert (summary.files_changed, summary.files_unmodified) == (0, 0)
     assert summary.total_bytes_processed == sum(len(c) for c in files.values())
-    assert summary.data_added > 0 and summary.duration > 0
+    assert summary.data_added > 0
+    assert summary.duration > 0
     assert summary.warnings == []
 
     (snap,) = await repo.snapshots()
@@ -187,7 +188,8 @@ async def test_backup_snapshots_ls_restore_round_trip(repo: Restic, tmp_path: Pa
     assert snap.paths == [str(src)]
     assert snap.tags == TAGS
     assert snap.hostname == socket.gethostname()
-    assert abs(time.time() - snap.time.timestamp()) < 60 and snap.time.utcoffset() is not None
+    assert abs(time.time() - snap.time.timestamp()) < 60
+    assert snap.time.utcoffset() is not None
 
     nodes = {path: (kind, size) for path, kind, size in await repo.ls(snap.short_id)}
     assert nodes[f"{src}/hello.txt"] == ("file", 6)
@@ -201,7 +203,8 @@ async def test_backup_snapshots_ls_restore_round_trip(repo: Restic, tmp_path: Pa
 
     # A second backup of the unchanged tree adds (almost) nothing.
     again = await repo.backup([src], TAGS)
-    assert again.files_unmodified == len(files) and again.files_new == 0
+    assert again.files_unmodified == len(files)
+    assert again.files_new == 0
     assert again.snapshot_id != summary.snapshot_id
 
     # include: just one file, by its path in the snapshot.
@@ -222,7 +225,8 @@ async def test_tags_host_and_excludes(repo: Restic, tmp_path: Path) -> None:
     assert len(await repo.snapshots()) == 2
     assert len(await repo.snapshots(["coopbot"])) == 2
     (only_a,) = await repo.snapshots(["coopbot", "app:a"])  # all tags must match
-    assert only_a.hostname == "node-a" and only_a.tags == ["coopbot", "app:a"]
+    assert only_a.hostname == "node-a"
+    assert only_a.tags == ["coopbot", "app:a"]
     assert await repo.snapshots(["app:a", "app:b"]) == []
 
     with pytest.raises(ResticError, match="invalid restic tag"):
@@ -244,7 +248,8 @@ async def test_progress_callback_gets_status_lines(repo: Restic, tmp_path: Path)
         seen.append(p)
 
     summary = await repo.backup([src], TAGS, on_progress=on_progress)
-    assert summary.files_new == 3 and summary.total_bytes_processed == 30 * 1024 * 1024
+    assert summary.files_new == 3
+    assert summary.total_bytes_processed == 30 * 1024 * 1024
     assert len(seen) >= 2, seen
     assert all(0 <= p.percent <= 100 for p in seen)
     assert [p.bytes_done for p in seen] == sorted(p.bytes_done for p in seen)
@@ -287,7 +292,8 @@ async def test_unreadable_files_give_a_summary_with_warnings(repo: Restic, tmp_p
     (snap,) = await repo.snapshots()
     assert snap.id.startswith(summary.snapshot_id)
     names = [p for p, _, _ in await repo.ls(snap.id)]
-    assert f"{src}/hello.txt" in names and str(secret) not in names
+    assert f"{src}/hello.txt" in names
+    assert str(secret) not in names
 
 
 # --------------------------------------------------------------------------- failures
@@ -302,9 +308,11 @@ async def test_wrong_password(repo: Restic, tmp_path: Path) -> None:
     for call in (other.snapshots(), other.backup([tmp_path / "src"], TAGS)):
         with pytest.raises(ResticError) as e:
             await call
-        assert e.value.kind == "wrong_password" and e.value.exit_code == 1
+        assert e.value.kind == "wrong_password"
+        assert e.value.exit_code == 1
         assert str(e.value).startswith("wrong password or no key")
-        assert "hunter2" not in str(e.value) and PASSWORD not in str(e.value)
+        assert "hunter2" not in str(e.value)
+        assert PASSWORD not in str(e.value)
 
 
 async def test_no_repository(tmp_path: Path, restic_bin: str) -> None:
@@ -319,7 +327,8 @@ async def test_no_repository(tmp_path: Path, restic_bin: str) -> None:
 async def test_other_failures_carry_the_stderr_tail(repo: Restic, tmp_path: Path) -> None:
     with pytest.raises(ResticError) as e:
         await repo.restore("deadbeef", tmp_path / "x")
-    assert e.value.kind is None and e.value.exit_code == 1
+    assert e.value.kind is None
+    assert e.value.exit_code == 1
     assert str(e.value).startswith("restic restore failed (exit 1):")
     assert 'no matching ID found for prefix "deadbeef"' in str(e.value)
 
@@ -354,8 +363,10 @@ async def test_locked_repository_names_holder_and_age(
             break
         await asyncio.sleep(0.1)
     (lock,) = held
-    assert lock["pid"] == lock_holder.pid and lock["exclusive"] is True
-    assert lock["hostname"] == socket.gethostname() and lock["username"]
+    assert lock["pid"] == lock_holder.pid
+    assert lock["exclusive"] is True
+    assert lock["hostname"] == socket.gethostname()
+    assert lock["username"]
 
     with pytest.raises(ResticError) as e:
         await repo.backup([src], TAGS)
@@ -375,7 +386,8 @@ async def test_locked_repository_names_holder_and_age(
     for call in (repo.forget(TAGS, 1, 0, 0), repo.prune(), repo.check()):
         with pytest.raises(ResticError) as e:
             await call
-        assert e.value.kind == "locked" and f"pid {lock_holder.pid}" in str(e.value)
+        assert e.value.kind == "locked"
+        assert f"pid {lock_holder.pid}" in str(e.value)
     assert [x["id"] for x in await repo.locks()] == [lock["id"]]
     # Another wording (a later restic): the holder comes from `list locks` + `cat lock`.
     message = await repo._locked_message("Fatal: repo locked, in other words")
@@ -405,14 +417,15 @@ async def test_forget_prune_check(repo: Restic, tmp_path: Path) -> None:
     assert left[-1].tags == ["coopbot", "app:other"]  # the other app's is untouched
     assert await repo.forget(TAGS, 1, 1, 1) == []
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="forget needs tags"):
         await repo.forget([], 1, 0, 0)
     with pytest.raises(ResticError, match="at least one keep value"):
         await repo.forget(TAGS, 0, 0, 0)
 
     await repo.prune()
     report = await repo.check(read_data_subset="1/2")
-    assert "no errors were found" in report and "in 2 groups)" in report
+    assert "no errors were found" in report
+    assert "in 2 groups)" in report
     with pytest.raises(ResticError, match="invalid read-data subset"):
         await repo.check("--all")
 
@@ -439,14 +452,16 @@ async def test_cancelling_a_backup_stops_restic_and_its_lock(
     await asyncio.wait_for(started.wait(), 20)
     await asyncio.sleep(0.5)
     (pid,) = restic_pids(repo.repository)
-    assert alive(pid) and (await repo.locks())  # running, holding its lock
+    assert alive(pid)  # running, holding its lock
+    assert await repo.locks()
     t0 = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - t0 < restic_mod.STOP_GRACE
     assert "killing it" not in caplog.text  # SIGINT was enough
-    assert not alive(pid) and restic_pids(repo.repository) == []
+    assert not alive(pid)
+    assert restic_pids(repo.repository) == []
     assert await repo.locks() == []  # restic removed its lock on SIGINT
     assert await repo.snapshots() == []
 

@@ -282,17 +282,20 @@ async def test_check_steps_notes_news_drift_and_an_unreachable_remote(
     text = await coop.ask(coop.carol, "!upgrades", "Upgrade check")
     assert "2 deployed app(s), 1 can be upgraded, 0 with image drift" in text, text
     row = next(line for line in text.splitlines() if line.startswith(f"| {DEMO} |"))
-    assert "1.0.0+1.0 → **2.0.0+2.0**" in row and "major** (breaking)" in row, row
+    assert "1.0.0+1.0 → **2.0.0+2.0**" in row, row
+    assert "major** (breaking)" in row, row
     assert "2.0.0+2.0: BREAKING: the data moves to /srv. · 1.1.0+1.1: Minor" in row, row
     assert f"| {OTHER} |" not in text  # runs its newest release
     offline = next(line for line in text.splitlines() if "recipe other:" in line)
-    assert "git fetch failed" in offline and "127.0.0.1" in offline, offline
+    assert "git fetch failed" in offline, offline
+    assert "127.0.0.1" in offline, offline
 
     # The scheduled check posts what is new, once.
     await coop.carol.drain()
     await site.scheduled()
     posted = await site.said(coop.carol, "Upgrade check")
-    assert f"🆕 {DEMO}" in posted and "🆕 ⚠ recipe other" in posted, posted
+    assert f"🆕 {DEMO}" in posted, posted
+    assert "🆕 ⚠ recipe other" in posted, posted
     await site.scheduled()  # nothing new: nothing posted
     await coop.ask(coop.carol, "!ping", "pong")
     assert bot_messages(coop, await coop.carol.drain()) == []
@@ -302,8 +305,10 @@ async def test_check_steps_notes_news_drift_and_an_unreachable_remote(
     git(upstream, "tag", "2.0.1+2.0")
     await site.scheduled()
     posted = await site.said(coop.carol, "Upgrade check")
-    assert "1.0.0+1.0 → **2.0.1+2.0**" in posted and f"🆕 {DEMO}" in posted, posted
-    assert "🆕 ⚠ recipe other" not in posted and "⚠ recipe other" in posted  # not new
+    assert "1.0.0+1.0 → **2.0.1+2.0**" in posted, posted
+    assert f"🆕 {DEMO}" in posted, posted
+    assert "🆕 ⚠ recipe other" not in posted  # not new
+    assert "⚠ recipe other" in posted
 
     # The same tag rebuilt in the registry: drift.
     rebuild(dockerd, f"{images}/upg/busybox:1.0")
@@ -334,7 +339,8 @@ async def test_voted_patch_then_a_major_upgrade_needs_the_larger_quorum(
     await site.deploy(DEMO)
 
     proposal, body = await site.propose(f"!upgrade {DEMO} 1.0.1+1.0", "a patch step")
-    assert "Needs **1** approval from" in body and "> Patch: fixes the greeting." in body
+    assert "Needs **1** approval from" in body
+    assert "> Patch: fixes the greeting." in body
     assert "No backup first: no `backups:` section" in body
     await site.approve(coop.alice, proposal)
     report = await site.said(coop.bob, "runs 1.0.1+1.0")
@@ -385,7 +391,8 @@ async def test_failed_upgrade_is_rolled_back_and_names_the_snapshot(
     assert "Back up the app's data first; if that fails, stop there." in body
     await site.approve(coop.alice, proposal)
     report = await site.said(coop.bob, "!restore", timeout=240)
-    assert "Did not converge" in report and "running the previous version again" in report
+    assert "Did not converge" in report
+    assert "running the previous version again" in report
     snapshot = re.search(r"Backed up first: snapshot `(\w+)`", report)
     assert snapshot, report
     assert f"`!restore {GHOST} {snapshot.group(1)}` (it needs a vote)" in report, report
@@ -393,7 +400,8 @@ async def test_failed_upgrade_is_rolled_back_and_names_the_snapshot(
     assert site.version(GHOST) == "1.0.0+1.0"
     restic = Restic(sections["repository"], pathlib.Path(sections["password_file"]))
     (snap,) = await restic.snapshots()
-    assert snap.id.startswith(snapshot.group(1)) and f"app={GHOST}" in snap.tags
+    assert snap.id.startswith(snapshot.group(1))
+    assert f"app={GHOST}" in snap.tags
 
 
 async def test_a_failing_backup_first_aborts_the_upgrade(
@@ -412,8 +420,10 @@ async def test_a_failing_backup_first_aborts_the_upgrade(
     proposal, _ = await site.propose(f"!upgrade {HOOKED}", "Back up the app's data first")
     await site.approve(coop.alice, proposal)
     report = await site.said(coop.bob, "The backup failed")
-    assert "so the upgrade did not start" in report and "nothing changed" in report, report
-    assert "pre-hook" in report and "exit" in report, report
+    assert "so the upgrade did not start" in report, report
+    assert "nothing changed" in report, report
+    assert "pre-hook" in report, report
+    assert "exit" in report, report
     assert site.version(HOOKED) == "1.0.0+1.0"
     assert site.docker.services.get(f"{stack(HOOKED)}_app").attrs["Version"]["Index"] == spec
     bot = site.runner.bot

@@ -172,12 +172,14 @@ def test_the_requesters_reject_withdraws_even_with_quorum() -> None:
 
 def test_the_requesters_reject_withdraws_without_veto() -> None:
     tally = count(yes(ANNA), yes(BEN), no(REQUESTER), veto=False)
-    assert tally.state is State.REJECTED and tally.withdrawn
+    assert tally.state is State.REJECTED
+    assert tally.withdrawn
 
 
 def test_the_requester_changing_their_mind_back_does_not_withdraw() -> None:
     tally = count(no(REQUESTER, T0 + 1), yes(REQUESTER, T0 + 2), yes(ANNA), yes(BEN))
-    assert tally.state is State.APPROVED and not tally.withdrawn
+    assert tally.state is State.APPROVED
+    assert not tally.withdrawn
 
 
 @pytest.mark.parametrize("allow_self_approval", [False, True])
@@ -191,7 +193,8 @@ def test_the_bots_ballots_never_count(allow_self_approval: bool, voters: Role) -
         allow_self_approval=allow_self_approval,
         voters=voters,
     )
-    assert BOT not in tally.approvers and BOT not in tally.rejecters
+    assert BOT not in tally.approvers
+    assert BOT not in tally.rejecters
     assert BOT not in dict(tally.ignored)  # the seed reactions are buttons: not even listed
     if voters <= Role.OPERATOR:
         assert (tally.state, tally.approvers) == (State.APPROVED, (ANNA,))
@@ -242,13 +245,15 @@ def test_a_non_members_reject_does_not_veto() -> None:
 def test_latest_ballot_wins_approve_then_reject() -> None:
     tally = count(yes(ANNA, T0 + 1), no(ANNA, T0 + 2), yes(BEN))
     assert tally.state is State.REJECTED
-    assert tally.approvers == (BEN,) and tally.rejecters == (ANNA,)
+    assert tally.approvers == (BEN,)
+    assert tally.rejecters == (ANNA,)
 
 
 def test_latest_ballot_wins_reject_then_approve() -> None:
     tally = count(no(ANNA, T0 + 1), yes(ANNA, T0 + 2), yes(BEN))
     assert tally.state is State.APPROVED
-    assert tally.approvers == (ANNA, BEN) and tally.rejecters == ()
+    assert tally.approvers == (ANNA, BEN)
+    assert tally.rejecters == ()
 
 
 def test_latest_means_cast_last_not_listed_last() -> None:
@@ -285,7 +290,8 @@ def test_a_ballot_at_the_deadline_counts() -> None:
 def test_a_late_reject_neither_vetoes_nor_replaces_an_approval() -> None:
     tally = count(yes(ANNA), yes(BEN), no(CARL, EXPIRES + 1), no(ANNA, EXPIRES + 2))
     assert tally.state is State.APPROVED
-    assert tally.approvers == (ANNA, BEN) and tally.rejecters == ()
+    assert tally.approvers == (ANNA, BEN)
+    assert tally.rejecters == ()
 
 
 @pytest.mark.parametrize("now", [EXPIRES, EXPIRES + 1, EXPIRES + 86400])
@@ -440,7 +446,8 @@ def test_approved_means_enough_distinct_eligible_approvers(
     }
     assert len(tally.approvers) == len(set(tally.approvers))
     assert set(tally.approvers) == expected
-    assert BOT not in tally.approvers and BOT not in tally.rejecters
+    assert BOT not in tally.approvers
+    assert BOT not in tally.rejecters
     assert tally.needed == max(0, policy.required - len(expected))
     if tally.state is State.APPROVED:
         assert len(expected) >= policy.required

@@ -204,5 +204,6 @@ def test_volume_paths_never_leave_volumes_root(
         normal = Path(os.path.normpath(path))
         assert normal.is_relative_to(ROOT)
         rel = normal.relative_to(ROOT).parts
-        assert len(rel) >= 2 and rel[1] == "_data"
+        assert len(rel) >= 2
+        assert rel[1] == "_data"
         assert rel[0] in {f"{stack}_{v}" for v in volumes if v not in skipped}

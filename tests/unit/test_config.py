@@ -223,7 +223,8 @@ def test_relative_data_dir_and_secret_files_resolve_against_the_config_folder(
     config = load_config("../etc/config.yaml")
 
     assert config.data_dir == folder / "state"
-    assert config.matrix is not None and config.matrix.password is not None
+    assert config.matrix is not None
+    assert config.matrix.password is not None
     assert config.matrix.password.get_secret_value() == "s3cret-from-file"
 
 
@@ -316,7 +317,7 @@ def test_secrets_never_appear_in_config_errors() -> None:
 
 def test_config_is_frozen() -> None:
     config = parse_config({})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frozen"):
         config.log_level = "DEBUG"
 
 
@@ -569,7 +570,8 @@ def test_an_unknown_timezone_is_refused_clearly(zone: str) -> None:
 def test_crontab_weekday_numbers_are_accepted_as_crontab_reads_them(tmp_path: Path) -> None:
     """7 is Sunday in crontab; APScheduler alone would refuse it."""
     config = parse_config(backups(tmp_path, check_schedule="0 5 * * 7"), tmp_path)
-    assert config.backups is not None and config.backups.check_schedule == "0 5 * * 7"
+    assert config.backups is not None
+    assert config.backups.check_schedule == "0 5 * * 7"
     (found,) = problems(backups(tmp_path, check_schedule="0 5 * * 8"), tmp_path)
     assert found == (
         "backups.check_schedule: '0 5 * * 8' is not a cron line such as '30 3 * * *': "

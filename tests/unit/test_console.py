@@ -94,7 +94,8 @@ async def test_jobs_left_open_by_the_last_run_are_marked_interrupted(tmp_path: P
 
     store = Store(tmp_path / "data" / "coopbot.sqlite")
     job = store.job(job_id)
-    assert job is not None and job.state == "interrupted"
+    assert job is not None
+    assert job.state == "interrupted"
     (entry,) = store.audit_log("cloud.test")
     assert (entry.actor, entry.action, entry.detail) == ("@bob:test", "job.interrupted", "#1 !slow")
     store.close()

@@ -528,7 +528,9 @@ def test_watch_converged_must_hold_for_the_monitor_window() -> None:
     assert w.observe([svc()], by_service(task()), 5.9) == ([], None)
     news, outcome = w.observe([svc()], by_service(task()), 6.0)
     assert news == []
-    assert outcome is not None and outcome.ok and outcome.failures == []
+    assert outcome is not None
+    assert outcome.ok
+    assert outcome.failures == []
 
 
 def test_watch_a_relapse_restarts_the_monitor_window() -> None:
@@ -539,13 +541,15 @@ def test_watch_a_relapse_restarts_the_monitor_window() -> None:
     assert w.observe([svc()], by_service(task()), 4.0) == ([], None)
     assert w.observe([svc()], by_service(task()), 8.0) == ([], None)
     outcome = w.observe([svc()], by_service(task()), 9.0)[1]
-    assert outcome is not None and outcome.ok
+    assert outcome is not None
+    assert outcome.ok
 
 
 def test_watch_without_monitor_is_done_at_once_and_silent() -> None:
     news, outcome = watch(monitor=0).observe([svc()], by_service(task()), 1.0)
     assert news == []
-    assert outcome is not None and outcome.ok
+    assert outcome is not None
+    assert outcome.ok
 
 
 def test_watch_says_each_problem_once() -> None:
@@ -561,7 +565,9 @@ def test_watch_times_out_with_what_it_waits_for_and_what_it_saw() -> None:
     w.observe([svc()], crash, 1.0)
     news, outcome = w.observe([svc()], {}, 10.0)
     assert news == []
-    assert outcome is not None and not outcome.ok and not outcome.rolled_back_by_swarm
+    assert outcome is not None
+    assert not outcome.ok
+    assert not outcome.rolled_back_by_swarm
     assert outcome.failures == [
         "not converged after 10s",
         "app: 0/1 running",
@@ -574,7 +580,8 @@ def test_watch_failure_keeps_earlier_problems_when_the_last_look_has_none() -> N
     crash = by_service(task(state="failed", desired="shutdown", error="exit 1"))
     w.observe([svc()], crash, 1.0)
     outcome = w.observe([svc(state="paused", message="update paused")], {}, 2.0)[1]
-    assert outcome is not None and not outcome.ok
+    assert outcome is not None
+    assert not outcome.ok
     assert outcome.failures == ["app: update paused: update paused"]
     # Only the lines of the failing look count while it has some; all seen otherwise.
     w2 = watch(max_failures=1)
@@ -589,7 +596,9 @@ def test_watch_swarm_rollback_after_the_start_is_swarms() -> None:
     done = svc(state="rollback_completed", message="rollback completed", started=DEPLOYED)
     news, outcome = w.observe([done], by_service(task()), 2.0)
     assert news == ["app: rolled back by swarm: rollback completed"]
-    assert outcome is not None and outcome.rolled_back_by_swarm and not outcome.ok
+    assert outcome is not None
+    assert outcome.rolled_back_by_swarm
+    assert not outcome.ok
 
 
 def test_watch_a_rollback_seen_first_is_expected() -> None:
@@ -598,12 +607,14 @@ def test_watch_a_rollback_seen_first_is_expected() -> None:
     w = watch(monitor=0)
     news, outcome = w.observe([done], by_service(task()), 1.0)
     assert news == []
-    assert outcome is not None and outcome.ok
+    assert outcome is not None
+    assert outcome.ok
     assert w.after_rollback == {"st_app"}
 
 
 def test_watch_an_empty_stack_is_a_failure() -> None:
     news, outcome = watch().observe([], {}, 1.0)
     assert news == []
-    assert outcome is not None and not outcome.ok
+    assert outcome is not None
+    assert not outcome.ok
     assert outcome.failures == ["stack st has no services"]

@@ -118,7 +118,8 @@ async def test_help_lists_only_what_the_role_may_run(make_bot: BotFactory, probe
     (operator_help,) = await ask(bot, "!help", OPERATOR)
     assert "`!poke <app>`: Poke an app." in operator_help
     assert "`!cancel <id>`" in operator_help
-    assert "!wipe" not in operator_help and "!nuke" not in operator_help
+    assert "!wipe" not in operator_help
+    assert "!nuke" not in operator_help
 
 
 async def test_help_marks_commands_that_need_a_vote(make_bot: BotFactory, probe: Probe) -> None:
@@ -228,7 +229,9 @@ async def test_role_is_checked_again_when_the_job_starts(
         f"❌ 🔒 `!work` needs the operator role; {OPERATOR} is viewer. Nothing was done."
     )
     job = bot.store.job(2)
-    assert job is not None and job.sender == OPERATOR and job.state == "failed"
+    assert job is not None
+    assert job.sender == OPERATOR
+    assert job.state == "failed"
 
 
 async def test_config_lists_override_power_levels(make_bot: BotFactory, probe: Probe) -> None:
@@ -340,7 +343,8 @@ async def test_command_needing_a_vote_becomes_a_proposal(
 ) -> None:
     bot = make_bot(probe.group)
     (proposal,) = await ask(bot, "!nuke", ADMIN)
-    assert "Proposal" in proposal and "Needs **2** approvals" in proposal
+    assert "Proposal" in proposal
+    assert "Needs **2** approvals" in proposal
     assert probe.calls == []
     assert bot.store.jobs() == []
 
@@ -387,7 +391,8 @@ async def test_user_error_is_shown_verbatim(make_bot: BotFactory, probe: Probe) 
     assert await ask(bot, "!refuse", VIEWER) == [REFUSAL]
     assert await ask(bot, "!refusejob", VIEWER) == [f"❌ {REFUSAL}"]
     job = bot.store.job(1)
-    assert job is not None and (job.state, job.result) == ("failed", REFUSAL)
+    assert job is not None
+    assert (job.state, job.result) == ("failed", REFUSAL)
 
 
 # -- audit -------------------------------------------------------------------------------

@@ -305,7 +305,8 @@ async def test_two_approvals_run_the_job_once_in_the_proposals_thread(
     assert f"✅ **Approved** by {ADMIN}, {OP1}: running as job #1, reported in this thread." in (
         shown
     )
-    assert "Still needed" not in shown and "Voters:" not in shown
+    assert "Still needed" not in shown
+    assert "Voters:" not in shown
     assert room.row(proposal).state == "done"
     assert room.audit("approved") == [
         f"{proposal.id}: !nuke {APP}; approved by {ADMIN}, {OP1}; job #1"
@@ -826,7 +827,8 @@ async def test_recount_survives_a_failing_server(
 async def test_two_proposals_at_once_are_independent(room: Room, risky: Risky) -> None:
     first = await room.propose("one.test")
     second = await room.propose("two.test")
-    assert first.id != second.id and first.message_id != second.message_id
+    assert first.id != second.id
+    assert first.message_id != second.message_id
     await room.react(first.message_id, OP1)
     await room.react(second.message_id, OP2)
     assert risky.calls == []  # one approval each, not two for either

@@ -181,7 +181,8 @@ async def test_giving_up_on_the_lock(make_bot: BotFactory, work: Work) -> None:
     await drain(bot)
     assert ("start", "b") not in work.calls
     job = bot.store.job(2)
-    assert job is not None and job.state == "failed"
+    assert job is not None
+    assert job.state == "failed"
 
 
 # -- cancel --------------------------------------------------------------------------
@@ -210,8 +211,10 @@ async def test_cancel_a_running_and_a_waiting_job(make_bot: BotFactory, work: Wo
     assert work.calls == [("start", "a")]
 
     one, two = bot.store.job(1), bot.store.job(2)
-    assert one is not None and (one.state, one.result) == ("cancelled", f"cancelled by {OPERATOR}")
-    assert two is not None and (two.state, two.result) == ("cancelled", f"cancelled by {ADMIN}")
+    assert one is not None
+    assert (one.state, one.result) == ("cancelled", f"cancelled by {OPERATOR}")
+    assert two is not None
+    assert (two.state, two.result) == ("cancelled", f"cancelled by {ADMIN}")
     actions = [(row.actor, row.action) for row in reversed(bot.store.audit_log("cloud.test"))]
     assert actions == [
         (ADMIN, "cancel"),
@@ -245,7 +248,9 @@ async def test_cancel_needs_the_role_of_the_job(make_bot: BotFactory, work: Work
     assert replies(bot, by_operator.event_id) == ["Job #1 needs the admin role to cancel."]
     assert replies(bot, by_viewer.event_id)[0].startswith("🔒 `!cancel` needs the operator role")
     job = bot.services.jobs.get(1)
-    assert job is not None and job.task is not None and not job.task.done()
+    assert job is not None
+    assert job.task is not None
+    assert not job.task.done()
     work.gates["g"].set()
     await drain(bot)
 
@@ -258,7 +263,8 @@ async def test_shutdown_cancels_jobs_without_a_report(make_bot: BotFactory, work
     await bot.dispatcher.shutdown()
     assert replies(bot, msg.event_id) == []
     job = bot.store.job(1)
-    assert job is not None and (job.state, job.result) == ("cancelled", "cancelled by shutdown")
+    assert job is not None
+    assert (job.state, job.result) == ("cancelled", "cancelled by shutdown")
     assert bot.metrics.registry.get_sample_value("coopbot_jobs_active") == 0
 
 
@@ -273,8 +279,10 @@ async def test_timeout_from_the_command_spec(make_bot: BotFactory, work: Work) -
     (reply,) = replies(bot, msg.event_id)
     assert re.fullmatch(r"⌛ Job #1 timed out after \d+s\.", reply)
     job = bot.store.job(1)
-    assert job is not None and job.state == "timeout"
-    assert job.result is not None and job.result.startswith("timed out after")
+    assert job is not None
+    assert job.state == "timeout"
+    assert job.result is not None
+    assert job.result.startswith("timed out after")
 
 
 async def test_timeout_from_the_config(make_bot: BotFactory, work: Work) -> None:
@@ -300,7 +308,8 @@ async def test_a_timeout_inside_the_handler_is_not_the_job_timing_out(
     assert "timed out after 1800s" not in reply
     assert "incident" in reply
     job = bot.store.job(1)
-    assert job is not None and job.state == "failed"
+    assert job is not None
+    assert job.state == "failed"
 
 
 # -- !jobs ----------------------------------------------------------------------------
@@ -345,7 +354,8 @@ async def test_jobs_when_idle_and_keep_finished(make_bot: BotFactory, work: Work
     ask = message("!jobs", VIEWER)
     await bot.dispatcher.handle(ask)
     (listing,) = replies(bot, ask.event_id)
-    assert "- #3 done" in listing and "- #2 done" in listing
+    assert "- #3 done" in listing
+    assert "- #2 done" in listing
     assert "#1" not in listing
 
 

@@ -52,9 +52,11 @@ async def test_result_and_explicit_env(monkeypatch: pytest.MonkeyPatch) -> None:
         env={**ENV, "GREETING": "hi"},
     )
     assert res.returncode == 3
-    assert res.stdout == "out hi none\n" and res.stderr == "err\n"
+    assert res.stdout == "out hi none\n"
+    assert res.stderr == "err\n"
     assert 0 < res.duration < 5
-    assert not res.stdout_truncated and not res.stderr_truncated
+    assert not res.stdout_truncated
+    assert not res.stderr_truncated
 
 
 async def test_stdin_and_cwd(tmp_path: os.PathLike[str]) -> None:
@@ -75,7 +77,7 @@ async def test_killed_by_a_signal_is_a_negative_code() -> None:
 async def test_a_missing_program_raises_oserror() -> None:
     with pytest.raises(FileNotFoundError):
         await run_process(["/nonexistent/coopbot-tool"], env=ENV)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a program"):
         await run_process([], env=ENV)
 
 
@@ -97,17 +99,21 @@ async def test_lines_are_streamed_while_the_child_runs() -> None:
     assert seen[0][1] - t0 < 0.4 < seen[1][1] - t0  # "first" came before the sleep
     assert errors == ["warn"]
     # the capture still holds the raw output
-    assert res.stdout == "first\nsecond\r\nno newline" and res.stderr == "warn\n"
+    assert res.stdout == "first\nsecond\r\nno newline"
+    assert res.stderr == "warn\n"
 
 
 async def test_output_is_capped_to_its_last_bytes() -> None:
     script = "head -c 3000000 /dev/zero | tr '\\0' x; echo END; head -c 500000 /dev/zero >&2"
     res = await run_process(sh(script), env=ENV, stdout_limit=100_000, stderr_limit=1000)
-    assert len(res.stdout) == 100_000 and res.stdout.endswith("xxxxEND\n")
-    assert res.stdout_truncated and res.stderr_truncated
+    assert len(res.stdout) == 100_000
+    assert res.stdout.endswith("xxxxEND\n")
+    assert res.stdout_truncated
+    assert res.stderr_truncated
     assert len(res.stderr) == 1000
     res = await run_process(sh("echo hidden"), env=ENV, stdout_limit=0)
-    assert res.stdout == "" and res.stdout_truncated
+    assert res.stdout == ""
+    assert res.stdout_truncated
 
 
 def test_tail_holds_at_most_limit_plus_one_chunk() -> None:
@@ -115,7 +121,8 @@ def test_tail_holds_at_most_limit_plus_one_chunk() -> None:
     for _ in range(100):
         tail.add(b"abcdefg")
         assert tail._size <= 10 + 7
-    assert tail.text() == "efgabcdefg" and tail.truncated
+    assert tail.text() == "efgabcdefg"
+    assert tail.truncated
 
 
 async def test_a_long_line_reaches_a_callback_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,7 +130,8 @@ async def test_a_long_line_reaches_a_callback_in_pieces(monkeypatch: pytest.Monk
     lines: list[str] = []
     await run_process(sh("head -c 2500 /dev/zero | tr '\\0' y; echo; echo z"), env=ENV,
                       on_stdout=lines.append)  # fmt: skip
-    assert [len(x) for x in lines] == [1000, 1000, 500, 1] and lines[-1] == "z"
+    assert [len(x) for x in lines] == [1000, 1000, 500, 1]
+    assert lines[-1] == "z"
 
 
 async def test_read_lines_without_a_limit() -> None:
@@ -139,7 +147,8 @@ async def test_timeout_kills_the_whole_group() -> None:
         # sh waits for a background sleep: both are in the child's process group
         await run_process(sh("sleep 300 & echo $$ $!; wait"), env=ENV, timeout=0.5)
     assert 0.4 < time.monotonic() - t0 < 5
-    assert isinstance(info.value, TimeoutError) and "took more than 0.5s" in str(info.value)
+    assert isinstance(info.value, TimeoutError)
+    assert "took more than 0.5s" in str(info.value)
     res = info.value.result
     assert res.returncode == -signal.SIGKILL
     shell, sleeper = map(int, res.stdout.split())
@@ -191,7 +200,8 @@ async def test_cancelling_kills_and_reaps_the_child() -> None:
     )
     await asyncio.wait_for(started.wait(), 5)
     shell, sleeper = pids
-    assert alive(shell) and alive(sleeper)
+    assert alive(shell)
+    assert alive(sleeper)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -73,7 +73,8 @@ def test_version_order_is_the_numeric_key_order(
     a: tuple[int, int, int], b: tuple[int, int, int], up_a: str, up_b: str
 ) -> None:
     va, vb = _v(_tag(a, up_a)), _v(_tag(b, up_b))
-    assert va.key == a and vb.key == b
+    assert va.key == a
+    assert vb.key == b
     assert (va < vb) == (a < b)
     assert (va == vb) == (a == b)
     assert sum([va < vb, va == vb, va > vb]) == 1  # total
@@ -112,7 +113,8 @@ def test_versions_are_numeric_and_ignore_other_tags(repo: RecipeRepo) -> None:
         "10.0.0+2.0",
     ]
     newest = repo.newest()
-    assert newest is not None and newest.text == "10.0.0+2.0"
+    assert newest is not None
+    assert newest.text == "10.0.0+2.0"
     assert repo.version("9.1.0+1.2").upstream == "1.2"
 
 
@@ -128,7 +130,8 @@ def test_unknown_version_lists_the_newest(repo: RecipeRepo) -> None:
 def test_empty_repo(tmp_path: Path) -> None:
     empty = make_recipe(tmp_path, "empty", [])
     repo = RecipeRepo(empty)
-    assert repo.versions() == [] and repo.newest() is None
+    assert repo.versions() == []
+    assert repo.newest() is None
     with pytest.raises(RecipeError, match="known: none"):
         repo.version("1.0.0")
     with pytest.raises(RecipeError, match="no commits"):
@@ -197,7 +200,8 @@ def test_fetch_gets_new_tags_and_reports_a_lost_remote(recipe: Path, tmp_path: P
     git(recipe, "tag", "10.1.0+2.1")
     local.fetch()
     newest = local.newest()
-    assert newest is not None and newest.text == "10.1.0+2.1"
+    assert newest is not None
+    assert newest.text == "10.1.0+2.1"
     assert local.release_notes("10.0.0+2.0", "10.1.0+2.1") == [("10.1.0+2.1", "New.\n")]
 
     shutil.rmtree(recipe)
@@ -225,7 +229,8 @@ def test_worktree_checks_out_the_tag_and_goes_away(repo: RecipeRepo, recipe: Pat
         assert len(_worktrees(recipe)) == 2
         (checkout / "scratch").write_text("left behind by a job\n")
         (checkout / "compose.yml").write_text("edited by a job\n")
-    assert not checkout.exists() and not checkout.parent.exists()
+    assert not checkout.exists()
+    assert not checkout.parent.exists()
     assert len(_worktrees(recipe)) == 1
     assert (recipe / "compose.yml").read_text() == "image: app:nightly\n"
     assert not repo.is_dirty()

@@ -81,7 +81,8 @@ def test_status_lines() -> None:
     assert (running.files_done, running.total_files) == (21, 40)
     assert (running.seconds_elapsed, running.seconds_remaining) == (1.0, None)
     eta = parse_backup_line(STATUS_WITH_ETA)
-    assert isinstance(eta, Progress) and eta.seconds_remaining == 1.0
+    assert isinstance(eta, Progress)
+    assert eta.seconds_remaining == 1.0
     assert parse_backup_line(STATUS_ERRORS) == Progress(0.0, 0, 0, 0, 0, 0.0, None)
 
 
@@ -177,7 +178,7 @@ def test_parse_time() -> None:
         2024, 3, 1, 9, 0, 0, 500000, tzinfo=UTC
     )
     assert parse_time("2024-03-01T10:00:00Z").tzinfo is UTC
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an RFC 3339 time"):
         parse_time("yesterday")
 
 
@@ -367,8 +368,10 @@ def test_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["RESTIC_REPOSITORY"] == "s3:https://s3.example.org/bucket"
     assert env["RESTIC_PASSWORD_FILE"] == "/run/secrets/restic"
     assert env["RESTIC_CACHE_DIR"] == "/var/cache/restic"
-    assert env["AWS_SECRET_ACCESS_KEY"] == "verysecret" and env["HOME"] == "/home/bot"
-    assert "PATH" in env and "AWS_SHARED_CREDENTIALS_FILE" not in env
+    assert env["AWS_SECRET_ACCESS_KEY"] == "verysecret"
+    assert env["HOME"] == "/home/bot"
+    assert "PATH" in env
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in env
     assert r._mask("key verysecret AKIA1234") == "key *** ***"
     with pytest.raises(ValueError, match="RESTIC_PASSWORD"):
         Restic("/r", Path("/p"), extra_env={"RESTIC_PASSWORD": "x"})

@@ -119,7 +119,8 @@ async def test_a_new_task_is_only_noted(store: Store) -> None:
     scheduler, rec = make(store, [NIGHTLY])
     now = at(2024, 1, 1, 3, 30)  # exactly a fire time: still only noted
     assert await scheduler.tick(now) == []
-    assert rec.runs == [] and rec.said == []
+    assert rec.runs == []
+    assert rec.said == []
     assert scheduler.schedule.last_run(NIGHTLY) == now
     assert store.get("schedule.backup.last") == "2024-01-01T03:30:00+00:00"
     assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 2, 3, 30)
@@ -155,7 +156,8 @@ async def test_missed_runs_coalesce_into_one_announced_run(store: Store) -> None
     assert await scheduler.tick(now + timedelta(seconds=1)) == []
     assert scheduler.schedule.next_run(NIGHTLY) == at(2024, 1, 6, 3, 30)
     assert scheduler.schedule.next_run(HOURLY) == at(2024, 1, 5, 10, 17)
-    assert len(rec.runs) == 2 and len(rec.said) == 2
+    assert len(rec.runs) == 2
+    assert len(rec.said) == 2
 
 
 @pytest.mark.parametrize(

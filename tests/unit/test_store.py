@@ -90,16 +90,21 @@ def test_job_lifecycle(store: Store) -> None:
     row = store.job(job_id)
     assert row is not None
     assert (row.command, row.text, row.app, row.state) == ("deploy", "!deploy a", "a", "waiting")
-    assert row.started_at is None and row.finished_at is None
+    assert row.started_at is None
+    assert row.finished_at is None
 
     store.set_job_state(job_id, JobState.RUNNING)
     row = store.job(job_id)
-    assert row is not None and row.state == "running" and row.started_at is not None
+    assert row is not None
+    assert row.state == "running"
+    assert row.started_at is not None
 
     store.set_job_state(job_id, JobState.DONE, "ok")
     row = store.job(job_id)
-    assert row is not None and (row.state, row.result) == ("done", "ok")
-    assert row.started_at is not None and row.finished_at is not None
+    assert row is not None
+    assert (row.state, row.result) == ("done", "ok")
+    assert row.started_at is not None
+    assert row.finished_at is not None
     assert row.finished_at >= row.started_at
     assert store.job(job_id + 1) is None
 
@@ -130,10 +135,12 @@ def test_interrupt_unfinished_jobs(store: Store) -> None:
     assert sorted(job.id for job in interrupted) == [waiting, running]
     for job_id in (waiting, running):
         row = store.job(job_id)
-        assert row is not None and row.state == "interrupted"
+        assert row is not None
+        assert row.state == "interrupted"
         assert row.result == "the bot stopped while this job was open"
     row = store.job(done)
-    assert row is not None and row.state == "done"
+    assert row is not None
+    assert row.state == "done"
     assert store.interrupt_unfinished_jobs() == []
 
 
