@@ -8,6 +8,7 @@ and the packages from scripts/install-system-deps.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -69,6 +70,9 @@ class Dockerd:
         self.timings: dict[str, float] = {}
 
     def start(self, timeout: float = 60) -> None:
+        # One swarm-mode test dockerd per machine at a time (see the port check below):
+        # a second test session waits its turn here instead of failing.
+        self._turn = _wait_for_turn()
         # Swarm's gossip (service discovery) port 7946 can't be changed in 20.10: a second
         # swarm dockerd here (a system one, another test session) binds it first, and our
         # swarm would come up with service-name DNS broken. Fail clearly instead.
@@ -248,6 +252,9 @@ class Dockerd:
         if Path(f"/sys/class/net/{self.bridge}").exists():
             subprocess.run(["ip", "link", "delete", self.bridge], check=False)
         shutil.rmtree(self.short, ignore_errors=True)
+        turn, self._turn = getattr(self, "_turn", None), None
+        if turn is not None:
+            turn.close()  # closing the file releases the lock
 
     def _kill_leftovers(self) -> None:
         """After a graceful stop nothing is left; after SIGKILL, containerd, the shims
@@ -302,3 +309,23 @@ class Dockerd:
 def _rmdir(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+TURN_LOCK = Path(tempfile.gettempdir()) / "coopbot-test-swarm.lock"
+TURN_WAIT = 1800.0
+
+
+def _wait_for_turn() -> io.TextIOWrapper:
+    """Hold the machine-wide test-swarm lock (an flock, freed by the kernel if this
+    process dies), waiting up to TURN_WAIT seconds for another test session."""
+    handle = TURN_LOCK.open("a")
+    deadline = time.monotonic() + TURN_WAIT
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise RuntimeError(f"another test swarm held {TURN_LOCK} too long") from None
+            time.sleep(1)
