@@ -28,6 +28,7 @@ import yaml
 
 from bot.ops import abra, dotenv
 from bot.ops.compose import load_compose
+from bot.ops.compose.yamlgo import load_yaml
 
 DOCKER_28 = "/usr/local/bin/docker"
 _NO_DAEMON = "unix:///nonexistent/coopbot-no-daemon.sock"
@@ -122,7 +123,9 @@ def docker_stack_config(
     )
     if done.returncode:
         return Rendering(None, done.stderr.strip() or done.stdout.strip())
-    return Rendering(yaml.safe_load(done.stdout))
+    # The CLI's output is written by Go's yaml.v3, so it is read with yaml.v3's rules:
+    # PyYAML's YAML 1.1 would take e.g. an unquoted 2001-12-14T21:59:43 for a date.
+    return Rendering(load_yaml(done.stdout))
 
 
 def bot_render(recipe: Path, files: list[str], env: Mapping[str, str]) -> Rendering:

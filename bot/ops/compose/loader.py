@@ -54,16 +54,19 @@ def load_compose(
 ) -> dict[str, Any]:
     """Load, interpolate and merge compose files the way `docker stack deploy` does.
 
-    Each file is parsed, interpolated from `env` (the CLI's rules: `$$`, `${X:-d}`,
-    `${X-d}`, `${X:?msg}`, `${X?msg}`, the CLI's type casts), checked, normalised, then
-    merged onto the previous ones (services key by key; lists appended, except
-    volumes by target, secrets/configs by source and ports by published port; command and
-    entrypoint replaced; top-level networks/volumes/secrets/configs replaced entry by
-    entry). Normalised: environment/labels/deploy.labels become mappings (env_file
-    read in, bare names looked up in `env`), command/entrypoint lists, volumes/ports/
-    secrets/configs long syntax, service networks a mapping, relative host paths
-    absolute against the first file's directory (as the CLI does). Top-level x-*
-    keys are dropped.
+    Each file is parsed (YAML as the CLI's yaml.v3 reads it: `yes` is a string, `1e3`
+    a number), interpolated from `env` (the CLI's rules: `$$`, `${X:-d}`, `${X-d}`,
+    `${X:?msg}`, `${X?msg}`, type casts of interpolated strings), checked, normalised,
+    then merged onto the previous ones in order (see merge.py: services key by key;
+    lists appended, except volumes by target, secrets/configs by source and ports by
+    published port; command/entrypoint replaced if the overlay's is non-empty; network
+    aliases replaced; top-level networks/volumes/secrets/configs replaced entry by
+    entry). Normalised as `docker stack config` prints it (see normalise.py):
+    environment/labels/deploy.labels mappings (env_file read in as the CLI's kvfile,
+    empty and bare values taken from `env`), command/entrypoint/healthcheck.test lists,
+    volumes/ports/secrets/configs long syntax, service networks a mapping, relative
+    host paths absolute against the first file's directory. Top-level x-* keys are
+    dropped. tests/integration/test_compose_golden.py holds all this to docker 28.
 
     Stricter than the CLI: an unset variable without a default is an error (the CLI
     silently uses ""), unless `allow_missing`; services must have an image and
@@ -71,10 +74,10 @@ def load_compose(
     deploy` refuses later; `check_refs=False` skips this); a file without a version
     is refused (Debian's 20.10 CLI refuses it; 24+ read it as the newest 3.x). env_file,
     secrets/configs `file:` and the compose files themselves must resolve (symlinks
-    followed) inside `root` (default: the working dir, i.e. the recipe folder): the CLI
-    reads them on the bot's machine. Not done: the full
-    JSON-schema validation (only the structure that matters here is checked),
-    `extends`, compose v2 files. Raises ComposeError listing every problem found.
+    followed) inside `root` (default: the working dir, i.e. the recipe folder), since
+    the CLI reads them on the bot's machine and a recipe must not read the bot's files.
+    Not done: the full JSON-schema validation (only the structure that matters here is
+    checked), `extends`, compose v2 files. Raises ComposeError listing every problem.
     """
     if not files:
         raise ComposeError("no compose files given")

@@ -38,11 +38,12 @@ _WORDS = {
 }
 _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _DIGITS = {16: "0123456789abcdefABCDEF", 8: "01234567", 2: "01", 10: "0123456789"}
-# yaml.v3's allowedTimestampFormats, as regular expressions.
+# yaml.v3's allowedTimestampFormats: a date, a date with a time and a zone after a T,
+# or a date with a time and no zone after a space.
 _TIMESTAMP = re.compile(
-    r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})"
-    r"(?:(?P<sep>[Tt ])(?P<H>\d{1,2}):(?P<M>\d{1,2}):(?P<S>\d{1,2})(?:\.(?P<f>\d{1,9}))?"
-    r"(?P<z>Z|[-+]\d{2}:\d{2})?)?"
+    r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:"
+    r"[Tt](?P<H>\d{1,2}):(?P<M>\d{1,2}):(?P<S>\d{1,2})(?:\.(?P<f>\d+))?(?P<z>Z|[-+]\d{2}:\d{2})"
+    r"| (?P<H2>\d{1,2}):(?P<M2>\d{1,2}):(?P<S2>\d{1,2})(?:\.(?P<f2>\d+))?)?"
 )
 _INT64 = 2**63
 
@@ -78,10 +79,16 @@ def _resolve_plain(text: str) -> tuple[str, Any]:
 
 def _go_time(m: re.Match[str]) -> str:
     """time.Time.String() of what yaml.v3 parses: "2006-01-02 15:04:05.999999999 -0700 MST"."""
+    hour, minute, second = (
+        (m["H"] or m["H2"] or 0),
+        (m["M"] or m["M2"] or 0),
+        (m["S"] or m["S2"] or 0),
+    )
+    fraction = (m["f"] or m["f2"] or "")[:9].rstrip("0")
     stamp = f"{int(m['y']):04d}-{int(m['m']):02d}-{int(m['d']):02d}"
-    stamp += f" {int(m['H'] or 0):02d}:{int(m['M'] or 0):02d}:{int(m['S'] or 0):02d}"
-    if m["f"] and m["f"].rstrip("0"):
-        stamp += "." + m["f"].rstrip("0")
+    stamp += f" {int(hour):02d}:{int(minute):02d}:{int(second):02d}"
+    if fraction:
+        stamp += "." + fraction
     zone = m["z"]
     if zone is None or zone == "Z":
         return stamp + " +0000 UTC"
