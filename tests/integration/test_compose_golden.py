@@ -15,9 +15,10 @@ services without an image when it converts the stack (the CLI's `stack config`
 only prints). A synthetic recipe (EDGE) covers the syntax the corpus does not use.
 
 `docker stack config` needs no daemon; DOCKER_HOST points at a socket that does not
-exist so the machine's own daemon is never asked. Without a docker 24+ CLI at
-/usr/local/bin/docker the tests are skipped (scripts/install-system-deps installs
-only Debian's 20.10, which has no `stack config`).
+exist so the machine's own daemon is never asked. The oracle is the docker 24+ CLI
+at /usr/local/bin/docker that these machines ship beside Debian's 20.10 (which has
+no `stack config`); without it the tests fail, saying so: a golden test that
+quietly skips proves nothing.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ from bot.ops.compose import load_compose
 from tests.harness import compose_oracle as oracle
 from tests.harness.corpus import RECIPES, bundle_path, clone_recipe
 
-pytestmark = pytest.mark.skipif(
-    not oracle.cli_has_stack_config(), reason="needs docker 24+ at /usr/local/bin/docker"
-)
+
+@pytest.fixture(autouse=True)
+def _oracle_present() -> None:
+    assert oracle.cli_has_stack_config(), (
+        "the golden test needs a docker 24+ CLI (with `docker stack config`) at "
+        "/usr/local/bin/docker"
+    )
+
 
 STRICTER = ("refers to undefined", "no image (stack deploy needs one)")
 
@@ -84,14 +90,10 @@ def _compare(recipe: Path, label: str, env_text: str, home: Path) -> list[str]:
 
 @pytest.mark.parametrize(("name", "ref"), CASES)
 def test_recipe_renders_as_docker_stack_config(tmp_path: Path, name: str, ref: str) -> None:
-    try:
-        recipe = clone_recipe(name, tmp_path)
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    recipe = clone_recipe(name, tmp_path)
     if ref != "HEAD":
         subprocess.run(["git", "-C", str(recipe), "checkout", "-q", ref], check=True)
-    if not (recipe / ".env.sample").is_file():
-        pytest.skip(f"{name} {ref} has no .env.sample")
+    assert (recipe / ".env.sample").is_file(), f"{name} {ref} has no .env.sample"
     home = tmp_path / "home"
     home.mkdir()
     combos = oracle.combinations(recipe)
