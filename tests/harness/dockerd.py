@@ -1,4 +1,4 @@
-"""A private dockerd (Debian's docker.io 20.10) in single-node swarm mode, for tests.
+"""A private dockerd (whichever the machine has) in single-node swarm mode, for tests.
 
 It shares nothing with a system dockerd: own data/exec roots, socket, pidfile, config
 file, containerd namespaces, cgroup parent, gateway bridge and swarm ports. Needs root
@@ -24,9 +24,28 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-DOCKER = "/usr/bin/docker"  # Debian's 20.10 client; /usr/local/bin/docker may be a newer one
-DOCKERD = "/usr/sbin/dockerd"
-BUSYBOX = "/bin/busybox"  # from busybox-static: the image has no libc
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _first(candidates: Sequence[str | None], default: str) -> str:
+    return next((c for c in candidates if c and os.path.exists(c)), default)
+
+
+# Whatever Docker the machine has: Debian's docker.io, or docker-ce/moby from
+# get.docker.com (scripts/install-system-deps never replaces one with the other).
+# The client at /usr/bin/docker comes with that dockerd, so it matches the engine;
+# /usr/local/bin/docker may be a newer, separately installed one.
+DOCKERD = _first(
+    [os.environ.get("COOPBOT_TEST_DOCKERD"), shutil.which("dockerd"), "/usr/bin/dockerd"],
+    "/usr/sbin/dockerd",
+)
+DOCKER = _first(["/usr/bin/docker", shutil.which("docker")], "/usr/bin/docker")
+# A static busybox (the image has no libc): busybox-static's, or its binary unpacked into
+# .cache where the host keeps the dynamic busybox (see scripts/install-system-deps).
+BUSYBOX = _first(
+    [str(Path(os.environ.get("COOPBOT_CACHE", _REPO / ".cache")) / "busybox-static/bin/busybox")],
+    "/bin/busybox",
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
