@@ -40,3 +40,25 @@ def human_age(seconds: float) -> str:
         return f"{h}h {m}m" if m else f"{h}h"
     d, h = divmod(s // 3600, 24)
     return f"{d}d {h}h" if h else f"{d}d"
+
+
+def human_bytes(n: float) -> str:
+    """512 B, 1.5 KiB, 3.2 GiB (binary units, as restic and du -h show them)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- times for people
+# Every UTC time the bot shows a person has this one shape, whatever the source
+# (a datetime from docker or restic, or a store timestamp).
+
+def utc_time(moment: datetime | float, *, seconds: bool = False, date: bool = True) -> str:
+    """"2026-03-01 14:05 UTC" for an aware datetime or a Unix timestamp; `seconds`
+    adds them (the audit log), `date=False` leaves the day out (a deadline today)."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    shape = ("%Y-%m-%d " if date else "") + ("%H:%M:%S" if seconds else "%H:%M")
+    return moment.astimezone(UTC).strftime(shape) + " UTC"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 
 from bot.core.approvals import Plan
@@ -11,8 +10,9 @@ from bot.core.context import Arg, CommandContext, Option, positive_int
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
-from bot.ops.abra import AppEnv, check_domain, check_version, generate_secret
-from bot.ops.swarm import ServiceInfo, SwarmError
+from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, deployed_from
+from bot.fmt import utc_time
+from bot.labels import MOVING_STATES, STUCK_STATES
 
 group = CommandGroup("apps")
 
@@ -31,11 +31,12 @@ def mask_secrets(text: str) -> str:
     return _SECRET_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)}****", text)
 
 
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-@group.command("apps", help="List every app of every server, its version and state.", quick=True)
+@group.command(
+    "apps",
+    help="List every app of every server, its version and state.",
+    quick=True,
+    example="apps",
+)
 async def apps_command(ctx: CommandContext) -> None:
     apps = ctx.services.apps
     envs, problems = await apps.inventory()
@@ -67,8 +68,6 @@ async def apps_command(ctx: CommandContext) -> None:
                     f"unreachable | {newest_text} |"
                 )
                 continue
-            from bot.features.apps import deployed_from
-
             deployed = deployed_from(env.stack_name, stacks.get(env.stack_name, []))
             lines.append(
                 f"| {env.domain} | {server} | {env.recipe} | "
@@ -88,9 +87,9 @@ def _state(services: list[ServiceInfo]) -> str:
         return "—"
     parts = []
     for service in services:
-        if service.update_state in ("updating", "rollback_started"):
+        if (service.update_state or "") in MOVING_STATES:
             return "updating"
-        if service.update_state in ("paused", "rollback_paused"):
+        if (service.update_state or "") in STUCK_STATES:
             return "failed (update paused)"
         desired = service.replicas_desired
         parts.append((service.replicas_running, desired if desired is not None else 1))
@@ -104,6 +103,7 @@ def _state(services: list[ServiceInfo]) -> str:
     help="Services, replicas, images, errors and the last deploy of one app.",
     args=(APP,),
     quick=True,
+    example="status cloud.example.coop",
 )
 async def status(ctx: CommandContext) -> None:
     apps = ctx.services.apps
@@ -130,7 +130,7 @@ async def status(ctx: CommandContext) -> None:
     if history:
         last = history[0]
         lines.append(
-            f"Last deploy: {last['version']} by {last['actor']} at {_when(last['at'])}"
+            f"Last deploy: {last['version']} by {last['actor']} at {utc_time(last['at'])}"
             f" ({last['result']})"
         )
     await ctx.reply("\n".join(lines))
@@ -147,6 +147,7 @@ async def status(ctx: CommandContext) -> None:
     ),
     role=Role.OPERATOR,
     quick=True,
+    example="logs cloud.example.coop app --tail 50",
 )
 async def logs(ctx: CommandContext) -> None:
     apps = ctx.services.apps
@@ -196,6 +197,7 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
     vote_policy="deploy_version_change",
     lock_arg="app",
     plan=_deploy_plan,
+    example="deploy cloud.example.coop 2.1.0+1.0",
 )
 async def deploy(ctx: CommandContext) -> None:
     apps = ctx.services.apps
@@ -219,7 +221,7 @@ async def _rollback_target(ctx: CommandContext) -> tuple[AppEnv, str | None, str
     if target is None:
         raise UserError(
             f"No earlier successful deploy of {env.domain} in the history; "
-            f"name a version: `!rollback {env.domain} <version>`."
+            f"name a version: `{ctx.prefix}rollback {env.domain} <version>`."
         )
     return env, deployed.version, target
 
@@ -240,6 +242,7 @@ async def _rollback_plan(ctx: CommandContext) -> Plan:
     vote_policy="rollback",
     lock_arg="app",
     plan=_rollback_plan,
+    example="rollback cloud.example.coop",
 )
 async def rollback(ctx: CommandContext) -> None:
     env, _, target = await _rollback_target(ctx)
@@ -277,6 +280,7 @@ async def _undeploy_plan(ctx: CommandContext) -> Plan:
     vote_policy="undeploy",
     lock_arg="app",
     plan=_undeploy_plan,
+    example="undeploy cloud.example.coop",
 )
 async def undeploy(ctx: CommandContext) -> None:
     apps = ctx.services.apps
@@ -291,40 +295,25 @@ async def undeploy(ctx: CommandContext) -> None:
     args=(APP, Arg("action", "generate the missing ones", required=False, choices=("generate",))),
     role=Role.OPERATOR,
     lock_arg="app",
+    example="secrets cloud.example.coop generate",
 )
 async def secrets_command(ctx: CommandContext) -> None:
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
-    swarm = apps.swarm(env.server)
-    existing = await swarm.secrets()
-    names = {spec: f"{env.stack_name}_{spec.name}_{spec.version}" for spec in env.secrets}
-    missing = [spec for spec, name in names.items() if name not in existing]
     if ctx.args["action"] == "generate":
-        created = []
-        for spec in missing:
-            try:
-                await swarm.create_secret(
-                    names[spec],
-                    generate_secret(spec),
-                    {"coop-cloud.stack": env.stack_name, "coop-cloud.generated-by": "coopbot"},
-                )
-            except SwarmError as exc:
-                raise UserError(f"Creating {names[spec]} failed: {exc}") from None
-            created.append(names[spec])
-        ctx.services.store.audit(
-            ctx.sender, "secrets.generate", ", ".join(created) or "none", app=env.domain
-        )
+        created = await apps.generate_secrets(env, ctx.sender)
         await ctx.reply(
             f"Created {len(created)} secret(s): "
             + (", ".join(f"`{n}`" for n in created) or "none were missing")
             + ". Values are stored in the swarm only."
         )
         return
+    states = await apps.secrets(env)
+    if not states:
+        await ctx.reply(f"{env.domain} declares no secrets.")
+        return
     lines = [f"Secrets of {env.domain}:"]
-    lines += [
-        f"- `{name}`: {'✅ exists' if name in existing else '❌ missing'}"
-        for name in names.values()
-    ]
-    if missing:
-        lines.append(f"`!secrets {env.domain} generate` creates the missing ones.")
-    await ctx.reply("\n".join(lines) if names else f"{env.domain} declares no secrets.")
+    lines += [f"- `{s.name}`: {'✅ exists' if s.exists else '❌ missing'}" for s in states]
+    if any(not s.exists for s in states):
+        lines.append(f"`{ctx.prefix}secrets {env.domain} generate` creates the missing ones.")
+    await ctx.reply("\n".join(lines))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from bot.core.context import Arg, CommandContext, positive_int
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
+from bot.fmt import utc_time
 
 group = CommandGroup("audit")
 
@@ -29,6 +28,7 @@ def _app_or_count(text: str) -> str | int:
     ),
     role=Role.OPERATOR,
     quick=True,
+    example="audit cloud.example.coop 50",
 )
 async def audit(ctx: CommandContext) -> None:
     app, count = ctx.args["app"], ctx.args["n"]
@@ -40,7 +40,7 @@ async def audit(ctx: CommandContext) -> None:
         return
     lines = [f"Audit log{f' for {app}' if app else ''}, newest first:", ""]
     for row in rows:
-        when = dt.datetime.fromtimestamp(row.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        when = utc_time(row.at, seconds=True)
         where = f" [{row.app}]" if row.app else ""
         lines.append(f"- {when} {row.actor} **{row.action}**{where} {row.detail}".rstrip())
     await ctx.reply("\n".join(lines))

@@ -1,4 +1,4 @@
-"""Backups: !backup !backups !snapshots !restore !schedule."""
+"""Backups: !backup (and its subcommands) !backups !snapshots !restore !schedule."""
 
 from __future__ import annotations
 
@@ -11,20 +11,15 @@ from bot.core.context import Arg, CommandContext, Option
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
-from bot.features.backups import Backups, human_bytes, snapshot_tag
-from bot.ops.abra import AppEnv, check_domain
-from bot.ops.restic import human_age
+from bot.features.apps import AppEnv, check_domain
+from bot.features.backups import Backups, snapshot_tag
+from bot.fmt import human_age, human_bytes, utc_time
 
 group = CommandGroup("backups")
 
-ACTIONS = ("all", "check", "drill", "prune")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{4,64}$")
 SNAPSHOTS_SHOWN = 20
 AGE_ALERT_KEY = "backups.stale-alerted"
-
-
-def _target(text: str) -> str:
-    return text if text in ACTIONS else check_domain(text)
 
 
 def _snapshot_id(text: str) -> str:
@@ -65,42 +60,72 @@ class _Prefixed:
         await self._ctx.progress.update(self._prefix + markdown)
 
 
-@group.command(
+backup_family = group.family(
     "backup",
-    help="Back up an app now (or `all` labelled apps); `check` verifies the repository, "
-    "`drill` restores the newest snapshots into a temporary folder and compares them, "
-    "`prune` applies the retention policy.",
-    args=(Arg("target", "an app's domain, or all, check, drill, prune", type=_target),),
+    help="Back up an app now; `all` backs up every labelled app, `check` verifies the "
+    "repository, `drill` restores the newest snapshots into a temporary folder and compares "
+    "them, `prune` applies the retention policy.",
+    args=(Arg("target", "an app's domain, or all, check, drill, prune", type=check_domain),),
     role=Role.OPERATOR,
     lock_arg="target",
     timeout=6 * 3600,  # a first backup of a big volume takes long; progress shows it
+    example="backup cloud.example.coop",
 )
-async def backup(ctx: CommandContext) -> None:
+
+
+@backup_family.default
+async def backup_app(ctx: CommandContext) -> None:
     backups = _backups(ctx)
-    target = ctx.args["target"]
-    job_id = ctx.job.id if ctx.job else None
-    if target == "check":
-        await ctx.progress.update("🔎 `restic check` running…")
-        try:
-            await ctx.progress.finish(await backups.check())
-        except UserError as e:
-            await _fail_loudly(ctx, f"❌ `restic check` failed: {e}")
-        return
-    if target == "drill":
-        ok, report = await backups.drill(ctx.progress)
-        if ok:
-            await ctx.progress.finish(report)
-        else:
-            await _fail_loudly(ctx, report)
-        return
-    if target == "prune":
-        await ctx.progress.finish(await backups.retention(ctx.progress))
-        return
-    if target != "all":
-        env = await ctx.services.apps.find(target)
-        outcome = await backups.backup(env, ctx.progress, ctx.sender, job_id)
-        await ctx.progress.finish(outcome.report)
-        return
+    env = await ctx.services.apps.find(ctx.args["target"])
+    outcome = await backups.backup(env, ctx.progress, ctx.sender)
+    await ctx.progress.finish(outcome.report)
+
+
+@backup_family.sub(
+    "check",
+    help="Verify the repository's structure and read back part of the data.",
+    example="backup check",
+)
+async def backup_check(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
+    await ctx.progress.update("🔎 `restic check` running…")
+    try:
+        await ctx.progress.finish(await backups.check())
+    except UserError as e:
+        await _fail_loudly(ctx, f"❌ `restic check` failed: {e}")
+
+
+@backup_family.sub(
+    "drill",
+    help="Restore each app's newest snapshot into a temporary folder and compare it.",
+    example="backup drill",
+)
+async def backup_drill(ctx: CommandContext) -> None:
+    ok, report = await _backups(ctx).drill(ctx.progress)
+    if ok:
+        await ctx.progress.finish(report)
+    else:
+        await _fail_loudly(ctx, report)
+
+
+@backup_family.sub(
+    "prune",
+    help="Forget old snapshots by the retention policy, then prune.",
+    example="backup prune",
+)
+async def backup_prune(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
+    await ctx.progress.finish(await backups.retention(ctx.progress))
+
+
+@backup_family.sub(
+    "all",
+    help="Back up every deployed app with a backupbot label; after a complete scheduled "
+    "run, apply the retention policy.",
+    example="backup all",
+)
+async def backup_all(ctx: CommandContext) -> None:
+    backups = _backups(ctx)
     envs, problems = await backups.labelled_apps()
     if not envs:
         await ctx.progress.finish(
@@ -112,7 +137,7 @@ async def backup(ctx: CommandContext) -> None:
     for index, env in enumerate(envs, 1):
         sink = _Prefixed(ctx, f"[{index}/{len(envs)}] ")
         try:
-            outcome = await backups.backup(env, sink, ctx.sender, job_id)
+            outcome = await backups.backup(env, sink, ctx.sender)
             lines.append(outcome.report)
         except UserError as e:
             failed.append(env.domain)
@@ -158,6 +183,7 @@ async def _fail_loudly(ctx: CommandContext, report: str) -> None:
     role=Role.VIEWER,
     quick=True,
     timeout=300,  # a remote repository can take a while to list
+    example="backups",
 )
 async def backups_command(ctx: CommandContext) -> None:
     backups = _backups(ctx)
@@ -181,7 +207,7 @@ async def backups_command(ctx: CommandContext) -> None:
         if s.last_failed:
             flags.append("⚠️ last run failed: " + s.last_failed.splitlines()[0][:120])
         size = human_bytes(s.size) if s.size is not None else "?"
-        when = s.newest.time.strftime("%Y-%m-%d %H:%M UTC")
+        when = utc_time(s.newest.time)
         age = human_age(s.age or 0)
         lines.append(
             f"| {s.app} | `{s.newest.short_id}` {when} | {age} | {size} | "
@@ -206,21 +232,23 @@ async def backups_command(ctx: CommandContext) -> None:
     args=(Arg("app", "the app's domain", type=check_domain),),
     role=Role.VIEWER,
     quick=True,
+    example="snapshots cloud.example.coop",
 )
 async def snapshots(ctx: CommandContext) -> None:
     backups = _backups(ctx)
     env = await ctx.services.apps.find(ctx.args["app"])
     found = await backups.snapshots(env)
     if not found:
-        await ctx.reply(f"{env.domain} has no snapshots yet; `!backup {env.domain}` makes one.")
+        await ctx.reply(
+            f"{env.domain} has no snapshots yet; `{ctx.prefix}backup {env.domain}` makes one."
+        )
         return
     lines = [f"Snapshots of {env.domain} ({len(found)}):", "| id | time | version | paths |"]
     lines.append("|---|---|---|---|")
     for snap in reversed(found[-SNAPSHOTS_SHOWN:]):
         version = snapshot_tag(snap, "version=") or ""
         lines.append(
-            f"| `{snap.short_id}` | {snap.time:%Y-%m-%d %H:%M} UTC | {version} | "
-            f"{len(snap.paths)} |"
+            f"| `{snap.short_id}` | {utc_time(snap.time)} | {version} | {len(snap.paths)} |"
         )
     if len(found) > SNAPSHOTS_SHOWN:
         lines.append(f"… and {len(found) - SNAPSHOTS_SHOWN} older ones.")
@@ -233,7 +261,9 @@ async def _restore_env(ctx: CommandContext) -> tuple[Backups, AppEnv]:
 
 async def _restore_plan(ctx: CommandContext) -> Plan:
     backups, env = await _restore_env(ctx)
-    snap, _, text = await backups.restore_plan(env, ctx.args["snapshot"], ctx.args["path"])
+    snap, _, text = await backups.restore_plan(
+        env, ctx.args["snapshot"], ctx.args["path"], ctx.prefix
+    )
     deployed = await ctx.services.apps.deployed(env)
     if not deployed.exists:
         raise UserError(f"{env.domain} is not deployed; deploy it, then restore.")
@@ -254,16 +284,17 @@ async def _restore_plan(ctx: CommandContext) -> Plan:
     vote_policy="restore",
     lock_arg="app",
     plan=_restore_plan,
+    example="restore cloud.example.coop 1a2b3c4d --path data/uploads",
 )
 async def restore(ctx: CommandContext) -> None:
     backups, env = await _restore_env(ctx)
     report = await backups.restore(
-        env, ctx.args["snapshot"], ctx.args["path"], ctx.progress, ctx.sender
+        env, ctx.args["snapshot"], ctx.args["path"], ctx.progress, ctx.sender, ctx.prefix
     )
     await ctx.progress.finish(report)
 
 
-@group.command("schedule", help="When scheduled work runs next.", quick=True)
+@group.command("schedule", help="When scheduled work runs next.", quick=True, example="schedule")
 async def schedule(ctx: CommandContext) -> None:
     scheduler = ctx.services.schedule
     if not scheduler.tasks:

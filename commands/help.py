@@ -16,6 +16,7 @@ group = CommandGroup("help")
     args=(Arg("command", "a command name", required=False),),
     aliases=("h",),
     quick=True,
+    example="help deploy",
 )
 async def help_command(ctx: CommandContext) -> None:
     registry = ctx.services.registry
@@ -28,6 +29,12 @@ async def help_command(ctx: CommandContext) -> None:
         lines = [f"**`{spec.usage(prefix)}`**", "", spec.help.strip(), ""]
         lines += [f"- `<{a.name}>` {a.help}" for a in spec.args if a.help]
         lines += [f"- `--{o.name}` {o.help}" for o in spec.options if o.help]
+        if spec.subcommands:
+            lines += ["", "Subcommands:"]
+            lines += [f"- `{sub.usage(prefix)}`: {sub.summary}" for sub in spec.subcommands]
+        examples = [s.example for s in (spec, *spec.subcommands) if s.example]
+        if examples:
+            lines.append("Example: " + ", ".join(f"`{prefix}{e}`" for e in examples))
         if spec.aliases:
             lines.append("Also: " + ", ".join(f"`{prefix}{a}`" for a in spec.aliases))
         lines.append(f"Needs: {spec.role.label}" + (", and a vote" if spec.vote_policy else ""))
@@ -37,10 +44,11 @@ async def help_command(ctx: CommandContext) -> None:
     for spec in registry.visible_to(ctx.role):
         vote = " 🗳 *needs a vote*" if spec.vote_policy else ""
         lines.append(f"- `{spec.usage(prefix)}`: {spec.summary}{vote}")
+        lines += [f"  - `{sub.usage(prefix)}`: {sub.summary}" for sub in spec.subcommands]
     lines += ["", f"`{prefix}help <command>` explains one."]
     await ctx.reply("\n".join(lines))
 
 
-@group.command("ping", help="Check that the bot hears you.", quick=True)
+@group.command("ping", help="Check that the bot hears you.", quick=True, example="ping")
 async def ping(ctx: CommandContext) -> None:
     await ctx.reply(f"pong (coopbot {__version__})")

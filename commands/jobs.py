@@ -8,21 +8,16 @@ from bot.core.context import Arg, CommandContext, positive_int
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
+from bot.fmt import human_age
 
 group = CommandGroup("jobs")
 
 
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h"
-
-
 @group.command(
-    "jobs", help="List running and waiting work, and the last finished jobs.", quick=True
+    "jobs",
+    help="List running and waiting work, and the last finished jobs.",
+    quick=True,
+    example="jobs",
 )
 async def jobs(ctx: CommandContext) -> None:
     now = time.time()
@@ -32,7 +27,7 @@ async def jobs(ctx: CommandContext) -> None:
         app = f" on {job.app}" if job.app else ""
         lines.append(
             f"- #{job.id} **{job.state}**{app}: `{job.text}` by {job.ctx.sender}, "
-            f"{_age(now - job.created_at)} ago"
+            f"{human_age(now - job.created_at)} ago"
         )
     if not lines:
         lines.append("No job is running or waiting.")
@@ -45,7 +40,7 @@ async def jobs(ctx: CommandContext) -> None:
         lines += ["", "Finished:"]
         lines += [
             f"- #{row.id} {row.state}: `{row.text}` by {row.sender}, "
-            f"{_age(now - (row.finished_at or row.created_at))} ago"
+            f"{human_age(now - (row.finished_at or row.created_at))} ago"
             + (f" ({row.result})" if row.result and row.result != "ok" else "")
             for row in finished
         ]
@@ -58,6 +53,7 @@ async def jobs(ctx: CommandContext) -> None:
     args=(Arg("id", "the job number shown by !jobs", type=positive_int),),
     role=Role.OPERATOR,
     quick=True,
+    example="cancel 12",
 )
 async def cancel(ctx: CommandContext) -> None:
     job_id = ctx.args["id"]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from bot.core.access import SCHEDULER
 from bot.core.approvals import Plan
 from bot.core.context import Arg, CommandContext
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
+from bot.features.apps import check_domain, check_version
 from bot.features.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
-from bot.ops.abra import check_domain, check_version
 
 group = CommandGroup("upgrade")
 
@@ -34,6 +32,7 @@ def _upgrades(ctx: CommandContext) -> Upgrades:
     help="What can be upgraded: deployed → newest release, patch/minor/major, release "
     "notes, image drift, and what could not be checked.",
     timeout=CHECK_TIMEOUT,
+    example="upgrades",
 )
 async def upgrades_command(ctx: CommandContext) -> None:
     upgrades = _upgrades(ctx)
@@ -52,7 +51,7 @@ async def upgrades_command(ctx: CommandContext) -> None:
 
 async def _prepare(ctx: CommandContext) -> UpgradePlan:
     env = await ctx.services.apps.find(ctx.args["app"])
-    return await _upgrades(ctx).prepare(env, ctx.args["version"])
+    return await _upgrades(ctx).prepare(env, ctx.args["version"], ctx.prefix)
 
 
 async def _upgrade_plan(ctx: CommandContext) -> Plan:
@@ -84,18 +83,13 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     vote_policy="upgrade",
     lock_arg="app",
     plan=_upgrade_plan,
+    example="upgrade cloud.example.coop 2.1.0+1.0",
 )
 async def upgrade(ctx: CommandContext) -> None:
     # Planned again: the app may have changed while this job waited for its lock. An
     # approved job runs as a reply to its proposal: it must still be the move voted for.
     plan = await _prepare(ctx)
-    proposal = ctx.services.store.proposal_for_message(ctx.message.event_id or "")
-    if proposal is not None and json.loads(proposal.plan)["fingerprint"] != plan.fingerprint:
-        raise UserError(
-            f"{plan.env.domain} changed while this upgrade waited its turn (it is now "
-            f"{plan.current.text} → {plan.target.text}); nothing was done. Ask again to vote "
-            "on the new plan."
-        )
+    _upgrades(ctx).check_still_voted(plan, ctx.message.event_id)
     report = await _upgrades(ctx).upgrade(
         plan, ctx.progress, ctx.sender, ctx.job.id if ctx.job else None, ctx.prefix
     )

@@ -100,16 +100,46 @@ class CommandSpec:
     timeout: float | None = None  # overrides jobs.timeout
     # Answers at once without a job record (help, ping): nothing to track or cancel.
     quick: bool = False
+    # One invocation that shows how the command is used, without the prefix
+    # ("deploy cloud.example.coop 2.1.0+1.0"); `!help <command>` shows it.
+    example: str = ""
+    # A family (`!backup <app>|all|check`): the first argument picks one of these;
+    # anything else is the command's own form (`args`). A subcommand's name is
+    # "<family> <word>"; it has its own help, arguments and example, and runs with
+    # the family's role, lock, vote and timeout. The family's first argument holds
+    # the word, so `lock_arg` and `!jobs` see it as before.
+    subcommands: tuple[CommandSpec, ...] = ()
 
     @property
     def summary(self) -> str:
         return self.help.strip().splitlines()[0] if self.help.strip() else ""
+
+    @property
+    def word(self) -> str:
+        """The word that names this command, or this subcommand within its family."""
+        return self.name.rsplit(" ", 1)[-1]
+
+    def subcommand(self, word: str) -> CommandSpec | None:
+        for sub in self.subcommands:
+            if sub.word == word:
+                return sub
+        return None
+
+    def chosen(self, args: dict[str, Any]) -> CommandSpec:
+        """The subcommand that parsed `args`, or this spec for its own form."""
+        if not self.subcommands or not self.args:
+            return self
+        return self.subcommand(str(args.get(self.args[0].name))) or self
 
     def usage(self, prefix: str = "!") -> str:
         parts = [prefix + self.name]
         parts += [arg.usage() for arg in self.args]
         parts += [option.usage() for option in self.options]
         return " ".join(parts)
+
+    def usages(self, prefix: str = "!") -> list[str]:
+        """Every form: the command's own, then each subcommand's."""
+        return [self.usage(prefix), *(sub.usage(prefix) for sub in self.subcommands)]
 
     def parse(self, text: str, prefix: str = "!") -> dict[str, Any]:
         """Bind the text after the command name to typed values, or raise UsageError."""
@@ -118,6 +148,14 @@ class CommandSpec:
             tokens = shlex.split(text)
         except ValueError as exc:
             raise UsageError(f"cannot read the arguments: {str(exc).lower()}", usage) from None
+        sub = self.subcommand(tokens[0]) if self.subcommands and tokens else None
+        if sub is not None and self.args:
+            values = sub._bind(tokens[1:], sub.usage(prefix))
+            values[self.args[0].name] = sub.word
+            return values
+        return self._bind(tokens, usage)
+
+    def _bind(self, tokens: list[str], usage: str) -> dict[str, Any]:
         values: dict[str, Any] = {a.name: a.default for a in self.args}
         values.update({o.name: (False if o.flag else o.default) for o in self.options})
         options = {o.name: o for o in self.options}

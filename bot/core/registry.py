@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.core.context import CommandSpec, Handler
+from bot.core.context import CommandContext, CommandSpec, Handler
 from bot.core.roles import Role
+from bot.errors import UsageError
 
 
 @dataclass
@@ -24,6 +25,53 @@ class CommandGroup:
             return handler
 
         return register
+
+    def family(self, name: str, *, help: str, **fields: Any) -> Family:
+        """A command whose first argument picks a subcommand (`!backup check`), declared
+        with `@family.default` (its own form, e.g. `<app>`) and `@family.sub(word)`."""
+        family = Family(self, len(self.specs), name)
+        self.specs.append(CommandSpec(name=name, handler=family.run, help=help, **fields))
+        return family
+
+
+class Family:
+    """Builds one family's spec as its forms are declared. The spec is frozen, so
+    each declaration replaces it in the group's list."""
+
+    def __init__(self, group: CommandGroup, index: int, name: str) -> None:
+        self._group, self._index, self.name = group, index, name
+        self._default: Handler | None = None
+
+    @property
+    def spec(self) -> CommandSpec:
+        return self._group.specs[self._index]
+
+    def default(self, handler: Handler) -> Handler:
+        """The handler of the family's own form (its `args`)."""
+        self._default = handler
+        return handler
+
+    def sub(self, word: str, *, help: str, **fields: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            sub = CommandSpec(name=f"{self.name} {word}", handler=handler, help=help, **fields)
+            subs = (*self.spec.subcommands, sub)
+            self._group.specs[self._index] = replace(self.spec, subcommands=subs)
+            return handler
+
+        return register
+
+    async def run(self, ctx: CommandContext) -> None:
+        """The family's handler: the chosen subcommand's, or the default form's."""
+        chosen = ctx.spec.chosen(ctx.args)
+        if chosen is not ctx.spec:
+            await chosen.handler(ctx)
+        elif self._default is not None:
+            await self._default(ctx)
+        else:
+            raise UsageError(
+                "pick one of: " + ", ".join(s.word for s in ctx.spec.subcommands),
+                ctx.spec.usage(ctx.prefix),
+            )
 
 
 class Registry:

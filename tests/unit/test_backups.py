@@ -1,4 +1,4 @@
-"""bot/features/backups.py and commands/backup.py over fakes of Apps, Swarm and restic (no docker,
+"""bot/features/backups/ and commands/backup.py over fakes of Apps, Swarm and restic (no docker,
 no restic binary): the pure helpers, what a backup covers, settling, the backup run and
 its record, states, the drill, restores, and the commands through the dispatcher."""
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import bot.features.backups as backups_module
+import bot.features.backups.run as backups_module
 from bot.app import Bot, build_restic
 from bot.config import BackupsConfig
 from bot.core.access import SCHEDULER
@@ -27,13 +27,13 @@ from bot.features.backups import (
     Backups,
     BackupTarget,
     _in_stack_volume,
-    human_bytes,
     progress_line,
     restic_environment,
     restore_scope,
     snapshot_app,
     tree_totals,
 )
+from bot.fmt import human_bytes
 from bot.ops.abra import AppEnv
 from bot.ops.restic import Progress, ResticError, Snapshot
 from bot.ops.swarm import Convergence, ServiceInfo
@@ -608,7 +608,7 @@ async def test_backup_runs_hooks_around_restic_and_records_the_run(site: Site) -
         volumes={"data": {"f": b"x"}},
     )
     sink = Sink()
-    outcome = await site.backups.backup(env, sink, OPERATOR, job_id=7)
+    outcome = await site.backups.backup(env, sink, OPERATOR)
     assert site.swarm.execs == [("app", "pg_dump -f /tmp/dump"), ("app", "rm /tmp/dump")]
     assert site.restic.backed_up == [
         (

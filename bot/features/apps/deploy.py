@@ -1,19 +1,19 @@
-"""Apps on the swarm: inventory, deploy, rollback, undeploy.
+"""Deploy, roll back and undeploy an app.
 
 How a deploy works (each step is a line of the job's one progress message):
 a private checkout of the recipe at the tag, the environment abra would build,
-pre-flight checks that all run and are all reported before anything is created,
-the plan, `docker stack deploy` with pinned digests and version labels, waiting
-for real convergence, and on failure a rollback to the previous spec.
+pre-flight checks (compose, secrets, images) that all run and are all reported
+before anything is created, the plan, `docker stack deploy` with pinned digests
+and version labels, waiting for real convergence, and then either the record
+of a good deploy or, on failure, a rollback to the previous spec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,57 +21,18 @@ from typing import Any
 
 import yaml
 
-from bot.config import Config
-from bot.core.store import Store
 from bot.errors import UserError
-from bot.ops.abra import AppEnv, list_apps, read_exports, set_pinned_version
-from bot.ops.recipes import RecipeRepo, Recipes, Version, parse_version
-from bot.ops.swarm import ServiceInfo, Swarm
+from bot.features.apps.inventory import Deployed, Inventory
+from bot.labels import chaos_label, timeout_label, version_label
+from bot.ops.abra import AppEnv, read_exports, set_pinned_version
+from bot.ops.recipes import RecipeRepo, parse_version
+from bot.ops.swarm import Convergence, ServiceInfo, Swarm
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300
 OVERLAY = "coopbot.override.yml"
-
-
-def version_label(stack: str) -> str:
-    return f"coop-cloud.{stack}.version"
-
-
-def chaos_label(stack: str) -> str:
-    return f"coop-cloud.{stack}.chaos"
-
-
-def timeout_label(stack: str) -> str:
-    return f"coop-cloud.{stack}.timeout"
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """What runs now, read from the swarm (labels of the stack's services)."""
-
-    version: str | None
-    chaos: bool
-    services: list[ServiceInfo]
-
-    @property
-    def exists(self) -> bool:
-        return bool(self.services)
-
-
-def _release_order(text: str | None) -> tuple[tuple[int, int, int], str]:
-    release = parse_version(text or "")
-    return (release.key if release else (-1, -1, -1), text or "")
-
-
-def deployed_from(stack: str, services: list[ServiceInfo]) -> Deployed:
-    versions = {s.labels.get(version_label(stack)) for s in services} - {None}
-    chaos = any(s.labels.get(chaos_label(stack)) == "true" for s in services)
-    # Recipes label one service (app); we label all. Mid-update the labels can
-    # differ: show the highest release (by recipe semver, not by string).
-    version = (max(versions, key=_release_order) if versions else None) or None
-    return Deployed(version, chaos, services)
 
 
 @dataclass
@@ -96,58 +57,29 @@ class Steps:
         return "\n".join([self.title, "", *self.lines])
 
 
-class Apps:
+@dataclass
+class _Deploy:
+    """One deploy's facts, filled in step by step."""
+
+    app: AppEnv
+    swarm: Swarm
+    steps: Steps
+    current: Deployed
+    target: str
+    chaos: bool
+    action: str
+    config: dict[str, Any] = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)
+    timeout: int = DEFAULT_TIMEOUT
+
+    @property
+    def stack(self) -> str:
+        return self.app.stack_name
+
+
+class Apps(Inventory):
     """Inventory and actions over every configured server."""
 
-    def __init__(
-        self, config: Config, store: Store, swarms: Mapping[str, Swarm], recipes: Recipes
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._swarms = swarms  # one adapter per configured server, built in bot/app.py
-        self._recipes = recipes
-
-    # -- lookup ------------------------------------------------------------------
-    @property
-    def abra_dir(self) -> Path:
-        return self._config.abra_dir
-
-    async def inventory(self) -> tuple[list[AppEnv], list[str]]:
-        return await asyncio.to_thread(list_apps, self.abra_dir, list(self._swarms))
-
-    async def find(self, domain: str) -> AppEnv:
-        apps, _ = await self.inventory()
-        for app in apps:
-            if app.domain == domain:
-                return app
-        close = difflib.get_close_matches(domain, [a.domain for a in apps], n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"No app {domain} on any configured server.{hint} `!apps` lists them.")
-
-    def swarm(self, server: str) -> Swarm:
-        return self._swarms[server]
-
-    def recipe(self, name: str) -> RecipeRepo:
-        return self._recipes.repo(name)
-
-    async def deployed(self, app: AppEnv) -> Deployed:
-        services = await self.swarm(app.server).services(app.stack_name)
-        return deployed_from(app.stack_name, services)
-
-    async def newest(self, app: AppEnv) -> Version | None:
-        def newest() -> Version | None:
-            return self.recipe(app.recipe).newest()
-
-        return await asyncio.to_thread(newest)
-
-    def previous_version(self, app: AppEnv, current: str | None) -> str | None:
-        """The last successfully deployed version before the current one."""
-        for row in self._store.deploys(app.domain, limit=100):
-            if row["result"] == "ok" and row["version"] and row["version"] != current:
-                return str(row["version"])
-        return None
-
-    # -- deploy ---------------------------------------------------------------------
     async def deploy(
         self,
         app: AppEnv,
@@ -161,75 +93,23 @@ class Apps:
     ) -> str:
         """Deploy and wait for convergence; returns the final report (markdown).
         Raises UserError with the report when it failed."""
-        stack, swarm = app.stack_name, self.swarm(app.server)
         steps = Steps(progress, f"**{action.capitalize()} {app.domain}** on {app.server}")
         repo = await asyncio.to_thread(self.recipe, app.recipe)
         current = await self.deployed(app)
-        if chaos:
-            head = await asyncio.to_thread(repo.head)
-            target = head[:8]
-            checkout: AbstractContextManager[Path] = repo.chaos_worktree()
-        else:
-            target = version or app.pinned_version or await self._newest_text(repo, app)
-            await asyncio.to_thread(repo.version, target)  # unknown versions stop here
-            checkout = repo.worktree(target)
+        target, checkout = await self._target(app, repo, version, chaos)
+        run = _Deploy(app, self.swarm(app.server), steps, current, target, chaos, action)
         await steps.step(f"Checking out {app.recipe} {target}")
         async with _entered(checkout) as tree:
             await steps.done()
             env = await asyncio.to_thread(self._environment, app, tree)
             files = [tree / name for name in app.compose_files]
-            await steps.step("Pre-flight checks")
-            config, pins = await self._preflight(app, swarm, files, env, tree)
-            await steps.done()
-            notes = (
-                await asyncio.to_thread(
-                    repo.release_notes, current.version if not chaos else None, target
-                )
-                if not chaos and parse_version(target)
-                else []
-            )
-            plan = self._plan_lines(current, target, config, pins, notes)
-            steps.lines.append("📋 " + plan)
-            overlay = tree / OVERLAY
-            overlay.write_text(yaml.safe_dump(self._overlay(stack, config, pins, target, chaos)))
-            await steps.step(f"`docker stack deploy` {stack}")
-            await swarm.deploy(stack, [*files, overlay], env, tree)
-            await steps.done()
-        timeout = self._timeout(app, config)
-        await steps.step(f"Waiting for convergence (up to {timeout}s)")
-
-        async def seen(text: str) -> None:
-            await progress.detail(text)
-
-        result = await swarm.wait_converged(stack, timeout, on_progress=seen)
+            await self._preflight(run, files, env, tree)
+            await self._show_plan(run, repo)
+            await self._stack_deploy(run, files, env, tree)
+        result = await self._converge(run, progress)
         if result.ok:
-            await steps.done(f"Converged: {self._replicas(result.services)}")
-            self._record(app, target, current, actor, "ok", chaos, job_id)
-            if not chaos:
-                await asyncio.to_thread(set_pinned_version, app.path, app.recipe, target)
-            return steps.render() + f"\n\n✅ {app.domain} runs {target}."
-        await steps.done("Did not converge", mark="❌")
-        steps.lines += [f"- {line}" for line in result.failures[:10]]
-        if result.rolled_back_by_swarm:
-            steps.lines.append("↩ Swarm rolled the services back to their previous spec by itself.")
-            after = await swarm.wait_converged(stack, timeout)
-            state = "running the previous version again" if after.ok else "NOT healthy"
-        elif not current.exists:
-            steps.lines.append(
-                f"⚠ This was a first deploy: the stack {stack} exists but is not healthy. "
-                f"`!undeploy {app.domain}` removes it (volumes are kept)."
-            )
-            state = "half-created"
-        else:
-            await steps.step("Rolling back to the previous spec")
-            rolled = await swarm.rollback(stack)
-            after = await swarm.wait_converged(stack, timeout)
-            await steps.done(
-                f"Rolled back {', '.join(rolled) or 'nothing'}: "
-                + ("converged" if after.ok else "NOT converged"),
-                mark="↩" if after.ok else "❌",
-            )
-            state = "running the previous version again" if after.ok else "NOT healthy"
+            return await self._record_success(run, result, actor, job_id)
+        state = await self._roll_back(run, result)
         self._record(
             app,
             target,
@@ -246,6 +126,102 @@ class Apps:
             f"the app is {state}{was}."
         )
 
+    # -- the steps, in order ------------------------------------------------------------
+    async def _target(
+        self, app: AppEnv, repo: RecipeRepo, version: str | None, chaos: bool
+    ) -> tuple[str, AbstractContextManager[Path]]:
+        """What is deployed (a release tag, or the head commit for chaos) and the
+        checkout to deploy it from. Unknown versions stop here."""
+        if chaos:
+            head = await asyncio.to_thread(repo.head)
+            return head[:8], repo.chaos_worktree()
+        target = version or app.pinned_version or await self._newest_text(repo, app)
+        await asyncio.to_thread(repo.version, target)
+        return target, repo.worktree(target)
+
+    async def _preflight(
+        self, run: _Deploy, files: list[Path], env: dict[str, str], tree: Path
+    ) -> None:
+        """Compose, secrets and images are all checked; every problem is reported
+        together; nothing is created."""
+        await run.steps.step("Pre-flight checks")
+        problems: list[str] = []
+        run.config = await self._check_compose(run.swarm, files, env, tree, problems)
+        await self._check_secrets(run, problems)
+        run.pins = await self._check_images(run, problems)
+        if problems:
+            raise UserError(
+                f"Pre-flight failed for {run.app.domain}; nothing was created:\n"
+                + "\n".join(f"- {p}" for p in problems)
+            )
+        await run.steps.done()
+
+    async def _show_plan(self, run: _Deploy, repo: RecipeRepo) -> None:
+        notes = (
+            await asyncio.to_thread(repo.release_notes, run.current.version, run.target)
+            if not run.chaos and parse_version(run.target)
+            else []
+        )
+        plan = self._plan_lines(run.current, run.target, run.config, run.pins, notes)
+        run.steps.lines.append("📋 " + plan)
+
+    async def _stack_deploy(
+        self, run: _Deploy, files: list[Path], env: dict[str, str], tree: Path
+    ) -> None:
+        overlay = tree / OVERLAY
+        overlay.write_text(
+            yaml.safe_dump(self._overlay(run.stack, run.config, run.pins, run.target, run.chaos))
+        )
+        await run.steps.step(f"`docker stack deploy` {run.stack}")
+        await run.swarm.deploy(run.stack, [*files, overlay], env, tree)
+        await run.steps.done()
+
+    async def _converge(self, run: _Deploy, progress: ProgressSink) -> Convergence:
+        run.timeout = self._timeout(run.app, run.config)
+        await run.steps.step(f"Waiting for convergence (up to {run.timeout}s)")
+
+        async def seen(text: str) -> None:
+            await progress.detail(text)
+
+        return await run.swarm.wait_converged(run.stack, run.timeout, on_progress=seen)
+
+    async def _record_success(
+        self, run: _Deploy, result: Convergence, actor: str, job_id: int | None
+    ) -> str:
+        app = run.app
+        await run.steps.done(f"Converged: {self._replicas(result.services)}")
+        self._record(app, run.target, run.current, actor, "ok", run.chaos, job_id)
+        if not run.chaos:
+            await asyncio.to_thread(set_pinned_version, app.path, app.recipe, run.target)
+        return run.steps.render() + f"\n\n✅ {app.domain} runs {run.target}."
+
+    async def _roll_back(self, run: _Deploy, result: Convergence) -> str:
+        """After a failed convergence: back to the previous spec if there was one.
+        Returns the state the app is left in, for the report."""
+        steps, swarm, stack = run.steps, run.swarm, run.stack
+        await steps.done("Did not converge", mark="❌")
+        steps.lines += [f"- {line}" for line in result.failures[:10]]
+        if result.rolled_back_by_swarm:
+            steps.lines.append("↩ Swarm rolled the services back to their previous spec by itself.")
+            after = await swarm.wait_converged(stack, run.timeout)
+            return "running the previous version again" if after.ok else "NOT healthy"
+        if not run.current.exists:
+            steps.lines.append(
+                f"⚠ This was a first deploy: the stack {stack} exists but is not healthy. "
+                f"`{self.prefix}undeploy {run.app.domain}` removes it (volumes are kept)."
+            )
+            return "half-created"
+        await steps.step("Rolling back to the previous spec")
+        rolled = await swarm.rollback(stack)
+        after = await swarm.wait_converged(stack, run.timeout)
+        await steps.done(
+            f"Rolled back {', '.join(rolled) or 'nothing'}: "
+            + ("converged" if after.ok else "NOT converged"),
+            mark="↩" if after.ok else "❌",
+        )
+        return "running the previous version again" if after.ok else "NOT healthy"
+
+    # -- helpers of the steps --------------------------------------------------------------
     async def _newest_text(self, repo: RecipeRepo, app: AppEnv) -> str:
         newest = await asyncio.to_thread(repo.newest)
         if newest is None:
@@ -261,50 +237,51 @@ class Apps:
         exports = read_exports(abra_sh) if abra_sh.exists() else {}
         return {**exports, **app.values, "STACK_NAME": app.stack_name}
 
-    async def _preflight(
-        self, app: AppEnv, swarm: Swarm, files: list[Path], env: dict[str, str], tree: Path
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Every check runs; every problem is reported together; nothing is created."""
-        problems: list[str] = []
+    @staticmethod
+    async def _check_compose(
+        swarm: Swarm, files: list[Path], env: dict[str, str], tree: Path, problems: list[str]
+    ) -> dict[str, Any]:
+        """The merged compose config (as `docker stack deploy` would send it), or {}."""
         missing_files = [f.name for f in files if not f.exists()]
-        config: dict[str, Any] = {}
         if missing_files:
             problems.append(f"compose files missing in the recipe: {', '.join(missing_files)}")
-        else:
-            try:
-                config = await swarm.config(files, env, tree)
-            except UserError as exc:
-                problems.append(f"the compose files are not valid: {exc}")
+            return {}
+        try:
+            return await swarm.config(files, env, tree)
+        except UserError as exc:
+            problems.append(f"the compose files are not valid: {exc}")
+            return {}
+
+    async def _check_secrets(self, run: _Deploy, problems: list[str]) -> None:
         needed = sorted(
             spec["name"]
-            for spec in (config.get("secrets") or {}).values()
+            for spec in (run.config.get("secrets") or {}).values()
             if isinstance(spec, dict) and spec.get("name") and spec.get("external", True)
         )
-        existing = await swarm.secrets()
+        existing = await run.swarm.secrets()
         missing = [name for name in needed if name not in existing]
         if missing:
             problems.append(
-                f"missing secrets: {', '.join(missing)} (`!secrets {app.domain} generate` "
-                "creates them)"
+                f"missing secrets: {', '.join(missing)} (`{self.prefix}secrets "
+                f"{run.app.domain} generate` creates them)"
             )
+
+    @staticmethod
+    async def _check_images(run: _Deploy, problems: list[str]) -> dict[str, str]:
+        """Every image can be pulled; the digests they are pinned to, by service."""
         pins: dict[str, str] = {}
         images = {
             name: service["image"]
-            for name, service in (config.get("services") or {}).items()
+            for name, service in (run.config.get("services") or {}).items()
             if isinstance(service, dict) and service.get("image")
         }
-        checks = await asyncio.gather(*(swarm.image_available(ref) for ref in images.values()))
+        checks = await asyncio.gather(*(run.swarm.image_available(ref) for ref in images.values()))
         for (name, ref), (available, pinned, reason) in zip(images.items(), checks, strict=True):
             if not available:
                 problems.append(f"image {ref} of service {name} is not available: {reason}")
             elif pinned:
                 pins[name] = pinned
-        if problems:
-            raise UserError(
-                f"Pre-flight failed for {app.domain}; nothing was created:\n"
-                + "\n".join(f"- {p}" for p in problems)
-            )
-        return config, pins
+        return pins
 
     @staticmethod
     def _overlay(

@@ -1,24 +1,18 @@
-"""Upgrade checks and voted upgrades (issue 6).
+"""Upgrade checks and voted upgrades: the I/O around plan.py's pure decisions.
 
-The check compares, for every deployed app, the version it runs (its label,
-read as `Apps.deployed` does) with the release tags of its recipe, ordered by
-the recipe semver part: the newest step is a patch, a minor or a major one (a
-major step may break the app). It collects the release notes of every version
-in between, and finds image drift: a service pinned to `name:tag@sha256:...`
-whose tag now points to another digest in its registry. Nothing one app, recipe
-or registry does stops the check of the others: it is reported instead.
-
-The decisions (steps, kinds, notes, drift, what is new since the last report,
-what may run without a vote) are pure functions below; `Upgrades` does the I/O.
+The check lists every server's stacks once, fetches each recipe once and asks
+each registry once per image tag, however many apps share them. Nothing one
+app, recipe or registry does stops the check of the others: it is reported
+instead. An upgrade backs up first (if planned), deploys through `Apps.deploy`
+and, when that fails, names the snapshot that restores the data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
 
@@ -27,8 +21,23 @@ from bot.core.store import Store
 from bot.errors import UserError
 from bot.features.apps import Apps, Deployed, deployed_from
 from bot.features.backups import Backups
+from bot.features.upgrades.plan import (
+    AppCheck,
+    CheckReport,
+    Problem,
+    UpgradePlan,
+    auto_patches,
+    drift_of,
+    facts,
+    newest_release,
+    news,
+    opted_in,
+    split_pinned,
+    steps_between,
+)
+from bot.features.upgrades.render import kind_label, restore_hint
 from bot.ops.abra import AppEnv
-from bot.ops.recipes import StepKind, Version, parse_version, step_kind
+from bot.ops.recipes import Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo
 from bot.ports import ProgressSink
 
@@ -38,286 +47,6 @@ T = TypeVar("T")
 
 REPORTED_KEY = "upgrades.reported"  # store kv: the facts the last scheduled report showed
 AUTO_KEY = "upgrades.auto_attempted"  # store kv: "<domain>@<version>" auto-patches tried
-NOTE_LIMIT = 3000  # characters of one release note shown in a proposal
-NOTES_LIMIT = 12000  # characters of release notes in one proposal (Matrix events are small)
-EXCERPT = 90  # characters of notes in the table
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def autoupdate_label(stack: str) -> str:
-    return f"coop-cloud.{stack}.autoupdate"
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something the check could not find out. `key` names it stably (not the error
-    text, which may vary), so a lasting problem is reported once."""
-
-    key: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Drift:
-    service: str  # short name
-    image: str  # "name:tag"
-    running: str  # the digest the service is pinned to
-    current: str  # the digest the tag points to now
-
-
-@dataclass(frozen=True)
-class AppCheck:
-    domain: str
-    server: str
-    recipe: str
-    deployed: str | None
-    newest: str | None = None  # the newest release, when newer than the deployed one
-    kind: StepKind | None = None  # of the step deployed → newest
-    notes: tuple[tuple[str, str], ...] = ()  # (version, text), oldest first
-    autoupdate: bool = False
-    drift: tuple[Drift, ...] = ()
-    problems: tuple[Problem, ...] = ()
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    apps: tuple[AppCheck, ...]
-    problems: tuple[Problem, ...] = ()  # not tied to one app: servers, recipes, inventory
-
-    def all_problems(self) -> list[Problem]:
-        """Every problem once (several apps can share a recipe or an image)."""
-        seen: dict[str, Problem] = {}
-        for problem in [*self.problems, *(p for app in self.apps for p in app.problems)]:
-            seen.setdefault(problem.key, problem)
-        return list(seen.values())
-
-
-@dataclass(frozen=True)
-class UpgradePlan:
-    env: AppEnv
-    current: Version
-    target: Version
-    kind: StepKind
-    steps: tuple[tuple[str, StepKind], ...]  # every release after current up to target
-    notes: tuple[tuple[str, str], ...]
-    autoupdate: bool
-    backup: str  # what happens about a backup first, one line
-    will_back_up: bool = False
-
-    @property
-    def fingerprint(self) -> str:
-        # A vote is for this move: if the app or the target changed, it is stale.
-        return f"{self.current.text}→{self.target.text}"
-
-
-# ----------------------------------------------------------------------------- pure logic
-
-
-def newest_release(current: Version, versions: Iterable[Version]) -> Version | None:
-    """The newest release above `current` by recipe semver, or None if it runs the newest."""
-    newer = [v for v in versions if v.key > current.key]
-    return max(newer, key=lambda v: (v.key, v.text)) if newer else None
-
-
-def steps_between(
-    current: Version, target: Version, versions: Iterable[Version]
-) -> list[tuple[Version, StepKind]]:
-    """Each release after `current` up to `target` (inclusive), oldest first, with the
-    kind of the step from the one before it. One release per semver (the last tag)."""
-    by_key: dict[tuple[int, int, int], Version] = {}
-    for version in sorted(versions, key=lambda v: (v.key, v.text)):
-        if current.key < version.key <= target.key:
-            by_key[version.key] = version
-    by_key[target.key] = target
-    steps: list[tuple[Version, StepKind]] = []
-    previous = current
-    for key in sorted(by_key):
-        steps.append((by_key[key], step_kind(previous, by_key[key])))
-        previous = by_key[key]
-    return steps
-
-
-def split_pinned(image: str) -> tuple[str, str] | None:
-    """("name:tag", "sha256:...") for an image pinned by tag and digest; None when it
-    has no digest (nothing to compare) or no tag (nothing to ask the registry)."""
-    ref, at, digest = image.partition("@")
-    if not at or not _DIGEST.fullmatch(digest):
-        return None
-    slash, colon = ref.rfind("/"), ref.rfind(":")
-    if colon <= slash or colon == len(ref) - 1:
-        return None
-    return ref, digest
-
-
-def drift_of(service: str, image: str, current: str) -> Drift | None:
-    """Drift when the service's pinned digest is not where its tag points now."""
-    pinned = split_pinned(image)
-    if pinned is None or pinned[1] == current:
-        return None
-    return Drift(service, pinned[0], pinned[1], current)
-
-
-def opted_in(stack: str, services: Iterable[ServiceInfo]) -> bool:
-    """The stack is labelled coop-cloud.<stack>.autoupdate=true (on any service)."""
-    return any(s.labels.get(autoupdate_label(stack)) == "true" for s in services)
-
-
-def excerpt(notes: Sequence[tuple[str, str]], limit: int = EXCERPT) -> str:
-    """The first line of each release's notes, newest first, cut to `limit`."""
-    parts = []
-    for version, text in reversed(notes):
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        if first:
-            parts.append(f"{version}: {first}")
-    joined = " · ".join(parts).replace("|", "\\|")
-    return joined if len(joined) <= limit else joined[: limit - 1].rstrip() + "…"
-
-
-def kind_label(kind: StepKind | None) -> str:
-    return "⚠ **major** (breaking)" if kind == "major" else (kind or "")
-
-
-def facts(report: CheckReport) -> dict[str, str]:
-    """What a report says, as stable keys (value: a short description)."""
-    out: dict[str, str] = {}
-    for app in report.apps:
-        if app.newest:
-            out[f"upgrade:{app.domain}:{app.deployed}:{app.newest}"] = app.domain
-        for drift in app.drift:
-            out[f"drift:{app.domain}:{drift.service}:{drift.current}"] = app.domain
-    for problem in report.all_problems():
-        out[f"problem:{problem.key}"] = problem.text
-    return out
-
-
-def news(previous: Iterable[str], report: CheckReport) -> set[str]:
-    """The facts of `report` that the last report did not show."""
-    return set(facts(report)) - set(previous)
-
-
-def auto_patches(report: CheckReport, attempted: Iterable[str]) -> list[tuple[str, str]]:
-    """(domain, version) of the opted-in apps whose newest step is a patch, each
-    target tried once: a failed auto-patch is not retried every day."""
-    tried = set(attempted)
-    return [
-        (app.domain, app.newest)
-        for app in report.apps
-        if app.newest
-        and app.kind == "patch"
-        and app.autoupdate
-        and f"{app.domain}@{app.newest}" not in tried
-    ]
-
-
-def auto_refusal(plan: UpgradePlan, auto_patch: bool) -> str | None:
-    """Why the scheduler may not run this upgrade without a vote, or None if it may."""
-    if not auto_patch:
-        return "upgrades.auto_patch is off"
-    if not plan.autoupdate:
-        stack = plan.env.stack_name
-        return f"{plan.env.domain} is not labelled `{autoupdate_label(stack)}=true`"
-    if plan.kind != "patch":
-        return (
-            f"{plan.current.text} → {plan.target.text} is a {plan.kind} step; "
-            "only patch steps run without a vote"
-        )
-    return None
-
-
-def render_report(report: CheckReport, prefix: str = "!", new: Iterable[str] = ()) -> str:
-    """The check as one message: a table of upgrades, then drift and problems.
-    Rows and lines whose fact is in `new` are marked 🆕."""
-    fresh = set(new)
-
-    def mark(key: str) -> str:
-        return "🆕 " if key in fresh else ""
-
-    upgradable = [a for a in report.apps if a.newest]
-    drifting = [a for a in report.apps if a.drift]
-    lines = [
-        f"**Upgrade check**: {len(report.apps)} deployed app(s), "
-        f"{len(upgradable)} can be upgraded, {len(drifting)} with image drift."
-    ]
-    if upgradable:
-        lines += ["", "| app | deployed → newest | kind | notes |", "|---|---|---|---|"]
-        for app in sorted(upgradable, key=lambda a: a.domain):
-            key = f"upgrade:{app.domain}:{app.deployed}:{app.newest}"
-            lines.append(
-                f"| {mark(key)}{app.domain} | {app.deployed} → **{app.newest}** | "
-                f"{kind_label(app.kind)} | {excerpt(app.notes)} |"
-            )
-    extra = []
-    for app in sorted(drifting, key=lambda a: a.domain):
-        for d in app.drift:
-            key = f"drift:{app.domain}:{d.service}:{d.current}"
-            extra.append(
-                f"- {mark(key)}🔁 Image drift in {app.domain} ({d.service}): `{d.image}` "
-                f"runs {_short(d.running)}, the tag now points to {_short(d.current)}; "
-                f"`{prefix}deploy {app.domain}` pins the new one."
-            )
-    for problem in report.all_problems():
-        extra.append(f"- {mark('problem:' + problem.key)}⚠ {problem.text}")
-    if extra:
-        lines += ["", *extra]
-    if upgradable:
-        lines += ["", f"`{prefix}upgrade <app> [version]` proposes an upgrade."]
-    elif report.apps and not drifting:
-        lines += ["", "Every deployed app runs its recipe's newest release."]
-    return "\n".join(lines)
-
-
-def _short(digest: str) -> str:
-    return digest[:19]  # "sha256:" and 12 hex digits, as docker shows ids
-
-
-def plan_summary(plan: UpgradePlan) -> str:
-    """The proposal: the move, every step, what will happen, the full release notes."""
-    env = plan.env
-    breaking = " (⚠ **major**: may break the app; read the notes)" if plan.kind == "major" else ""
-    lines = [
-        f"Upgrade **{env.domain}** on {env.server}: {plan.current.text} → "
-        f"**{plan.target.text}**, a {plan.kind} step{breaking}.",
-        "",
-        "Steps: " + " → ".join([plan.current.text, *(f"{v} ({k})" for v, k in plan.steps)]),
-        "",
-        "Then:",
-        f"1. {plan.backup}",
-        f"2. Deploy {plan.target.text} and wait until it runs.",
-        "3. If it fails: roll the code back, and name the snapshot that restores the data.",
-    ]
-    if plan.notes:
-        lines += ["", "Release notes:"]
-        used = 0
-        for version, text in plan.notes:
-            body = text.strip() or "(empty)"
-            if len(body) > NOTE_LIMIT:
-                body = body[:NOTE_LIMIT].rstrip() + f"\n… (cut; the rest is in release/{version})"
-            if used + len(body) > NOTES_LIMIT:
-                last = plan.notes[-1][0]
-                more = version if version == last else f"{version} to {last}"
-                lines.append(f"… the notes of {more} are in the recipe's release/ folder.")
-                break
-            used += len(body)
-            lines += [f"**{version}**", *(f"> {line}" for line in body.splitlines())]
-    else:
-        lines += ["", "No release notes for these versions."]
-    return "\n".join(lines)
-
-
-def restore_hint(domain: str, snapshot: str | None, taken_now: bool, prefix: str = "!") -> str:
-    if snapshot is None:
-        return f"💾 No snapshot of {domain} exists, so its data cannot be restored from a backup."
-    when = "taken before this upgrade" if taken_now else "its newest"
-    return (
-        f"💾 If the failed upgrade changed the data (a migration), snapshot `{snapshot}` "
-        f"({when}) restores it: `{prefix}restore {domain} {snapshot}` (it needs a vote)."
-    )
-
-
-# ----------------------------------------------------------------------------- I/O
 
 
 class _Below:
@@ -525,16 +254,19 @@ class Upgrades:
         return todo
 
     # -- upgrading -------------------------------------------------------------------------
-    async def prepare(self, env: AppEnv, version: str | None) -> UpgradePlan:
-        """What `!upgrade` would do; UserError for anything that is not an upgrade."""
+    async def prepare(self, env: AppEnv, version: str | None, prefix: str = "!") -> UpgradePlan:
+        """What `!upgrade` would do; UserError for anything that is not an upgrade.
+        `prefix`: the command prefix, for the hints."""
         current = await self.apps.deployed(env)
         if not current.exists:
-            raise UserError(f"{env.domain} is not deployed; `!deploy {env.domain}` deploys it.")
+            raise UserError(
+                f"{env.domain} is not deployed; `{prefix}deploy {env.domain}` deploys it."
+            )
         release = None if current.chaos else parse_version(current.version or "")
         if release is None:
             raise UserError(
                 f"{env.domain} runs {current.version or 'an unknown version'}, which is not a "
-                f"release; `!deploy {env.domain} <version>` deploys one."
+                f"release; `{prefix}deploy {env.domain} <version>` deploys one."
             )
 
         def read() -> tuple[list[Version], Version, list[tuple[str, str]]]:
@@ -554,13 +286,13 @@ class Upgrades:
                 kind = step_kind(release, target)
                 if kind == "same":
                     raise UserError(
-                        f"{env.domain} already runs {target.text}; `!deploy {env.domain}` "
+                        f"{env.domain} already runs {target.text}; `{prefix}deploy {env.domain}` "
                         "redeploys it."
                     )
                 if kind == "downgrade":
                     raise UserError(
                         f"{target.text} is older than {release.text}, which {env.domain} runs: "
-                        f"that is not an upgrade. `!rollback {env.domain} {target.text}` "
+                        f"that is not an upgrade. `{prefix}rollback {env.domain} {target.text}` "
                         "goes back (with a vote)."
                     )
                 return versions, target, repo.release_notes(release.text, target.text)
@@ -579,6 +311,19 @@ class Upgrades:
             opted_in(env.stack_name, current.services),
             backup,
             will_back_up,
+        )
+
+    def check_still_voted(self, plan: UpgradePlan, event_id: str | None) -> None:
+        """An approved job runs as a reply to its proposal: the move planned now must
+        still be the one voted for (the app may have changed while the job waited
+        for its lock). UserError, with nothing done, when it is not."""
+        proposal = self.store.proposal_for_message(event_id or "")
+        if proposal is None or json.loads(proposal.plan)["fingerprint"] == plan.fingerprint:
+            return
+        raise UserError(
+            f"{plan.env.domain} changed while this upgrade waited its turn (it is now "
+            f"{plan.current.text} → {plan.target.text}); nothing was done. Ask again to vote "
+            "on the new plan."
         )
 
     async def _backup_intent(self, env: AppEnv) -> tuple[bool, str]:
@@ -610,9 +355,7 @@ class Upgrades:
         if plan.will_back_up and self.backups is not None:
             await progress.update("\n".join([*lines, "⏳ Backing up first"]))
             try:
-                outcome = await self.backups.backup(
-                    env, _Below(progress, "\n".join(lines)), actor, job_id
-                )
+                outcome = await self.backups.backup(env, _Below(progress, "\n".join(lines)), actor)
             except UserError as exc:
                 self.store.audit(actor, "upgrade.aborted", f"backup failed: {exc}", app=env.domain)
                 raise UserError(

@@ -1,0 +1,163 @@
+"""The restic repository: created on first use, and what it holds per app.
+
+Every snapshot the bot makes is tagged `coopbot` and `app=<domain>`, so the
+repository can be shared with other tools and still be read app by app. The
+store keeps each run's record (size, failure), which `!backups` joins with the
+snapshots to show each app's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.core.metrics import Metrics
+from bot.core.store import Store
+from bot.errors import UserError
+from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, Targets
+from bot.ops.abra import AppEnv
+from bot.ops.restic import Restic, ResticError, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppBackupState:
+    """One line of `!backups`."""
+
+    app: str
+    newest: Snapshot | None
+    size: int | None  # of the newest good run, when the store knows it
+    last_failed: str | None  # the last run's error, if it failed
+    age: float | None  # seconds since the newest snapshot
+
+    def stale(self, max_age: float) -> bool:
+        return self.age is None or self.age > max_age
+
+
+def snapshot_tag(snapshot: Snapshot, prefix: str) -> str | None:
+    """The value of the snapshot's first `prefix…` tag ("version=" gives the version)."""
+    for tag in snapshot.tags:
+        if tag.startswith(prefix):
+            return tag[len(prefix) :]
+    return None
+
+
+def snapshot_app(snapshot: Snapshot) -> str | None:
+    return snapshot_tag(snapshot, APP_TAG)
+
+
+def restic_environment(path: Path | None) -> dict[str, str]:
+    """VAR=value lines (blank lines and # comments skipped) for restic's environment."""
+    if path is None:
+        return {}
+    env = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"{path}:{number}: expected VAR=value")
+        env[key.strip()] = value.strip().strip("'\"")
+    return env
+
+
+class Repository(Targets):
+    """The part of `Backups` that knows the repository: first use, and its snapshots."""
+
+    store: Store
+    restic: Restic
+    _data_dir: Path
+    _metrics: Metrics | None
+    _repo_ready: bool
+    _repo_created: bool
+    _repo_lock: asyncio.Lock
+
+    async def _ready(self) -> None:
+        """Check the restic binary once (`restic version`: cheap, no repository)."""
+        async with self._repo_lock:
+            if not self._repo_ready:
+                await self.restic.version()
+                self._repo_ready = True
+
+    async def _create_repository(self) -> None:
+        """Create the repository on first use. Serialised: two restic inits at once
+        would each write their own key and config."""
+        async with self._repo_lock:
+            if not self._repo_created:  # another first backup may have just made it
+                log.warning("creating the restic repository at %s", self.restic.display)
+                await self.restic.init()
+                self._repo_created = True
+
+    async def _snapshots(self, tag: str) -> list[Snapshot]:
+        """Snapshots with this tag; none while the repository does not exist yet."""
+        await self._ready()
+        try:
+            return await self.restic.snapshots(tags=[tag])
+        except ResticError as e:
+            if e.kind == "no_repository":
+                return []
+            raise
+
+    async def snapshots(self, env: AppEnv) -> list[Snapshot]:
+        return await self._snapshots(APP_TAG + env.domain)
+
+    async def newest_snapshot(self, env: AppEnv) -> str | None:
+        found = await self.snapshots(env)
+        return found[-1].id if found else None
+
+    async def _newest_per_app(self) -> dict[str, Snapshot]:
+        newest: dict[str, Snapshot] = {}
+        for snap in await self._snapshots(COOPBOT_TAG):  # oldest first: the last one wins
+            app = snapshot_app(snap)
+            if app is not None:
+                newest[app] = snap
+        return newest
+
+    async def find_snapshot(
+        self, env: AppEnv, snapshot_id: str | None, prefix: str = "!"
+    ) -> Snapshot:
+        """The app's snapshot with this id (or short id), or its newest. A snapshot of
+        another app is refused: restoring it would mix apps' data. `prefix`: the
+        command prefix, for the hint."""
+        found = await self.snapshots(env)
+        if not found:
+            raise UserError(f"{env.domain} has no snapshots in {self.restic.display}.")
+        if snapshot_id is None:
+            return found[-1]
+        for snap in found:
+            if snap.id.startswith(snapshot_id) and len(snapshot_id) >= 4:
+                return snap
+        raise UserError(
+            f"No snapshot `{snapshot_id[:64]}` of {env.domain}; `{prefix}snapshots "
+            f"{env.domain}` lists them."
+        )
+
+    async def states(self, now: float | None = None) -> tuple[list[AppBackupState], list[str]]:
+        """Per labelled app (and per app with snapshots): the newest snapshot, its
+        age and size, and whether the last run failed."""
+        now = time.time() if now is None else now
+        apps, problems = await self.labelled_apps()
+        newest = await self._newest_per_app()
+        runs = self.store.last_backups()
+        names = sorted({a.domain for a in apps} | set(newest))
+        states = []
+        for name in names:
+            found = newest.get(name)
+            run = runs.get(name, {})
+            last, good = run.get("last"), run.get("good")
+            failed = (
+                str(last["detail"] or "failed") if last and last["result"] == "failed" else None
+            )
+            # restic 0.14 reports short ids, later ones full ids: compare prefixes.
+            size = None
+            good_id = str(good["snapshot_id"] or "") if good else ""
+            if good and found and good_id and found.id.startswith(good_id):
+                size = good["total_bytes"]
+            age = now - found.time.timestamp() if found else None
+            states.append(AppBackupState(name, found, size, failed, age))
+        return states, problems

@@ -1,0 +1,253 @@
+"""A backup run, and the repository's upkeep: retention, check, drill.
+
+A run waits until the stack is not mid-update, runs the recipe's pre-hooks, restic
+over the paths the labels name (`targets.py`), and the post-hooks whatever
+happened. Every run is recorded in the store, which `!backups` and the age alerts
+read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.errors import UserError
+from bot.features.backups.hooks import run_hook
+from bot.features.backups.repository import Repository, snapshot_app
+from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
+from bot.fmt import human_age, human_bytes
+from bot.labels import MOVING_STATES, STUCK_STATES
+from bot.ops.abra import AppEnv
+from bot.ops.restic import Progress as ResticProgress
+from bot.ops.restic import ResticError, Snapshot
+from bot.ops.swarm import ServiceInfo
+from bot.ports import StatusSink
+
+
+def progress_line(p: ResticProgress) -> str:
+    """One line from a restic status: percent, bytes, files, ETA."""
+    eta = f", about {human_age(p.seconds_remaining)} left" if p.seconds_remaining else ""
+    total = f" of {human_bytes(p.total_bytes)}" if p.total_bytes else ""
+    return (
+        f"{p.percent:.0f}% · {human_bytes(p.bytes_done)}{total} · "
+        f"{p.files_done} of {p.total_files or '?'} files{eta}"
+    )
+
+
+@dataclass
+class BackupOutcome:
+    app: str
+    snapshot_id: str
+    report: str  # Markdown, for the room
+    warnings: list[str] = field(default_factory=list)
+
+
+class Runs(Repository):
+    """The part of `Backups` that makes snapshots and keeps the repository healthy."""
+
+    async def wait_settled(
+        self,
+        env: AppEnv,
+        sink: StatusSink | None = None,
+        services: list[ServiceInfo] | None = None,
+    ) -> bool:
+        """Return once no service of the stack is mid-update (True if that took a
+        wait); raise if it stays so longer than settle_timeout, or is stuck (paused).
+        `services`: a listing just made, used for the first look."""
+        swarm = self.apps.swarm(env.server)
+        deadline = time.monotonic() + self.config.settle_timeout
+        told = waited = False
+        while True:
+            if services is None:
+                services = await swarm.services(env.stack_name)
+            # Stuck states will not end by themselves: fail at once, with the reason.
+            stuck = [s for s in services if (s.update_state or "") in STUCK_STATES]
+            if stuck:
+                raise UserError(
+                    f"{env.domain} is not backed up: the update of "
+                    + ", ".join(f"{s.short_name} is {s.update_state}" for s in stuck)
+                    + ". Finish or roll back that deploy first."
+                )
+            # Moving states change the stack under our feet: wait for them to end.
+            moving = [s for s in services if (s.update_state or "") in MOVING_STATES]
+            if not moving:
+                return waited
+            what = ", ".join(f"{s.short_name} ({s.update_state})" for s in moving)
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"{env.domain} is not backed up: it is mid-update ({what}) and did not "
+                    f"settle within {human_age(self.config.settle_timeout)}; a backup taken "
+                    "now could mix old and new data."
+                )
+            if not told and sink is not None:
+                await sink.update(f"⏳ {env.domain} is mid-update ({what}): waiting for it")
+                told = True
+            await asyncio.sleep(2)
+            services, waited = None, True
+
+    async def backup(self, env: AppEnv, progress: StatusSink, actor: str) -> BackupOutcome:
+        """Back one app up now: settle, pre-hook, restic, post-hook. Every run is
+        recorded; failures raise UserError with the reason."""
+        started = time.time()
+        try:
+            await self._ready()
+            target = await self.target(env)
+            if await self.wait_settled(env, progress, target.services):
+                target = await self.target(env)  # the update may have changed it
+            return await self._backup(target, progress, actor)
+        except UserError as e:
+            self.store.add_backup(
+                env.domain,
+                actor,
+                "failed",
+                started_at=started,
+                finished_at=time.time(),
+                detail=str(e)[:2000],
+            )
+            self.store.audit(actor, "backup.failed", str(e)[:500], app=env.domain)
+            if self._metrics is not None:
+                self._metrics.backups.labels("failed").inc()
+            raise
+
+    async def _backup(
+        self, target: BackupTarget, progress: StatusSink, actor: str
+    ) -> BackupOutcome:
+        env = target.env
+        swarm = self.apps.swarm(env.server)
+        title = f"💾 Backing up **{env.domain}**"
+        started = time.time()
+        hooks_failed: list[str] = []
+        summary = None
+        try:
+            for spec in target.specs:
+                if spec.pre_hook:
+                    await progress.update(f"{title}: pre-hook in {spec.service}")
+                    await run_hook(swarm, env, spec.service, spec.pre_hook, "pre-hook")
+
+            async def on_progress(p: ResticProgress) -> None:
+                await progress.update(f"{title}: {progress_line(p)}")
+
+            await progress.update(f"{title}: starting restic")
+            try:
+                summary = await self.restic.backup(target.paths, target.tags, on_progress)
+            except ResticError as e:
+                if e.kind != "no_repository":
+                    raise
+                await self._create_repository()
+                summary = await self.restic.backup(target.paths, target.tags, on_progress)
+        finally:
+            # The post-hook undoes what the pre-hook did (maintenance mode, a lock):
+            # it runs whatever happened above.
+            for spec in target.specs:
+                if spec.post_hook:
+                    try:
+                        await run_hook(swarm, env, spec.service, spec.post_hook, "post-hook")
+                    except UserError as e:
+                        hooks_failed.append(str(e))
+        warnings = [*target.warnings, *summary.warnings, *hooks_failed]
+        result = "warning" if warnings else "ok"
+        self.store.add_backup(
+            env.domain,
+            actor,
+            result,
+            started_at=started,
+            finished_at=time.time(),
+            snapshot_id=summary.snapshot_id,
+            version=target.version,
+            files_new=summary.files_new,
+            files_changed=summary.files_changed,
+            files_unmodified=summary.files_unmodified,
+            data_added=summary.data_added,
+            total_bytes=summary.total_bytes_processed,
+            detail="\n".join(warnings)[:2000] or None,
+        )
+        if self._metrics is not None:
+            self._metrics.backups.labels(result).inc()
+            self._metrics.backup_last_good.labels(env.domain).set(time.time())
+        mark = "⚠️" if warnings else "✅"
+        lines = [
+            f"{mark} **{env.domain}**: snapshot `{summary.snapshot_id[:8]}` "
+            f"({target.version or 'unversioned'}) in {human_age(summary.duration)}: "
+            f"{summary.files_new} new, {summary.files_changed} changed, "
+            f"{summary.files_unmodified} unchanged files; "
+            f"{human_bytes(summary.data_added)} added of "
+            f"{human_bytes(summary.total_bytes_processed)}."
+        ]
+        lines += [f"  - ⚠️ {w}" for w in warnings[:20]]
+        if len(warnings) > 20:
+            lines.append(f"  - … and {len(warnings) - 20} more")
+        return BackupOutcome(env.domain, summary.snapshot_id, "\n".join(lines), warnings)
+
+    # -- retention, check, drill -------------------------------------------------------
+    async def retention(self, sink: StatusSink) -> str:
+        """`forget` per app by the retention policy, then `prune` as its own step."""
+        keep = self.config.retention
+        snaps = await self._snapshots(COOPBOT_TAG)
+        apps = sorted({app for s in snaps if (app := snapshot_app(s)) is not None})
+        removed = 0
+        for app in apps:
+            await sink.update(f"🧹 Retention: forgetting old snapshots of {app}")
+            gone = await self.restic.forget(
+                [APP_TAG + app], keep.daily, keep.weekly, keep.monthly, group_by=""
+            )
+            removed += len(gone)
+        await sink.update("🧹 Retention: pruning unused data")
+        await self.restic.prune()
+        return (
+            f"🧹 Retention (daily {keep.daily}, weekly {keep.weekly}, monthly {keep.monthly}): "
+            f"{removed} snapshot(s) of {len(apps)} app(s) forgotten, repository pruned."
+        )
+
+    async def check(self) -> str:
+        await self._ready()
+        subset = self.config.check_read_data_subset
+        await self.restic.check(read_data_subset=subset)
+        return f"✅ `restic check` passed (structure, and {subset} of the data read back)."
+
+    async def drill(self, sink: StatusSink) -> tuple[bool, str]:
+        """Restore each app's newest snapshot into a temporary folder and compare file
+        counts and sizes with the snapshot's own listing."""
+        newest = await self._newest_per_app()
+        if not newest:
+            return False, "❌ Restore drill: the repository has no coopbot snapshots yet."
+        lines, ok = [], True
+        for index, (app, snap) in enumerate(sorted(newest.items()), 1):
+            await sink.update(f"🧪 Restore drill {index}/{len(newest)}: {app}")
+            try:
+                line = await self._drill_one(app, snap)
+            except UserError as e:
+                ok, line = False, f"❌ {app} ({snap.short_id}): {e}"
+            if line.startswith("❌"):
+                ok = False
+            lines.append(line)
+        head = "✅ Restore drill passed" if ok else "❌ Restore drill found problems"
+        return ok, head + ":\n" + "\n".join(f"- {x}" for x in lines)
+
+    async def _drill_one(self, app: str, snap: Snapshot) -> str:
+        listing = await self.restic.ls(snap.id)
+        want_files = sum(1 for _, kind, _ in listing if kind == "file")
+        want_size = sum(size for _, kind, size in listing if kind == "file")
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "drill-", self._data_dir))
+        try:
+            started = time.monotonic()
+            await self.restic.restore(snap.id, folder)
+            files, size = await asyncio.to_thread(tree_totals, folder)
+            took = human_age(time.monotonic() - started)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        age = human_age((datetime.now(UTC) - snap.time).total_seconds())
+        if (files, size) != (want_files, want_size):
+            return (
+                f"❌ {app} ({snap.short_id}, {age} old): restored {files} files / "
+                f"{human_bytes(size)}, the snapshot lists {want_files} / {human_bytes(want_size)}"
+            )
+        return (
+            f"✅ {app} ({snap.short_id}, {age} old): {files} files, {human_bytes(size)} "
+            f"restored and matching, in {took}"
+        )
