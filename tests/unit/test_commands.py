@@ -49,3 +49,25 @@ async def test_audit_needs_operator(make_bot: BotFactory) -> None:
 async def test_audit_count_must_be_a_number(make_bot: BotFactory) -> None:
     (reply,) = await ask(make_bot(), "!audit cloud.test many")
     assert reply == "<n>: 'many' is not a whole number\nUsage: `!audit [app] [n]`"
+
+
+async def test_help_for_a_family_lists_its_subcommands_and_examples(make_bot: BotFactory) -> None:
+    (text,) = await ask(make_bot(), "!help backup", OPERATOR)
+    assert text.startswith("**`!backup <target>`**")
+    assert "Subcommands:" in text
+    for usage in ("!backup all", "!backup check", "!backup drill", "!backup prune"):
+        assert f"- `{usage}`: " in text
+    assert "Example: `!backup cloud.example.coop`, `!backup check`" in text
+    assert text.endswith("Needs: operator")
+
+
+async def test_help_for_one_command_shows_its_example(make_bot: BotFactory) -> None:
+    (text,) = await ask(make_bot(), "!help deploy", OPERATOR)
+    assert "Example: `!deploy cloud.example.coop 2.1.0+1.0`" in text
+
+
+async def test_help_list_shows_subcommands_under_their_family(make_bot: BotFactory) -> None:
+    (text,) = await ask(make_bot(), "!help", OPERATOR)
+    lines = text.splitlines()
+    family = lines.index(next(line for line in lines if line.startswith("- `!backup <target>`")))
+    assert lines[family + 1].startswith("  - `!backup check`: ")

@@ -296,3 +296,102 @@ def test_group_decorator_returns_the_handler_and_records_the_spec() -> None:
 def test_specs_are_frozen() -> None:
     with pytest.raises(AttributeError):
         DEPLOY.name = "other"  # type: ignore[misc]
+
+
+# -- subcommand families -------------------------------------------------------------
+
+
+def _family() -> tuple[CommandGroup, list[str]]:
+    """A `!box <app>|list|move` family whose handlers record what ran."""
+    ran: list[str] = []
+    group = CommandGroup("g")
+    box = group.family(
+        "box",
+        help="Box an app.",
+        args=(Arg("target", "an app, or list, move"),),
+        role=Role.OPERATOR,
+        lock_arg="target",
+        example="box cloud.test",
+    )
+
+    @box.default
+    async def one(ctx: Any) -> None:
+        ran.append(f"one {ctx.args['target']}")
+
+    @box.sub("list", help="List the boxes.", example="box list")
+    async def listing(ctx: Any) -> None:
+        ran.append("list")
+
+    @box.sub(
+        "move",
+        help="Move a box.",
+        args=(Arg("to", "where"),),
+        options=(Option("fast", flag=True),),
+        example="box move shelf --fast",
+    )
+    async def move(ctx: Any) -> None:
+        ran.append(f"move {ctx.args['to']} {ctx.args['fast']}")
+
+    return group, ran
+
+
+class _Ctx:
+    def __init__(self, spec: CommandSpec, text: str) -> None:
+        self.spec, self.args, self.prefix = spec, spec.parse(text), "!"
+
+
+def test_a_family_is_one_registered_spec_with_its_subcommands() -> None:
+    group, _ = _family()
+    (box,) = group.specs
+    assert Registry([group]).get("box") is box
+    assert [s.name for s in box.subcommands] == ["box list", "box move"]
+    assert [s.word for s in box.subcommands] == ["list", "move"]
+    assert (box.role, box.lock_arg) == (Role.OPERATOR, "target")
+
+
+def test_the_first_argument_picks_the_subcommand() -> None:
+    group, _ = _family()
+    (box,) = group.specs
+    assert box.parse("cloud.test") == {"target": "cloud.test"}
+    assert box.parse("list") == {"target": "list"}
+    # The family's first argument holds the word: the lock and !jobs see it.
+    assert box.parse("move shelf --fast") == {"to": "shelf", "fast": True, "target": "move"}
+    assert box.chosen(box.parse("list")) is box.subcommand("list")
+    assert box.chosen(box.parse("cloud.test")) is box
+
+
+def test_subcommand_usage_is_generated_and_used_in_its_errors() -> None:
+    group, _ = _family()
+    (box,) = group.specs
+    assert box.usages() == ["!box <target>", "!box list", "!box move <to> [--fast]"]
+    with pytest.raises(UsageError) as caught:
+        box.parse("move")
+    assert str(caught.value) == "missing <to>\nUsage: `!box move <to> [--fast]`"
+    with pytest.raises(UsageError) as caught:
+        box.parse("list extra", prefix="?")
+    assert caught.value.usage == "?box list"
+    with pytest.raises(UsageError) as caught:
+        box.parse("")
+    assert caught.value.usage == "!box <target>"
+
+
+async def test_the_family_handler_runs_the_chosen_form() -> None:
+    group, ran = _family()
+    (box,) = group.specs
+    for text in ("cloud.test", "list", "move shelf"):
+        await box.handler(_Ctx(box, text))  # type: ignore[arg-type]
+    assert ran == ["one cloud.test", "list", "move shelf False"]
+
+
+async def test_a_family_without_its_own_form_asks_for_a_subcommand() -> None:
+    group = CommandGroup("g")
+    only = group.family("only", help="Only subcommands.", args=(Arg("what"),))
+    only.sub("a", help="A.")(_nothing)
+    (spec,) = group.specs
+    with pytest.raises(UsageError, match="pick one of: a"):
+        await spec.handler(_Ctx(spec, "zzz"))  # type: ignore[arg-type]
+
+
+def test_example_field_defaults_to_empty() -> None:
+    assert DEPLOY.example == ""
+    assert spec("x", example="x 1").example == "x 1"
