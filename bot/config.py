@@ -110,6 +110,12 @@ class MatrixConfig(_Section):
     # 429 answers retried per request before giving up; each wait is capped.
     max_rate_limit_retries: Annotated[int, Field(ge=0, le=20)] = 5
     max_rate_limit_wait: Duration = 30.0
+    # The bot cross-signs its own device (Element trusts no device its owner has not
+    # signed, MSC4153). Off only for tests that must show what an unsigned bot looks like.
+    cross_signing: bool = True
+    # A copy of data_dir/e2ee/cross_signing.json (format: bot/ops/crosssign.py): with it,
+    # a bot whose data folder was lost signs its new device with the same identity.
+    recovery_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _one_credential(self, info: ValidationInfo) -> MatrixConfig:
@@ -129,6 +135,12 @@ class MatrixConfig(_Section):
             object.__setattr__(self, "password", _read_secret(self.password_file, base))
         if self.access_token_file is not None:
             object.__setattr__(self, "access_token", _read_secret(self.access_token_file, base))
+        if self.recovery_key_file is not None:
+            # Read at start, not here: it is only needed when the device must be signed.
+            path = self.recovery_key_file.expanduser()
+            if base is not None and not path.is_absolute():
+                path = base / path
+            object.__setattr__(self, "recovery_key_file", path)
         return self
 
 

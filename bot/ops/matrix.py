@@ -58,6 +58,7 @@ from bot.core.chat import (
 from bot.core.metrics import Metrics
 from bot.core.store import Store
 from bot.errors import CoopbotError
+from bot.ops.matrix_identity import CrossSigningError, Identity, probe_devices, query_keys
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,15 @@ class MatrixChat:
             ),
         )
         self.client.max_wait = config.max_rate_limit_wait
+        # Cross-signing needs device keys, so it only exists with encryption on.
+        self.identity: Identity | None = None
+        if config.encryption and config.cross_signing:
+            self.identity = Identity(
+                self.client,
+                store_dir,
+                recovery_key_file=config.recovery_key_file,
+                password=config.password.get_secret_value() if config.password else None,
+            )
         self._allowed: set[str] = set()
         self._home: str | None = None  # the first configured room, once resolved
         self._creators: dict[str, asyncio.Future[frozenset[str]]] = {}
@@ -220,6 +230,11 @@ class MatrixChat:
         recent = time.monotonic() - self._last_sync < self.config.sync_timeout + 60
         return self._running and self._sync_ok and recent
 
+    def problems(self) -> list[str]:
+        """What keeps members from using the bot although it syncs (for /healthz):
+        an unsigned device is invisible to Element in encrypted rooms (MSC4153)."""
+        return self.identity.problems() if self.identity is not None else []
+
     # -- receiving ---------------------------------------------------------------
     async def run(self, on_event: EventHandler) -> None:
         """Log in, join, then sync until cancelled; reconnects with backoff."""
@@ -240,6 +255,8 @@ class MatrixChat:
 
     async def _connect(self) -> None:
         await self.login()
+        if self.identity is not None:
+            await self.identity.ensure()  # at every start: a lost signature is put back
         await self._resolve_rooms()
         since = self._store.get(SYNC_TOKEN_KEY)
         if since is None:
@@ -406,8 +423,14 @@ class MatrixChat:
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: Sequence[str] = (),
+        notify: bool = False,
     ) -> str:
         content = _notice(markdown, mentions)
+        if notify:
+            # The default push rule .m.rule.suppress_notices silences every m.notice;
+            # m.text with exactly these m.mentions pings those people and nobody else.
+            content["msgtype"] = "m.text"
+            content["m.mentions"] = {"user_ids": list(mentions)}
         _relate(content, reply_to, thread_root)
         return await self._send(room_id, "m.room.message", content)
 
@@ -575,6 +598,8 @@ async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
             results.append(
                 (ok, f"access token {'works' if ok else 'was refused'} for {matrix.user_id}")
             )
+            if ok and not isinstance(who, WhoamiError) and who.device_id:
+                results.append(await _probe_cross_signing(client, matrix, who.device_id))
         else:
             assert matrix.password is not None
             # A throwaway device, logged out again at once.
@@ -588,6 +613,7 @@ async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
                 )
             )
             if ok:
+                results.append(await _probe_cross_signing(client, matrix, None))
                 await client.logout()
                 client.access_token = login.access_token  # logout cleared it; not needed further
         for ref in matrix.rooms:
@@ -600,3 +626,15 @@ async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
     finally:
         await client.close()
     return results
+
+
+async def _probe_cross_signing(
+    client: AsyncClient, matrix: MatrixConfig, device_id: str | None
+) -> tuple[bool, str]:
+    if not (matrix.encryption and matrix.cross_signing):
+        return True, "cross-signing is off (matrix.encryption or matrix.cross_signing)"
+    try:
+        query = await query_keys(client, matrix.user_id)
+    except CrossSigningError as exc:
+        return False, str(exc)
+    return probe_devices(query, matrix.user_id, device_id, matrix.device_name)
