@@ -157,6 +157,7 @@ class Identity:
                     "matrix.password_file instead of matrix.access_token_file (the device "
                     "is kept), then switch back"
                 )
+            log.info("the homeserver asks for the password (user-interactive auth)")
             body["auth"] = {
                 "type": "m.login.password",
                 "identifier": {"type": "m.id.user", "user": self.client.user_id},

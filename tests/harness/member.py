@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -257,6 +258,31 @@ class Member:
             nio.RoomRedactResponse,
             f"redact {event_id} in {room_id}",
         )
+
+    # ------------------------------------------------------------- raw calls
+
+    async def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A client-server API call nio has no method for; the JSON answer (raises on
+        any status but 200)."""
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        data = json.dumps(body) if body is not None else None
+        response = await self.client.send(method, path, data, headers)
+        answer = await response.json(content_type=None)
+        if response.status != 200:
+            raise MemberError(f"{method} {path} failed: {response.status} {answer}")
+        return answer
+
+    async def keys_query(self, user_id: str) -> dict[str, Any]:
+        """/keys/query for one user: devices, master and self-signing keys."""
+        answer: dict[str, Any] = await self.api(
+            "POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}}
+        )
+        return answer
+
+    async def notifications(self) -> list[dict[str, Any]]:
+        """What Synapse's push rules notified this member of (newest first)."""
+        answer = await self.api("GET", "/_matrix/client/v3/notifications?limit=100")
+        return list(answer.get("notifications", []))
 
     # --------------------------------------------------------------- waiting
 
