@@ -33,8 +33,14 @@ deps:
 	scripts/install-system-deps
 
 ## test: everything CI checks: lint, types, unit and integration tests
-test: deps venv lint
+test: deps venv js lint
 	$(BIN)/pytest
+
+# The Element-like test client (matrix-js-sdk, tests/js): installed from its lock file.
+JS_STAMP := tests/js/node_modules/.package-lock.json
+js: $(JS_STAMP)
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
 
 ## unit: the fast tests only (no homeserver, no swarm)
 unit: venv
