@@ -33,6 +33,7 @@ class Sent:
     reply_to: str | None = None
     thread_root: str | None = None
     mentions: tuple[str, ...] = ()
+    notify: bool = False  # m.text that pings `mentions`, rather than a silent notice
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,11 @@ class FakeChat:
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: Sequence[str] = (),
+        notify: bool = False,
     ) -> str:
-        record = Sent(room_id, markdown, self._event_id(), reply_to, thread_root, tuple(mentions))
+        record = Sent(
+            room_id, markdown, self._event_id(), reply_to, thread_root, tuple(mentions), notify
+        )
         self.sent.append(record)
         self.log.append(record)
         return record.event_id
@@ -216,13 +220,18 @@ class FakeSwarm:
         if self.unreachable:
             host = self.unreachable if isinstance(self.unreachable, str) else "ssh://nowhere"
             raise SwarmError(f"server unreachable: {host}")
-        return {name: list(s) for name, s in self.stacks_of.items()}
+        # by stack name, and services by name, as the daemon is asked to answer
+        return {name: self._sorted(s) for name, s in sorted(self.stacks_of.items())}
+
+    @staticmethod
+    def _sorted(services: list[ServiceInfo]) -> list[ServiceInfo]:
+        return sorted(services, key=lambda s: s.name)
 
     async def services(self, stack: str) -> list[ServiceInfo]:
         await asyncio.sleep(0)
         if self.answers:
             return self.answers.pop(0)
-        return list(self.stacks_of.get(stack, []))
+        return self._sorted(self.stacks_of.get(stack, []))
 
     async def secrets(self) -> set[str]:
         return set(self.secret_names)
@@ -398,7 +407,7 @@ class FakeRestic:
         await self._call("ls")
         return self.listings[snapshot_id]
 
-    async def restore(self, snapshot_id: str, target: Path, include: list[str] = []) -> None:  # noqa: B006
+    async def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = ()) -> None:
         await self._call("restore")
         self.restored.append((snapshot_id, target, list(include)))
         if self.restore_error is not None:
@@ -411,10 +420,21 @@ class FakeRestic:
             dest.write_bytes(data)
 
     async def forget(
-        self, tags: list[str], daily: int, weekly: int, monthly: int, group_by: str = ""
+        self,
+        tags: list[str],
+        keep_daily: int,
+        keep_weekly: int,
+        keep_monthly: int,
+        group_by: str = "tags",
     ) -> list[str]:
+        # the real one's refusals, before any restic runs
+        if not tags:
+            raise ValueError("forget needs tags: it would apply to the whole repository")
+        if not any((keep_daily, keep_weekly, keep_monthly)):
+            raise ResticError("a retention policy needs at least one keep value above 0")
         await self._call("forget")
-        self.forgotten.append([*tags, f"{daily}/{weekly}/{monthly}", f"group_by={group_by!r}"])
+        policy = f"{keep_daily}/{keep_weekly}/{keep_monthly}"
+        self.forgotten.append([*tags, policy, f"group_by={group_by!r}"])
         return self.forget_removes.get(tags[0], [])
 
     async def prune(self) -> None:

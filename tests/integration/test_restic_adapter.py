@@ -350,6 +350,8 @@ def lock_holder(repo: Restic) -> Iterator[subprocess.Popen[bytes]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()  # the pipe never written to; left open it is a ResourceWarning
 
 
 async def test_locked_repository_names_holder_and_age(
