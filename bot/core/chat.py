@@ -88,8 +88,13 @@ class Chat(Protocol):
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: Sequence[str] = (),
+        notify: bool = False,
     ) -> str:
-        """Post a notice; returns its event id."""
+        """Post a notice; returns its event id.
+
+        `notify=True` is for what someone must act on (a vote, a failure): the message
+        then notifies exactly `mentions` (Matrix: `m.text` with those `m.mentions`,
+        because push rules silence every `m.notice`). Routine answers leave it off."""
         ...
 
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None: ...

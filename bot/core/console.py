@@ -82,6 +82,7 @@ class ConsoleChat:
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: Sequence[str] = (),
+        notify: bool = False,  # a terminal has no push notifications
     ) -> str:
         event_id = self._next_id()
         marker = "  ↳ " if thread_root else ""
