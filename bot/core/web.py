@@ -1,20 +1,34 @@
-"""aiohttp: /healthz (200 only while the chat loop is alive) and /metrics."""
+"""aiohttp: /healthz (200 only while the chat loop is alive and the chat reports no
+problem, such as a device Element will not trust) and /metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.core.metrics import Metrics
 
+Problems = Callable[[], Sequence[str]]
 
-def make_app(metrics: Metrics, alive: Callable[[], bool]) -> web.Application:
+
+def _none() -> Sequence[str]:
+    return ()
+
+
+def make_app(
+    metrics: Metrics, alive: Callable[[], bool], problems: Problems = _none
+) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
-        if alive():
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="not syncing\n")
+        if not alive():
+            return web.Response(status=503, text="not syncing\n")
+        # Syncing but unusable for members (e.g. an unsigned device in encrypted rooms):
+        # unhealthy too, with the reason, so monitoring shows what to fix.
+        found = list(problems())
+        if found:
+            return web.Response(status=503, text="".join(f"problem: {p}\n" for p in found))
+        return web.Response(text="ok\n")
 
     async def metrics_view(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -26,9 +40,11 @@ def make_app(metrics: Metrics, alive: Callable[[], bool]) -> web.Application:
     return app
 
 
-async def serve(metrics: Metrics, alive: Callable[[], bool], listen: str) -> web.AppRunner:
+async def serve(
+    metrics: Metrics, alive: Callable[[], bool], listen: str, problems: Problems = _none
+) -> web.AppRunner:
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(make_app(metrics, alive), access_log=None)
+    runner = web.AppRunner(make_app(metrics, alive, problems), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
     return runner
