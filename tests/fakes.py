@@ -278,7 +278,8 @@ class FakeApps:
 
     swarms: dict[str, FakeSwarm]
     envs: list[AppEnv] = field(default_factory=list)
-    abra_dir: Path | None = None  # where recipe() finds the recipes' git checkouts
+    # where recipe() finds the recipes' git checkouts; tests that ask for one set it
+    abra_dir: Path = Path("/nonexistent/abra")
     deploys: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, version, action)
     deploy_fails: str | None = None  # the error, or None for success
     deploy_changes_spec: bool = True  # a failed deploy that got as far as the swarm
@@ -296,7 +297,6 @@ class FakeApps:
         return self.swarms[server]
 
     def recipe(self, name: str) -> RecipeRepo:
-        assert self.abra_dir is not None, "FakeApps(abra_dir=...) for recipes"
         return RecipeRepo(self.abra_dir / "recipes" / name)
 
     async def deployed(self, env: AppEnv) -> Deployed:

@@ -112,7 +112,7 @@ def test_check_reports_every_component(
     bot_id = synapse.register("coopbot-check", "check-password")
     secret = tmp_path / "password"
     secret.write_text("check-password\n")
-    config = {
+    config: dict[str, object] = {
         "matrix": {
             "homeserver": synapse.url,
             "user_id": bot_id,

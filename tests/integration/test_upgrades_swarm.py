@@ -186,7 +186,7 @@ class Site:
         """The scheduler's upgrade check, run to its end."""
         bot = self.runner.bot
         assert bot is not None
-        await bot.services.run_scheduled("upgrades")
+        await bot.dispatcher.run_scheduled("upgrades")
         await bot.dispatcher.drain()
 
     def version(self, domain: str) -> str:

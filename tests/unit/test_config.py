@@ -550,8 +550,8 @@ def test_bad_upgrades_values() -> None:
         "upgrades.bogus: unknown key",
         "upgrades.concurrency: Input should be greater than or equal to 1",
     ]
-    (found,) = problems({"upgrades": {"concurrency": 65}})
-    assert found == "upgrades.concurrency: Input should be less than or equal to 64"
+    (only,) = problems({"upgrades": {"concurrency": 65}})
+    assert only == "upgrades.concurrency: Input should be less than or equal to 64"
 
 
 def test_timezone() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from bot.app import Bot
 from bot.core.context import Arg, CommandContext, positive_int
+from bot.core.jobs import Job
 from bot.core.progress import Progress
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
@@ -248,7 +249,7 @@ async def test_cancel_needs_the_role_of_the_job(make_bot: BotFactory, work: Work
     assert replies(bot, by_operator.event_id) == ["Job #1 needs the admin role to cancel."]
     assert replies(bot, by_viewer.event_id)[0].startswith("🔒 `!cancel` needs the operator role")
     job = bot.services.jobs.get(1)
-    assert job is not None
+    assert isinstance(job, Job)  # the manager's own, with its task
     assert job.task is not None
     assert not job.task.done()
     work.gates["g"].set()

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,7 @@ async def test_result_and_explicit_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not res.stderr_truncated
 
 
-async def test_stdin_and_cwd(tmp_path: os.PathLike[str]) -> None:
+async def test_stdin_and_cwd(tmp_path: Path) -> None:
     res = await run_process(sh("pwd; cat"), env=ENV, cwd=tmp_path, stdin=b"fed\nlines")
     assert res.stdout == f"{os.fspath(tmp_path)}\nfed\nlines"
     # without stdin the child reads /dev/null, it does not wait for us

@@ -24,8 +24,18 @@ HOURLY = Task("backup-age", "17 * * * *", "backups", "the backup age check")
 WEEKLY = Task("check", "0 5 * * 0", "backup check", "the repository check")
 
 
-def at(*args: int, zone: str = "UTC") -> datetime:
-    return datetime(*args, tzinfo=ZoneInfo(zone))  # type: ignore[misc]
+def at(
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    microsecond: int = 0,
+    *,
+    zone: str = "UTC",
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=ZoneInfo(zone))
 
 
 class Recorder:
