@@ -87,6 +87,7 @@ class Dockerd:
         self.cli_env.pop("DOCKER_CONTEXT", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.timings: dict[str, float] = {}
+        self._turn: io.TextIOWrapper | None = None  # the machine-wide swarm lock, once started
 
     def start(self, timeout: float = 60) -> None:
         # One swarm-mode test dockerd per machine at a time (see the port check below):
@@ -271,7 +272,7 @@ class Dockerd:
         if Path(f"/sys/class/net/{self.bridge}").exists():
             subprocess.run(["ip", "link", "delete", self.bridge], check=False)
         shutil.rmtree(self.short, ignore_errors=True)
-        turn, self._turn = getattr(self, "_turn", None), None
+        turn, self._turn = self._turn, None
         if turn is not None:
             turn.close()  # closing the file releases the lock
 
