@@ -64,6 +64,10 @@ class Identity:
             self.error = f"device {self.client.device_id} is not cross-signed: {exc}"
             log.error("%s", self.error)
             return None
+        except Exception:  # a homeserver answer of an unexpected shape: not worth a dead bot
+            self.error = f"device {self.client.device_id} is not cross-signed: unexpected error"
+            log.exception("%s", self.error)
+            return None
         if self.trust.signed:
             log.info(
                 "device %s is cross-signed (master key %s)",
