@@ -346,8 +346,12 @@ def list_apps(abra_dir: Path, servers: Iterable[str]) -> tuple[list[AppEnv], lis
 
 # abra's charsets: "default" is alphanumeric; "special-chars" adds punctuation
 # that survives YAML, env files and shells unquoted-ish (no quotes, backslash, space).
+# Recipes also name "alnum" (the default's letters and digits) and "hex" (lower-case
+# hex digits, for keys an app reads as hex): llamenos' sample uses both.
 CHARSETS = {
     "default": string.ascii_letters + string.digits,
+    "alnum": string.ascii_letters + string.digits,
+    "hex": string.digits + "abcdef",
     "special-chars": string.ascii_letters
     + string.digits
     + "".join(c for c in string.punctuation if c not in "\"'`\\"),
