@@ -8,7 +8,6 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nio
 import pytest
 
 from bot.ops.matrix import MatrixChat
@@ -26,14 +25,11 @@ async def running(
     bot = await runner.start()
     assert isinstance(bot.chat, MatrixChat)
     try:
-        # nio sends only to rooms it has synced: wait until the bot is in the room
-        await coop.bob.wait_for(
-            lambda room, e: (
-                isinstance(e, nio.RoomMemberEvent)
-                and e.state_key == coop.bot_id
-                and e.membership == "join"
-            )
-        )
+        # nio sends only to rooms its own sync has shown it: wait for that, not for
+        # the join event that other members may see first
+        async with asyncio.timeout(30):
+            while coop.room not in bot.chat.client.rooms:  # noqa: ASYNC110 (nio has no event)
+                await asyncio.sleep(0.05)
         yield coop, bot.chat
     finally:
         await runner.stop()
