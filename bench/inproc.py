@@ -62,6 +62,7 @@ class BenchChat:
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: Sequence[str] = (),
+        notify: bool = False,
     ) -> str:
         event_id = f"$bot-{next(self._ids)}"
         await self._record(event_id, reply_to, markdown)
@@ -101,6 +102,9 @@ class BenchChat:
 
     def alive(self) -> bool:
         return True
+
+    def problems(self) -> list[str]:
+        return []
 
     async def wait(
         self,

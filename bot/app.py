@@ -196,7 +196,9 @@ class Bot:
         if not self.config.web.listen:
             yield
             return
-        runner = await serve(self.metrics, self.chat.alive, self.config.web.listen)
+        runner = await serve(
+            self.metrics, self.chat.alive, self.config.web.listen, self.chat.problems
+        )
         log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
         try:
             yield

@@ -155,6 +155,9 @@ class FakeChat:
     def alive(self) -> bool:
         return self.running
 
+    def problems(self) -> list[str]:
+        return []
+
     # -- helpers for assertions ------------------------------------------------
     def texts(self) -> list[str]:
         """The markdown of every posted message, in order (edits not included)."""

@@ -131,6 +131,11 @@ class Chat(Protocol):
         """True while the receive loop is healthy (for /healthz)."""
         ...
 
+    def problems(self) -> list[str]:
+        """What keeps members from using the bot although it is alive (for /healthz),
+        e.g. a device Element will not trust."""
+        ...
+
     async def home_room(self) -> str | None:
         """Where scheduled work reports: the first configured room (None until known)."""
         ...

@@ -71,6 +71,9 @@ class ConsoleChat:
     def alive(self) -> bool:
         return self._open
 
+    def problems(self) -> list[str]:
+        return []
+
     async def home_room(self) -> str | None:
         return CONSOLE_ROOM
 
