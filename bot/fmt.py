@@ -55,9 +55,11 @@ def human_bytes(n: float) -> str:
 # Every UTC time the bot shows a person has this one shape, whatever the source
 # (a datetime from docker or restic, or a store timestamp).
 
+
 def utc_time(moment: datetime | float, *, seconds: bool = False, date: bool = True) -> str:
-    """"2026-03-01 14:05 UTC" for an aware datetime or a Unix timestamp; `seconds`
-    adds them (the audit log), `date=False` leaves the day out (a deadline today)."""
+    """A time as people read it, e.g. 2026-03-01 14:05 UTC, from an aware datetime or a
+    Unix timestamp; `seconds` adds them (the audit log), `date=False` leaves the day
+    out (a deadline today)."""
     if not isinstance(moment, datetime):
         moment = datetime.fromtimestamp(moment, UTC)
     shape = ("%Y-%m-%d " if date else "") + ("%H:%M:%S" if seconds else "%H:%M")

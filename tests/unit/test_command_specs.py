@@ -45,7 +45,7 @@ def test_vote_policy_is_none_or_a_policy_the_config_knows(spec: CommandSpec) -> 
 
 
 def test_policy_names_are_the_documented_ones() -> None:
-    assert POLICY_NAMES == {
+    expected = {
         "upgrade",
         "major_upgrade",
         "rollback",
@@ -53,3 +53,4 @@ def test_policy_names_are_the_documented_ones() -> None:
         "restore",
         "deploy_version_change",
     }
+    assert expected == POLICY_NAMES
