@@ -9,7 +9,6 @@ reaction and its redaction are applied in the order they arrived.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import secrets
@@ -22,15 +21,12 @@ from bot.core.context import CommandContext, Control, Services
 from bot.core.roles import Role
 from bot.core.store import ProposalRow, VoteRow
 from bot.errors import UserError
+from bot.fmt import utc_time
 
 log = logging.getLogger(__name__)
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i to misread
 SEED_KEYS = ("👍", "👎")
-
-
-def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _people(users: tuple[str, ...] | list[str]) -> str:
@@ -178,7 +174,7 @@ class ApprovalGate:
                 tally = await self._update(row)  # closes it on the votes cast in time
                 if tally.state is State.EXPIRED:
                     raise UserError(
-                        f"Too late: proposal `{row.id}` expired at {_when(row.expires_at)}, "
+                        f"Too late: proposal `{row.id}` expired at {utc_time(row.expires_at)}, "
                         "before your vote. Nothing was done."
                     )
                 raise UserError(f"Proposal `{row.id}` was already decided ({tally.state}).")
@@ -374,7 +370,7 @@ class ApprovalGate:
         if state is State.OPEN:
             lines.append(
                 f"Needs **{policy.required}** approval{'s' if policy.required > 1 else ''} "
-                f"from {who}{not_you}, by {_when(row.expires_at)}. "
+                f"from {who}{not_you}, by {utc_time(row.expires_at)}. "
                 f"React 👍 to approve or 👎 to reject"
                 + (" (one 👎 rejects)" if policy.veto else "")
                 + f", or type `{p}approve {row.id}` / `{p}reject {row.id}`."
@@ -395,7 +391,7 @@ class ApprovalGate:
             lines.append(f"❌ **Rejected** ({why}). Nothing was done.")
         elif state is State.EXPIRED:
             lines.append(
-                f"⌛ **Expired** at {_when(row.expires_at)} with "
+                f"⌛ **Expired** at {utc_time(row.expires_at)} with "
                 f"{len(tally.approvers)} of {policy.required} approvals. Nothing was done."
             )
         elif state is State.STALE:
