@@ -158,9 +158,100 @@ class AccessConfig(_Section):
         return self
 
 
+def _resolve_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A secret file's path against the config's folder, read once now so that a
+    missing or empty file stops start-up."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    value = value if value.is_absolute() or base is None else base / value
+    _read_secret(value, None)
+    return value
+
+
+class ForgejoHookConfig(_Section):
+    # The hook's secret (Forgejo/Gitea "Secret" field): the HMAC-SHA256 key.
+    secret_file: Path
+
+    _file = field_validator("secret_file", mode="after")(_resolve_file)
+
+
+class AlertmanagerHookConfig(_Section):
+    # Alertmanager's webhook_configs[].http_config.authorization credentials.
+    token_file: Path
+
+    _file = field_validator("token_file", mode="after")(_resolve_file)
+
+
+class HooksConfig(_Section):
+    forgejo: ForgejoHookConfig | None = None  # POST /hooks/forgejo (Gitea too)
+    alertmanager: AlertmanagerHookConfig | None = None  # POST /hooks/alertmanager
+    max_body: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+
+
 class WebConfig(_Section):
     # "127.0.0.1:9100" serves /healthz and /metrics; unset means no web server.
     listen: Annotated[str, Field(pattern=r"^\S+:\d+$")] | None = None
+    # /metrics then needs "Authorization: Bearer <the file's content>".
+    metrics_token_file: Path | None = None
+    hooks: HooksConfig = HooksConfig()  # off unless a hook is configured
+
+    _file = field_validator("metrics_token_file", mode="after")(_resolve_file)
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)-([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_quiet_hours(value: Any) -> str:
+    text = str(value).replace(" ", "")
+    match = _CLOCK.match(text)
+    if not match or match.group(1, 2) == match.group(3, 4):
+        raise ValueError(f"{value!r} is not a span of the day such as '22:00-07:00'")
+    return text
+
+
+class WatchConfig(_Section):
+    """The swarm watch: incidents from each server's events (bot/features/watch)."""
+
+    failures: Annotated[int, Field(ge=1)] = 3  # task failures of one service...
+    window: Duration = 600.0  # ...within this long open an incident
+    # An incident closes once its cause has been gone this long (no flapping).
+    recover_after: Duration = 120.0
+    # A service below its replicas (or paused) this long has stopped converging.
+    converge_timeout: Duration = 600.0
+    poll_interval: Duration = 60.0  # snapshots while the event stream is up
+    fallback_interval: Duration = 15.0  # snapshots while it is down
+    # Disks holding volumes: an incident past disk_percent, urgent past disk_critical.
+    # Default: backups.volumes_root when there is a backups: section.
+    disk_paths: list[Path] = []
+    disk_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    disk_critical: Annotated[float, Field(gt=0, le=100)] = 97.0
+    disk_interval: Duration = 300.0
+    # "22:00-07:00" (the configured timezone): non-urgent incidents are held, then
+    # sent as one digest when it ends.
+    quiet_hours: Annotated[str, BeforeValidator(parse_quiet_hours)] | None = None
+
+
+class PingsConfig(_Section):
+    """Dead-man switches (healthchecks.io, Uptime Kuma push): per scheduled task,
+    <url>/start when it starts, <url> when it succeeds, <url>/fail when it fails."""
+
+    backup: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    check: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    drill: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    upgrades: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    # The bot itself: a success ping every bot_interval while it runs.
+    bot: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    bot_interval: Duration = 300.0
+    timeout: Duration = 10.0
+
+    def url(self, task: str) -> str | None:
+        value = getattr(self, task, None) if task in PING_TASKS else None
+        return value if isinstance(value, str) else None
+
+
+PING_TASKS = ("backup", "check", "drill", "upgrades", "bot")
 
 
 class JobsConfig(_Section):
@@ -190,6 +281,9 @@ class PolicyOverride(_Section):
     allow_self_approval: bool | None = None
     veto: bool | None = None
     voters: RoleName | None = None
+    delay: Duration | None = None
+    require_reason: bool | None = None
+    break_glass: bool | None = None
 
 
 class ApprovalsConfig(_Section):
@@ -198,6 +292,9 @@ class ApprovalsConfig(_Section):
     allow_self_approval: bool = False
     veto: bool = True  # one rejection from an eligible voter rejects
     voters: RoleName = "operator"  # minimum role whose votes count
+    delay: Duration = 0.0  # an approved proposal waits this long; an eligible 👎 stops it
+    require_reason: bool = False  # requests must give one: `!undeploy app -- why`
+    break_glass: bool = False  # `!urgent ID -- why` lets one admin run it at once
     policies: dict[str, PolicyOverride] = {}
 
     @field_validator("policies")
@@ -224,6 +321,11 @@ class ApprovalsConfig(_Section):
                 else override.allow_self_approval
             ),
             timeout=override.timeout or self.timeout,
+            delay=self.delay if override.delay is None else override.delay,
+            require_reason=(
+                self.require_reason if override.require_reason is None else override.require_reason
+            ),
+            break_glass=self.break_glass if override.break_glass is None else override.break_glass,
         )
 
 
@@ -297,6 +399,8 @@ class Config(_Section):
     approvals: ApprovalsConfig = ApprovalsConfig()
     backups: BackupsConfig | None = None  # no section: no backups
     upgrades: UpgradesConfig = UpgradesConfig()
+    watch: WatchConfig | None = None  # no section: no swarm watch
+    pings: PingsConfig = PingsConfig()
     # Timezone of the cron schedules (IANA name); default: the machine's.
     timezone: str | None = None
     log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")] = "INFO"

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,19 @@ MIGRATIONS: list[str] = [
         files_unmodified INTEGER, data_added INTEGER, total_bytes INTEGER,
         detail TEXT);
     CREATE INDEX backups_app ON backups (app, id);
+    """,
+    # Incidents of the swarm watch (one open row per key: the partial unique index),
+    # and the webhook deliveries already handled (replays are refused).
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, server TEXT NOT NULL,
+        kind TEXT NOT NULL, subject TEXT NOT NULL, summary TEXT NOT NULL,
+        urgent INTEGER NOT NULL, opened_at REAL NOT NULL, updated_at REAL NOT NULL,
+        closed_at REAL, room_id TEXT, message_id TEXT, held INTEGER NOT NULL DEFAULT 0);
+    CREATE UNIQUE INDEX incidents_open_key ON incidents (key) WHERE closed_at IS NULL;
+    CREATE TABLE hook_deliveries (
+        hook TEXT NOT NULL, delivery TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (hook, delivery));
     """,
 ]
 
@@ -145,6 +158,31 @@ class AuditRow:
     room_id: str | None
     event_id: str | None
     detail: str
+
+
+class Held(IntEnum):
+    """How an incident was told: its own message, held for the digest, in a digest."""
+
+    SENT = 0
+    HELD = 1
+    DIGEST = 2
+
+
+@dataclass(frozen=True)
+class IncidentRow:
+    id: int
+    key: str  # what it is about, e.g. "default/task/demo_app": one open row per key
+    server: str
+    kind: str  # "task", "converge", "node", "disk", "alert"
+    subject: str
+    summary: str
+    urgent: bool
+    opened_at: float
+    updated_at: float
+    closed_at: float | None
+    room_id: str | None
+    message_id: str | None
+    held: Held
 
 
 class Store:
@@ -468,6 +506,76 @@ class Store:
         for row in self._db.execute(newest.format("WHERE result IN ('ok', 'warning')")):
             result[row["app"]]["good"] = dict(row)
         return result
+
+
+    # -- incidents (the swarm watch) ----------------------------------------
+    def open_incident(
+        self, key: str, server: str, kind: str, subject: str, summary: str, urgent: bool, at: float
+    ) -> IncidentRow:
+        """A new open incident; sqlite3.IntegrityError if one is open for `key`."""
+        cursor = self._db.execute(
+            "INSERT INTO incidents (key, server, kind, subject, summary, urgent, opened_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, server, kind, subject, summary, int(urgent), at, at),
+        )
+        row = self.incident(int(cursor.lastrowid or 0))
+        assert row is not None
+        return row
+
+    def update_incident(self, incident_id: int, summary: str, urgent: bool, at: float) -> None:
+        self._db.execute(
+            "UPDATE incidents SET summary = ?, urgent = ?, updated_at = ? WHERE id = ?",
+            (summary, int(urgent), at, incident_id),
+        )
+
+    def set_incident_message(
+        self, incident_id: int, room_id: str | None, message_id: str | None, held: Held
+    ) -> None:
+        self._db.execute(
+            "UPDATE incidents SET room_id = ?, message_id = ?, held = ? WHERE id = ?",
+            (room_id, message_id, int(held), incident_id),
+        )
+
+    def close_incident(self, incident_id: int, at: float) -> None:
+        self._db.execute(
+            "UPDATE incidents SET closed_at = ?, updated_at = ? WHERE id = ?",
+            (at, at, incident_id),
+        )
+
+    def incident(self, incident_id: int) -> IncidentRow | None:
+        row = self._db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return None if row is None else _incident_row(row)
+
+    def open_incidents(self) -> list[IncidentRow]:
+        rows = self._db.execute("SELECT * FROM incidents WHERE closed_at IS NULL ORDER BY id")
+        return [_incident_row(r) for r in rows]
+
+    def held_incidents(self) -> list[IncidentRow]:
+        """Incidents held for the digest (open or closed since), oldest first."""
+        rows = self._db.execute("SELECT * FROM incidents WHERE held = ? ORDER BY id", (Held.HELD,))
+        return [_incident_row(r) for r in rows]
+
+    # -- webhook deliveries -------------------------------------------------
+    def seen_delivery(self, hook: str, delivery: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM hook_deliveries WHERE hook = ? AND delivery = ?", (hook, delivery)
+        ).fetchone()
+        return row is not None
+
+    def add_delivery(self, hook: str, delivery: str, at: float | None = None) -> bool:
+        """Remember a handled delivery; False if it was already known (a replay)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO hook_deliveries (hook, delivery, at) VALUES (?, ?, ?)",
+            (hook, delivery, time.time() if at is None else at),
+        )
+        return cursor.rowcount == 1
+
+
+def _incident_row(row: sqlite3.Row) -> IncidentRow:
+    data = dict(row)
+    data["urgent"] = bool(data["urgent"])
+    data["held"] = Held(data["held"])
+    return IncidentRow(**data)
 
 
 def _job_row(row: sqlite3.Row) -> JobRow:

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from bot.labels import NAMESPACE_LABEL, is_rollback, namespace_filter, service_f
 from bot.ops.compose import load_compose
 from bot.ops.process import ProcessTimeout, run_process
 from bot.ops.swarm.convergence import ConvergenceWatch
+from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
 
@@ -525,3 +526,15 @@ class Swarm:
                 ) from None
 
         return await self._sdk(ask)
+
+    # -- following
+
+    def events(
+        self, *, poll_interval: float = 60.0, fallback_interval: float = 15.0
+    ) -> AsyncIterator[SwarmEvent | SwarmSnapshot]:
+        """The daemon's events (container, service, node) and snapshots of the nodes
+        and services, reconnecting with backoff and polling while the stream is down
+        (events.py); until the caller stops iterating."""
+        return follow(
+            self._client_sync, poll_interval=poll_interval, fallback_interval=fallback_interval
+        )
