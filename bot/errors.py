@@ -25,3 +25,7 @@ class UsageError(UserError):
 
 class PermissionDenied(UserError):
     """The member's role is too low for what they asked."""
+
+
+class StalePlan(UserError):
+    """What was planned (or voted for) no longer matches the world: nothing ran."""

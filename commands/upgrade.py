@@ -86,10 +86,9 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     example="upgrade cloud.example.coop 2.1.0+1.0",
 )
 async def upgrade(ctx: CommandContext) -> None:
-    # Planned again: the app may have changed while this job waited for its lock. An
-    # approved job runs as a reply to its proposal: it must still be the move voted for.
+    # The job checked the plan still holds after its lock wait (CommandContext.recheck),
+    # and runs with the voted version pinned: this is the move members voted for.
     plan = await _prepare(ctx)
-    _upgrades(ctx).check_still_voted(plan, ctx.message.event_id)
     report = await _upgrades(ctx).upgrade(
         plan, ctx.progress, ctx.sender, ctx.job.id if ctx.job else None, ctx.prefix
     )

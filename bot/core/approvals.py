@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from bot.core.roles import Role
 
@@ -31,6 +32,7 @@ class State(StrEnum):
     EXPIRED = "expired"
     STALE = "stale"  # approved, but the app changed before it could run
     DONE = "done"  # approved and handed to a job
+    FAILED = "failed"  # approved, but it could not be started: nothing ran
 
     @property
     def final(self) -> bool:
@@ -58,6 +60,9 @@ class Plan:
     # False when this particular request is not risky (a first deploy, a redeploy
     # of the running version): it then runs at once, like any operator command.
     needs_vote: bool = True
+    # Argument values the plan resolved (the exact version, the snapshot id): the
+    # job runs with these, so a tag or snapshot that appears later changes nothing.
+    pins: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class Policy:
     veto: bool
     allow_self_approval: bool
     timeout: float
+    # An approved proposal runs only after this many seconds; an eligible 👎 in that
+    # time stops it (the wait timer of GitHub's environment reviews).
+    delay: float = 0.0
+    require_reason: bool = False  # the request must say why: `!undeploy app -- why`
+    # One admin may run an open proposal at once with `!urgent ID -- why`.
+    break_glass: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from bot.core.progress import Progress
 from bot.core.roles import Role
 from bot.core.scheduler import Schedule
 from bot.core.store import JobState, Store
-from bot.errors import UsageError
+from bot.errors import StalePlan, UsageError
 from bot.features.apps import Apps
 from bot.features.backups import Backups
 from bot.features.upgrades import Upgrades
@@ -283,11 +283,48 @@ class CommandContext:
     services: Services
     control: Control
     job: JobView | None = None
+    # The plan this run stands on: the one members voted for (with `proposal_id`), or
+    # the one taken when a no-vote request was asked. Checked again after every wait.
+    planned: Plan | None = None
+    proposal_id: str | None = None
     _progress: Progress | None = None
 
     @property
     def sender(self) -> str:
         return self.message.sender
+
+    def run_as_planned(self, plan: Plan, proposal_id: str | None = None) -> None:
+        """Run with the plan's resolved arguments (the exact version, snapshot...)."""
+        self.planned, self.proposal_id = plan, proposal_id
+        self.args.update(plan.pins)
+
+    async def recheck(self) -> None:
+        """After any wait (the app's lock, a backup first, a scale-down): the world
+        must still be as planned. If it is not, nothing more runs: a voted plan goes
+        stale, and a request that ran without a vote runs on only if it still needs
+        none. Raises StalePlan."""
+        planned = self.planned
+        if self.spec.plan is None or planned is None:
+            return
+        fresh = await self.spec.plan(self)
+        same_policy = (fresh.policy or self.spec.vote_policy) == (
+            planned.policy or self.spec.vote_policy
+        )
+        if fresh.fingerprint == planned.fingerprint and same_policy:
+            return
+        if self.proposal_id is None and not fresh.needs_vote:
+            self.run_as_planned(fresh)  # still nothing to vote on: run what is true now
+            return
+        if self.proposal_id is not None:
+            raise StalePlan(
+                f"Not run: things changed since the vote on `{self.proposal_id}`, so it no "
+                f"longer holds.\n- voted: {planned.summary}\n- now: {fresh.summary}\n"
+                f"Nothing was changed; ask again to vote on the new plan."
+            )
+        raise StalePlan(
+            "Not run: while this waited, things changed and it now needs a vote.\n"
+            f"- now: {fresh.summary}\nNothing was changed; send it again to propose it."
+        )
 
     @property
     def prefix(self) -> str:

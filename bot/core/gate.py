@@ -9,24 +9,42 @@ reaction and its redaction are applied in the order they arrived.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 
+from tenacity import (
+    AsyncRetrying,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
 from bot.core.chat import Message, Reaction, Redaction
 from bot.core.context import CommandContext, Control, Services
 from bot.core.roles import Role
-from bot.core.store import ProposalRow, VoteRow
-from bot.errors import UserError
+from bot.core.store import ProposalRow, StoredPlan, VoteRow
+from bot.errors import StalePlan, UserError
 from bot.fmt import utc_time
 
 log = logging.getLogger(__name__)
 
+# A deciding vote whose start fails (the swarm briefly unreachable) is tried again.
+START_ATTEMPTS = 3
+START_RETRY_WAIT = 1.0  # seconds, doubling
+
+CHANGED = "the app changed since this was proposed, so the plan no longer holds"
+LEFT = "{requester} left the room, so it no longer runs"
+
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i to misread
 SEED_KEYS = ("👍", "👎")
+
+
+def _reason(exc: Exception) -> str:
+    """What to tell the room about a failed start: a UserError's text, else its kind."""
+    return str(exc) if isinstance(exc, UserError) else f"an unexpected {type(exc).__name__}"
 
 
 def _people(users: tuple[str, ...] | list[str]) -> str:
@@ -57,6 +75,7 @@ class ApprovalGate:
         assert ctx.spec.vote_policy is not None
         plan = await self._plan(ctx)
         if not plan.needs_vote:
+            ctx.run_as_planned(plan)
             services.jobs.start(ctx)
             return None
         policy_name = plan.policy or ctx.spec.vote_policy
@@ -69,7 +88,7 @@ class ApprovalGate:
             text=message.body,
             app=app,
             policy=policy_name,
-            plan=json.dumps({"summary": plan.summary, "fingerprint": plan.fingerprint}),
+            plan=StoredPlan(plan.summary, plan.fingerprint, dict(plan.pins)),
             requester=message.sender,
             room_id=message.room_id,
             event_id=message.event_id,
@@ -241,30 +260,83 @@ class ApprovalGate:
             )
             await self._show(row, self._render(row, policy, tally, None))
             return
-        ctx = await self._context(row)
-        plan = json.loads(row.plan)
-        fresh = await self._plan(ctx) if ctx is not None else None
-        if fresh is None or fresh.fingerprint != plan["fingerprint"]:
+        if now >= row.expires_at:
+            # Approved in time but only seen now (the bot was down, or a start kept
+            # failing): a proposal never runs after its expiry.
+            expired = Tally(State.EXPIRED, tally.approvers, tally.rejecters, tally.ignored, 0)
+            services.store.set_proposal_state(row.id, State.EXPIRED, now)
+            self._audit(row, "expired", f"{row.id}: {row.text}; approved too late to run")
+            await self._show(row, self._render(row, policy, expired, None))
+            return
+        if policy.delay and (row.run_at is None or now < row.run_at):
+            await self._hold(row, policy, tally, now)
+            return
+        await self._start(row, policy, tally, now)
+
+    async def _hold(self, row: ProposalRow, policy: Policy, tally: Tally, now: float) -> None:
+        """An approved proposal under a delay waits, still open: an eligible 👎 in that
+        time rejects it (veto or not), and the sweeper starts it when the time comes."""
+        services = self._services
+        if tally.rejecters:
+            rejected = Tally(State.REJECTED, tally.approvers, tally.rejecters, tally.ignored, 0)
+            services.store.set_proposal_state(row.id, State.REJECTED, now)
+            self._audit(row, "rejected", f"{row.id}: {row.text}; stopped during its delay")
+            await self._show(row, self._render(row, policy, rejected, None))
+            return
+        if row.run_at is None:
+            run_at = min(now + policy.delay, row.expires_at)
+            services.store.set_proposal_run_at(row.id, run_at)
+            row = services.store.proposal(row.id) or row
+            self._audit(row, "approved", f"{row.id}: {row.text}; runs at {utc_time(run_at)}")
+        await self._show(row, self._render(row, policy, tally, None))
+
+    async def _start(self, row: ProposalRow, policy: Policy, tally: Tally, now: float) -> None:
+        """Start the approved command, with the plan members voted for. A transient
+        failure (the swarm unreachable) is retried; if it still fails the proposal is
+        closed as failed and says so: it never runs later by surprise."""
+        services = self._services
+        job_id: int | None = None
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_not_exception_type(StalePlan),
+                stop=stop_after_attempt(START_ATTEMPTS),
+                wait=wait_exponential(multiplier=START_RETRY_WAIT),
+                reraise=True,
+            ):
+                with attempt:
+                    ctx = await self._context(row)
+                    if ctx is None:
+                        raise StalePlan(LEFT.format(requester=row.requester))
+                    voted = Plan(
+                        row.plan.summary, row.plan.fingerprint, row.policy, pins=row.plan.pins
+                    )
+                    ctx.run_as_planned(voted, row.id)
+                    await ctx.recheck()
+                    services.store.set_proposal_state(row.id, State.DONE, now)
+                    job_id = services.jobs.start(ctx).id
+        except StalePlan as exc:
             services.store.set_proposal_state(row.id, State.STALE, now)
             self._audit(row, "stale", f"{row.id}: {row.text}")
             stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
-            why = (
-                "the app changed since this was proposed, so the plan no longer holds"
-                if ctx is not None
-                else f"{row.requester} left the room, so it no longer runs"
-            )
+            why = str(exc) if str(exc) == LEFT.format(requester=row.requester) else CHANGED
             await self._show(row, self._render(row, policy, stale, None, stale_because=why))
             return
-        assert ctx is not None
-        services.store.set_proposal_state(row.id, State.DONE, now)
-        job = services.jobs.start(ctx)
+        except Exception as exc:
+            log.exception("approved proposal %s could not be started", row.id)
+            services.store.set_proposal_state(row.id, State.FAILED, now)
+            self._audit(row, "failed", f"{row.id}: {row.text}; could not start: {exc}")
+            failed = Tally(State.FAILED, tally.approvers, tally.rejecters, tally.ignored, 0)
+            await self._show(
+                row, self._render(row, policy, failed, None, stale_because=_reason(exc))
+            )
+            return
         self._audit(
             row,
             "approved",
-            f"{row.id}: {row.text}; approved by {_people(tally.approvers)}; job #{job.id}",
+            f"{row.id}: {row.text}; approved by {_people(tally.approvers)}; job #{job_id}",
         )
         done = Tally(State.DONE, tally.approvers, tally.rejecters, tally.ignored, 0)
-        await self._show(row, self._render(row, policy, done, None, job_id=job.id))
+        await self._show(row, self._render(row, policy, done, None, job_id=job_id))
 
     def _audit(self, row: ProposalRow, action: str, detail: str) -> None:
         """Decisions are the bot's, about the proposal message."""
@@ -334,13 +406,20 @@ class ApprovalGate:
                 await self._update(row)
 
     async def sweep(self) -> None:
+        """Close what expired, start what waited out its delay. One proposal's failure
+        (a message edit the server refused) is logged and never stops the others."""
         now = self._clock()
         for row in self._services.store.proposals(State.OPEN):
-            if now >= row.expires_at:
+            due = now >= row.expires_at or (row.run_at is not None and now >= row.run_at)
+            if not due:
+                continue
+            try:
                 async with self._lock:
                     current = self._services.store.proposal(row.id)
                     if current is not None and current.state == State.OPEN:
                         await self._update(current)
+            except Exception:
+                log.exception("proposal %s: upkeep failed; trying again next sweep", row.id)
 
     # -- showing -----------------------------------------------------------------------
     @staticmethod
@@ -357,7 +436,7 @@ class ApprovalGate:
         stale_because: str = "",
     ) -> str:
         p = self._prefix
-        summary = json.loads(row.plan)["summary"]
+        summary = row.plan.summary
         who = f"{policy.voters.label}s or above" if policy.voters < Role.ADMIN else "admins"
         not_you = "" if policy.allow_self_approval else f", not {row.requester}"
         lines = [
@@ -367,7 +446,12 @@ class ApprovalGate:
             "",
         ]
         state = tally.state
-        if state is State.OPEN:
+        if state is State.OPEN and row.run_at is not None:
+            lines.append(
+                f"⏳ **Approved** by {_people(tally.approvers)}; runs at {utc_time(row.run_at)} "
+                f"(the {row.policy} policy's delay). An eligible 👎 until then stops it."
+            )
+        elif state is State.OPEN:
             lines.append(
                 f"Needs **{policy.required}** approval{'s' if policy.required > 1 else ''} "
                 f"from {who}{not_you}, by {utc_time(row.expires_at)}. "
@@ -397,6 +481,11 @@ class ApprovalGate:
         elif state is State.STALE:
             lines.append(
                 f"♻ **Stale**: {stale_because}. Nothing was done; ask again with `{row.text}`."
+            )
+        elif state is State.FAILED:
+            lines.append(
+                f"⚠ **Approved, but it could not be started** ({stale_because}). Nothing ran, "
+                f"and it will not run later; ask again with `{row.text}` when that is fixed."
             )
         lines.append("")
         lines.append(

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bot.config import JobsConfig
+from bot.core.approvals import State
 from bot.core.context import CommandContext
 from bot.core.metrics import Metrics
 from bot.core.store import JobState, Store
-from bot.errors import UserError
+from bot.errors import StalePlan, UserError
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,9 @@ class JobManager:
                     ) from None
                 acquired = True
                 self._holders[job.app or ""] = job
-            # The member's role may have changed while the job waited.
+            # The member's role, and the app, may have changed while the job waited.
             await self._reauthorise(ctx)
+            await ctx.recheck()
             job.state = JobState.RUNNING
             self._store.set_job_state(job.id, JobState.RUNNING)
             deadline = asyncio.timeout(timeout)
@@ -144,6 +146,12 @@ class JobManager:
                 await ctx.report_failure(f"⌛ Job #{job.id} timed out after {timeout:.0f}s.")
         except UserError as exc:
             result = str(exc)
+            if isinstance(exc, StalePlan) and ctx.proposal_id is not None:
+                # Voted, but the world moved while the job waited: the vote is spent.
+                self._store.set_proposal_state(ctx.proposal_id, State.STALE, time.time())
+                self._store.audit(
+                    "coopbot", "stale", f"{ctx.proposal_id}: {job.text} (at run time)"
+                )
             await ctx.report_failure(f"❌ {exc}")
         except Exception:
             result = await self._incident(job)

@@ -10,7 +10,6 @@ and, when that fails, names the snapshot that restores the data.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
@@ -311,19 +310,6 @@ class Upgrades:
             opted_in(env.stack_name, current.services),
             backup,
             will_back_up,
-        )
-
-    def check_still_voted(self, plan: UpgradePlan, event_id: str | None) -> None:
-        """An approved job runs as a reply to its proposal: the move planned now must
-        still be the one voted for (the app may have changed while the job waited
-        for its lock). UserError, with nothing done, when it is not."""
-        proposal = self.store.proposal_for_message(event_id or "")
-        if proposal is None or json.loads(proposal.plan)["fingerprint"] == plan.fingerprint:
-            return
-        raise UserError(
-            f"{plan.env.domain} changed while this upgrade waited its turn (it is now "
-            f"{plan.current.text} → {plan.target.text}); nothing was done. Ask again to vote "
-            "on the new plan."
         )
 
     async def _backup_intent(self, env: AppEnv) -> tuple[bool, str]:
