@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,13 @@ MIGRATIONS: list[str] = [
         hook TEXT NOT NULL, delivery TEXT NOT NULL, at REAL NOT NULL,
         PRIMARY KEY (hook, delivery));
     """,
+    # Proposals: the member's reason, the time an approved one may run (a policy's
+    # delay), and whether the half-time reminder went out.
+    """
+    ALTER TABLE proposals ADD COLUMN reason TEXT;
+    ALTER TABLE proposals ADD COLUMN run_at REAL;
+    ALTER TABLE proposals ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # Seen event ids older than this are forgotten: by then the sync token and the
@@ -120,13 +127,33 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class StoredPlan:
+    """What members voted on, kept with the proposal: the summary they read, the
+    state it depends on, and the argument values it runs with (the exact version,
+    snapshot, ...), so nothing that changes after the vote changes what runs."""
+
+    summary: str
+    fingerprint: str
+    pins: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        plan = {"summary": self.summary, "fingerprint": self.fingerprint, "pins": self.pins}
+        return json.dumps(plan)
+
+    @classmethod
+    def decode(cls, text: str) -> StoredPlan:
+        data = json.loads(text)
+        return cls(data["summary"], data["fingerprint"], data.get("pins") or {})
+
+
+@dataclass(frozen=True)
 class ProposalRow:
     id: str
     command: str
     text: str
     app: str | None
     policy: str
-    plan: str  # JSON: {"summary": markdown, "fingerprint": str}
+    plan: StoredPlan
     requester: str
     room_id: str
     event_id: str
@@ -136,6 +163,9 @@ class ProposalRow:
     expires_at: float
     decided_at: float | None
     thread_root: str | None = None  # the thread the command was asked in, if any
+    reason: str | None = None  # why the member asks for it (`!undeploy app -- why`)
+    run_at: float | None = None  # approved, held until then by the policy's delay
+    reminded: bool = False  # the half-time reminder was sent
 
 
 @dataclass(frozen=True)
@@ -313,15 +343,16 @@ class Store:
     def add_proposal(self, row: ProposalRow) -> None:
         self._db.execute(
             "INSERT INTO proposals (id, command, text, app, policy, plan, requester, room_id, "
-            "event_id, message_id, state, created_at, expires_at, decided_at, thread_root) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "event_id, message_id, state, created_at, expires_at, decided_at, thread_root, "
+            "reason, run_at, reminded) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.id,
                 row.command,
                 row.text,
                 row.app,
                 row.policy,
-                row.plan,
+                row.plan.encode(),
                 row.requester,
                 row.room_id,
                 row.event_id,
@@ -331,8 +362,17 @@ class Store:
                 row.expires_at,
                 row.decided_at,
                 row.thread_root,
+                row.reason,
+                row.run_at,
+                int(row.reminded),
             ),
         )
+
+    def set_proposal_run_at(self, proposal_id: str, run_at: float | None) -> None:
+        self._db.execute("UPDATE proposals SET run_at = ? WHERE id = ?", (run_at, proposal_id))
+
+    def set_proposal_reminded(self, proposal_id: str) -> None:
+        self._db.execute("UPDATE proposals SET reminded = 1 WHERE id = ?", (proposal_id,))
 
     def set_proposal_message(self, proposal_id: str, message_id: str) -> None:
         self._db.execute(
@@ -346,19 +386,19 @@ class Store:
 
     def proposal(self, proposal_id: str) -> ProposalRow | None:
         row = self._db.execute("SELECT * FROM proposals WHERE id = ?", (proposal_id,)).fetchone()
-        return None if row is None else ProposalRow(**dict(row))
+        return None if row is None else _proposal_row(row)
 
     def proposal_for_message(self, message_id: str) -> ProposalRow | None:
         row = self._db.execute(
             "SELECT * FROM proposals WHERE message_id = ?", (message_id,)
         ).fetchone()
-        return None if row is None else ProposalRow(**dict(row))
+        return None if row is None else _proposal_row(row)
 
     def proposals(self, state: str = "open") -> list[ProposalRow]:
         rows = self._db.execute(
             "SELECT * FROM proposals WHERE state = ? ORDER BY created_at", (state,)
         )
-        return [ProposalRow(**dict(row)) for row in rows]
+        return [_proposal_row(row) for row in rows]
 
     def add_vote(self, vote: VoteRow) -> None:
         self._db.execute(
@@ -507,7 +547,6 @@ class Store:
             result[row["app"]]["good"] = dict(row)
         return result
 
-
     # -- incidents (the swarm watch) ----------------------------------------
     def open_incident(
         self, key: str, server: str, kind: str, subject: str, summary: str, urgent: bool, at: float
@@ -581,3 +620,11 @@ def _incident_row(row: sqlite3.Row) -> IncidentRow:
 def _job_row(row: sqlite3.Row) -> JobRow:
     fields = dict(row)
     return JobRow(**{**fields, "state": JobState(fields["state"])})
+
+
+def _proposal_row(row: sqlite3.Row) -> ProposalRow:
+    """The one place a stored proposal is decoded."""
+    fields = dict(row)
+    fields["plan"] = StoredPlan.decode(fields["plan"])
+    fields["reminded"] = bool(fields["reminded"])
+    return ProposalRow(**fields)
