@@ -14,22 +14,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.config import BackupsConfig, Config
+from bot.config import PING_TASKS, BackupsConfig, Config
 from bot.core.access import Access
 from bot.core.authorise import Authoriser
 from bot.core.chat import Chat
 from bot.core.console import CONSOLE_USER, ConsoleChat
 from bot.core.context import Services
+from bot.core.deadman import DeadMan, ping_counter
 from bot.core.dispatcher import Dispatcher
 from bot.core.jobs import JobManager
 from bot.core.metrics import Metrics
 from bot.core.registry import CommandGroup, Registry
 from bot.core.scheduler import Schedule, Scheduler, tasks_from
 from bot.core.store import Store
-from bot.core.web import serve
+from bot.core.web import Hooks, serve
 from bot.features.apps import Apps
 from bot.features.backups import Backups, restic_environment
 from bot.features.upgrades import Upgrades
+from bot.features.watch import Reporter, Watch
+from bot.ops.pings import Pings
 from bot.ops.recipes import Recipes
 from bot.ops.restic import Restic
 from bot.ops.swarm import Swarm
@@ -70,6 +73,22 @@ def build_restic(config: BackupsConfig, data_dir: Path) -> Restic:
         extra_env=restic_environment(config.env_file),
         cache_dir=data_dir / "restic-cache",
     )
+
+
+def build_pings(config: Config, metrics: Metrics) -> Pings:
+    """The dead-man switch client (aiohttp); pings that fail are counted in /metrics."""
+    counter = ping_counter(metrics.registry)
+    urls = {name: url for name in PING_TASKS if (url := config.pings.url(name))}
+    return Pings(
+        urls,
+        timeout=config.pings.timeout,
+        failed=lambda task, kind: counter.labels(task, kind, "failed").inc(),
+        sent=lambda task, kind: counter.labels(task, kind, "sent").inc(),
+    )
+
+
+def _secret(path: Path | None) -> str | None:
+    return None if path is None else path.read_text().strip()
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -146,7 +165,28 @@ class Bot:
             self.services, self.jobs, authoriser, clock=clock, sweep_interval=sweep_interval
         )
         self.gate = self.dispatcher.gate
-        self.scheduler = Scheduler(schedule, self.dispatcher.run_scheduled, self._announce)
+        self.deadman = DeadMan(
+            build_pings(config, self.metrics),
+            self.dispatcher.run_scheduled,
+            self.jobs,
+            self.store,
+            schedule.tasks,
+            prefix,
+        )
+        self.scheduler = Scheduler(schedule, self.deadman.run, self._announce)
+        self.watch: Watch | None = None
+        if config.watch is not None:
+            reporter = Reporter(
+                self.chat,
+                self.store,
+                config.access.admins,
+                zone=schedule.zone,
+                quiet_hours=config.watch.quiet_hours,
+            )
+            disks = config.watch.disk_paths or (
+                [config.backups.volumes_root] if config.backups else []
+            )
+            self.watch = Watch(config.watch, self.swarms, reporter, disk_paths=disks)
 
     async def can_report(self) -> bool:
         """Scheduled work waits until the home room can be written to."""
@@ -183,11 +223,19 @@ class Bot:
                     supervised("scheduler", lambda: self.scheduler.run(self.can_report)),
                     name="scheduler",
                 )
+                extra = []
+                if self.watch is not None:
+                    extra.append(group.create_task(supervised("watch", self.watch.run)))
+                if self.config.pings.bot:
+                    beat = lambda: self.deadman.heartbeat(self.config.pings.bot_interval)  # noqa: E731
+                    extra.append(group.create_task(supervised("heartbeat", beat)))
                 await self.chat.run(self.dispatcher.submit)
                 # End of input (console): let the work that was asked for finish.
                 await self.dispatcher.drain()
                 upkeep.cancel()
                 schedule.cancel()
+                for task in extra:
+                    task.cancel()
         finally:
             await self.close()
 
@@ -196,8 +244,14 @@ class Bot:
         if not self.config.web.listen:
             yield
             return
+        web_config = self.config.web
         runner = await serve(
-            self.metrics, self.chat.alive, self.config.web.listen, self.chat.problems
+            self.metrics,
+            self.chat.alive,
+            self.config.web.listen,
+            self.chat.problems,
+            metrics_token=_secret(web_config.metrics_token_file),
+            hooks=self._hooks(),
         )
         log.info("web: http://%s/healthz and /metrics", self.config.web.listen)
         try:
@@ -205,9 +259,38 @@ class Bot:
         finally:
             await runner.cleanup()
 
+    def _hooks(self) -> Hooks | None:
+        hooks = self.config.web.hooks
+        if hooks.forgejo is None and hooks.alertmanager is None:
+            return None
+        recipes = self.config.abra_dir / "recipes"
+
+        async def on_tags(recipe: str, tags: list[str]) -> None:
+            # The whole check (it speaks only of what is new): a narrower entry point
+            # would duplicate the scheduled check's remember-and-report logic.
+            await self.dispatcher.run_scheduled("upgrades")
+
+        async def on_alert(server: str, name: str, summary: str | None) -> None:
+            if self.watch is not None:
+                await self.watch.alert(server, name, summary)
+
+        forgejo = hooks.forgejo.secret_file if hooks.forgejo else None
+        alertmanager = hooks.alertmanager.token_file if hooks.alertmanager else None
+        secret = _secret(forgejo)
+        return Hooks(
+            self.store,
+            lambda name: "/" not in name and (recipes / name / ".git").exists(),
+            on_tags,
+            on_alert,
+            forgejo_secret=secret.encode() if secret else None,
+            alertmanager_token=_secret(alertmanager),
+            max_body=hooks.max_body,
+        )
+
     async def close(self) -> None:
         """Stop the jobs, then close every client this bot built."""
         await self.dispatcher.shutdown()
+        await self.deadman.close()
         close = getattr(self.chat, "close", None)
         if close is not None:
             await asyncio.shield(close())

@@ -1,7 +1,7 @@
 """What members can do: one module per family. Each module declares a CommandGroup."""
 
 from bot.core.registry import CommandGroup
-from commands import approvals, apps, audit, backup, help, jobs, upgrade
+from commands import approvals, apps, audit, backup, help, incidents, jobs, upgrade
 
 GROUPS: list[CommandGroup] = [
     help.group,
@@ -11,4 +11,5 @@ GROUPS: list[CommandGroup] = [
     audit.group,
     backup.group,
     upgrade.group,
+    incidents.group,
 ]

@@ -39,6 +39,12 @@ class Progress:
     def event_id(self) -> str | None:
         return self._event_id
 
+    @property
+    def text(self) -> str | None:
+        """The newest text given (shown or still throttled): a run's summary for the
+        dead-man pings."""
+        return self._latest
+
     async def update(self, markdown: str) -> None:
         self._latest = markdown
         if self._event_id is None or time.monotonic() - self._last_edit >= self._interval:

@@ -39,6 +39,8 @@ def test_migrates_an_empty_database(tmp_path: Path) -> None:
         "audit",
         "deploys",
         "backups",
+        "incidents",  # the swarm watch (issue 15)
+        "hook_deliveries",
     }
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
