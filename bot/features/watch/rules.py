@@ -75,6 +75,7 @@ class Rules:
         self.t = thresholds
         self.open: dict[str, Incident] = {}
         self._failures: dict[str, dict[str, float]] = {}  # service key -> task id -> at
+        self._told: dict[str, dict[str, float]] = {}  # failures of closed incidents
         self._errors: dict[str, str] = {}  # service key -> newest error
         self._bad_since: dict[str, float] = {}
         self._good_since: dict[str, float] = {}
@@ -180,16 +181,18 @@ class Rules:
     def _service(self, server: str, service: ServiceState, now: float) -> list[Decision | None]:
         task_key = key_of(server, "task", service.name)
         seen = self._failures.setdefault(task_key, {})
+        told = self._told.setdefault(task_key, {})
         for failed in service.failed:
-            if failed.at > now - self.t.window:
+            if failed.at > now - self.t.window and failed.id not in told:
                 if failed.id not in seen:
                     self._good_since.pop(task_key, None)  # a new failure: not recovered
                 seen[failed.id] = failed.at
                 if failed.error:
                     self._errors[task_key] = failed.error
-        for task_id, at in list(seen.items()):
-            if at <= now - self.t.window:
-                del seen[task_id]
+        for failures in (seen, told):
+            for task_id, at in list(failures.items()):
+                if at <= now - self.t.window:
+                    del failures[task_id]
         count = len(seen)
         newest = max(seen.values(), default=None)
         short = service.running < (service.desired or 0)
@@ -210,6 +213,10 @@ class Rules:
         task = self._judge(
             task_key, server, "task", service.name, task_summary, True, now, close_after=0.0
         )
+        if task is not None and task.action == "close":
+            # Failures of a closed incident are told: they never open the next one.
+            told.update(seen)
+            seen.clear()
         # Stopped converging: paused, or short of replicas for converge_timeout. A crash
         # loop is the task incident's: one message for one cause.
         conv_key = key_of(server, "converge", service.name)
