@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -240,6 +241,8 @@ class Jobs(Protocol):
     def get(self, job_id: int) -> JobView | None: ...
     def active(self) -> Sequence[JobView]: ...
     def cancel(self, job_id: int, by: str) -> JobView | None: ...
+    # The per-app lock the jobs take, for work on several apps inside one job.
+    def app_lock(self, app: str) -> AbstractAsyncContextManager[None]: ...
 
 
 class Control(Protocol):

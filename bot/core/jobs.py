@@ -11,7 +11,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from bot.config import JobsConfig
@@ -42,6 +43,44 @@ class Job:
 Reauthorise = Callable[[CommandContext], Awaitable[None]]
 
 
+class AppLocks:
+    """One lock per app (or per word such as `all`), shared by the jobs and by the
+    features that work on several apps in one job (`!backup all` takes each app's
+    lock in turn). Re-entrant for the task that holds it: a job holding its app's
+    lock may call code that asks for the same lock again."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._owners: dict[str, asyncio.Task[object] | None] = {}
+        self._depth: dict[str, int] = {}
+
+    def locked(self, name: str) -> bool:
+        lock = self._locks.get(name)
+        return lock is not None and lock.locked()
+
+    async def acquire(self, name: str) -> None:
+        me = asyncio.current_task()
+        if self._depth.get(name) and self._owners.get(name) is me:
+            self._depth[name] += 1
+            return
+        await self._locks.setdefault(name, asyncio.Lock()).acquire()
+        self._owners[name], self._depth[name] = me, 1
+
+    def release(self, name: str) -> None:
+        self._depth[name] -= 1
+        if self._depth[name] == 0:
+            self._owners.pop(name, None)
+            self._locks[name].release()
+
+    @asynccontextmanager
+    async def app(self, name: str) -> AsyncIterator[None]:
+        await self.acquire(name)
+        try:
+            yield
+        finally:
+            self.release(name)
+
+
 class JobManager:
     def __init__(
         self,
@@ -55,7 +94,7 @@ class JobManager:
         self._metrics = metrics
         self._reauthorise = reauthorise
         self._jobs: dict[int, Job] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.locks = AppLocks()
         self._holders: dict[str, Job] = {}
 
     def start(self, ctx: CommandContext) -> Job:
@@ -73,6 +112,11 @@ class JobManager:
         self._metrics.jobs_active.inc()
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}-{spec.name}")
         return job
+
+    def app_lock(self, app: str) -> AbstractAsyncContextManager[None]:
+        """The lock jobs on `app` take, for code that works on several apps in one
+        job (each app's lock in turn, never two at once but in sorted order)."""
+        return self.locks.app(app)
 
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
@@ -98,27 +142,26 @@ class JobManager:
         ctx = job.ctx
         timeout = ctx.spec.timeout or self._config.timeout
         state, result = JobState.FAILED, ""
-        lock = self._locks.setdefault(job.app, asyncio.Lock()) if job.app else None
         acquired = False
         deadline: asyncio.Timeout | None = None
         try:
-            if lock is not None:
-                holder = self._holders.get(job.app or "")
-                if lock.locked() and holder is not None:
+            if job.app is not None:
+                holder = self._holders.get(job.app)
+                if self.locks.locked(job.app) and holder is not None:
                     await ctx.reply(
                         f"⏳ Job #{job.id} waits: job #{holder.id} (`{holder.text}`) "
                         f"is working on {job.app}."
                     )
                 try:
                     async with asyncio.timeout(self._config.lock_wait):
-                        await lock.acquire()
+                        await self.locks.acquire(job.app)
                 except TimeoutError:
                     raise UserError(
                         f"Gave up after waiting {self._config.lock_wait:.0f}s for "
                         f"{job.app} to be free; nothing was done."
                     ) from None
                 acquired = True
-                self._holders[job.app or ""] = job
+                self._holders[job.app] = job
             # The member's role, and the app, may have changed while the job waited.
             await self._reauthorise(ctx)
             await ctx.recheck()
@@ -156,9 +199,10 @@ class JobManager:
         except Exception:
             result = await self._incident(job)
         finally:
-            if acquired and lock is not None:
-                self._holders.pop(job.app or "", None)
-                lock.release()
+            if acquired and job.app is not None:
+                if self._holders.get(job.app) is job:
+                    self._holders.pop(job.app, None)
+                self.locks.release(job.app)
             ctx.close()
             job.state = state
             self._store.set_job_state(job.id, state, result)
