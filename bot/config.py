@@ -271,7 +271,15 @@ class ServerConfig(_Section):
 RoleName = Literal["viewer", "operator", "admin"]
 # The actions whose approval policy can be tuned: what the risky commands declare.
 POLICY_NAMES = frozenset(
-    {"upgrade", "major_upgrade", "rollback", "undeploy", "restore", "deploy_version_change"}
+    {
+        "upgrade",
+        "major_upgrade",
+        "rollback",
+        "undeploy",
+        "restore",
+        "deploy_version_change",
+        "confirm_urgent",  # the follow-up vote on a break-glass run
+    }
 )
 
 

@@ -64,3 +64,14 @@ def utc_time(moment: datetime | float, *, seconds: bool = False, date: bool = Tr
         moment = datetime.fromtimestamp(moment, UTC)
     shape = ("%Y-%m-%d " if date else "") + ("%H:%M:%S" if seconds else "%H:%M")
     return moment.astimezone(UTC).strftime(shape) + " UTC"
+
+
+def code(text: str) -> str:
+    """Text a member typed (or a log, a release note) as an inline code span, so none
+    of it is read as Markdown: no link, image, mention or emphasis can ride along.
+    The fence is one backtick longer than the longest run inside (CommonMark)."""
+    flat = " ".join(text.split())
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.core.approvals import Choice
+from bot.core.approvals import Choice, Plan
 from bot.core.context import Arg, CommandContext
 from bot.core.registry import CommandGroup
-from bot.fmt import utc_time
+from bot.core.roles import Role
 
 group = CommandGroup("approvals")
 _ID = Arg("id", "the proposal id shown in the proposal")
@@ -34,21 +34,44 @@ async def reject(ctx: CommandContext) -> None:
 
 
 @group.command(
-    "proposals", help="List the open proposals in this room.", quick=True, example="proposals"
+    "proposals",
+    help="The open proposals in this room: plan, votes, what is still needed.",
+    quick=True,
+    example="proposals",
 )
 async def proposals(ctx: CommandContext) -> None:
-    rows = [
-        row for row in ctx.services.store.proposals("open") if row.room_id == ctx.message.room_id
-    ]
-    if not rows:
+    described = await ctx.control.describe_open(ctx.message.room_id)
+    if not described:
         await ctx.reply("No proposal is open.")
         return
-    lines = ["Open proposals:", ""]
-    for row in rows:
-        until = utc_time(row.expires_at, date=False)
-        votes = ctx.services.store.votes(row.id)
-        lines.append(
-            f"- `{row.id}` `{row.text}` by {row.requester}, until {until} "
-            f"({len(votes)} vote{'s' if len(votes) != 1 else ''} cast)"
-        )
-    await ctx.reply("\n".join(lines))
+    await ctx.reply("\n".join(["Open proposals:", "", *described]))
+
+
+@group.command(
+    "urgent",
+    help="Break-glass: run an open proposal at once, without the vote, where its policy "
+    "allows it (break_glass). The whole room is told and a follow-up vote confirms it.",
+    args=(_ID,),
+    role=Role.ADMIN,
+    quick=True,
+    reason=True,
+    example="urgent 7f3a -- the site is down",
+)
+async def urgent(ctx: CommandContext) -> None:
+    await ctx.control.urgent(ctx, ctx.args["id"])
+
+
+async def _ratify_plan(ctx: CommandContext) -> Plan:
+    return Plan(f"Confirm the break-glass run of proposal `{ctx.args['id']}`.")
+
+
+@group.command(
+    "ratify",
+    help="The co-op's after-the-fact vote on a break-glass run (opened by !urgent).",
+    args=(_ID,),
+    vote_policy="confirm_urgent",
+    plan=_ratify_plan,
+    example="ratify 7f3a",
+)
+async def ratify(ctx: CommandContext) -> None:
+    await ctx.reply(f"✅ The co-op confirmed the break-glass run of `{ctx.args['id']}`.")

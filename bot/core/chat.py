@@ -21,6 +21,10 @@ def render_html(markdown: str) -> str:
     return _markdown.render(markdown).strip()
 
 
+# Put among a message's mentions to mention the whole room (m.mentions.room).
+ROOM_MENTION = "@room"
+
+
 @dataclass(frozen=True)
 class Message:
     """A member's text message, already filtered by the adapter (not ours, not

@@ -13,6 +13,7 @@ module: registry, jobs, gate and dispatcher import this, never the reverse.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -101,6 +102,8 @@ class CommandSpec:
     timeout: float | None = None  # overrides jobs.timeout
     # Answers at once without a job record (help, ping): nothing to track or cancel.
     quick: bool = False
+    # Takes a free-text reason after a lone `--` (every voted command does).
+    reason: bool = False
     # One invocation that shows how the command is used, without the prefix
     # ("deploy cloud.example.coop 2.1.0+1.0"); `!help <command>` shows it.
     example: str = ""
@@ -212,6 +215,18 @@ def _convert(label: str, converter: Converter, raw: str, usage: str) -> Any:
         raise UsageError(f"{label}: {exc}", usage) from None
 
 
+_REASON = re.compile(r"(?:^|\s)--\s+(?P<reason>\S.*)$", re.DOTALL)
+
+
+def split_reason(rest: str) -> tuple[str, str | None]:
+    """`app 1.2.0 -- moving to the new server` → ("app 1.2.0", "moving to ..."): the
+    reason a member gives for a risky request, after a lone `--`."""
+    found = _REASON.search(rest)
+    if found is None:
+        return rest, None
+    return rest[: found.start()].rstrip(), " ".join(found["reason"].split())
+
+
 class Commands(Protocol):
     """The registry as the core sees it (bot/core/registry.py)."""
 
@@ -250,6 +265,12 @@ class Control(Protocol):
 
     async def vote(self, ctx: CommandContext, proposal_id: str, choice: Choice) -> None:
         """A vote by text (`!approve ID`), counted like a reaction."""
+
+    async def urgent(self, ctx: CommandContext, proposal_id: str) -> None:
+        """Break-glass: run an open proposal now (its policy must allow it)."""
+
+    async def describe_open(self, room_id: str) -> list[str]:
+        """Each open proposal of the room: plan, votes, what is still needed."""
 
     async def run_scheduled(self, text: str) -> None:
         """Run a command line as the scheduler identity, reporting in the home room."""
@@ -290,6 +311,7 @@ class CommandContext:
     # the one taken when a no-vote request was asked. Checked again after every wait.
     planned: Plan | None = None
     proposal_id: str | None = None
+    reason: str | None = None  # a risky request's `-- why`, shown with its proposal
     _progress: Progress | None = None
 
     @property

@@ -11,10 +11,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bot.core.access import SCHEDULER
-from bot.core.approvals import Choice
+from bot.core.approvals import Choice, State
 from bot.core.authorise import Authoriser
 from bot.core.chat import ChatEvent, Message, Reaction, Redaction
-from bot.core.context import CommandContext, Services
+from bot.core.context import CommandContext, Services, split_reason
 from bot.core.gate import ApprovalGate
 from bot.core.jobs import JobManager
 from bot.errors import UserError
@@ -51,9 +51,13 @@ class Dispatcher:
         """Called by the chat adapter for each new event; returns at once so the
         receive loop keeps hearing. The handling task is tracked."""
         if isinstance(event, Message):
-            if not self.is_command(event.body):
+            if self.is_command(event.body):
+                work = self.handle(event)
+            elif event.thread_root is not None:
+                # A member's reply in a proposal's thread is kept with the votes.
+                work = self._guard(self.gate.on_comment(event))
+            else:
                 return
-            work = self.handle(event)
         elif isinstance(event, Reaction):
             work = self._guard(self.gate.on_reaction(event))
         elif isinstance(event, Redaction):
@@ -83,6 +87,13 @@ class Dispatcher:
 
     async def vote(self, ctx: CommandContext, proposal_id: str, choice: Choice) -> None:
         await self.gate.vote_by_text(ctx, proposal_id, choice)
+
+    async def urgent(self, ctx: CommandContext, proposal_id: str) -> None:
+        await self.gate.urgent(ctx, proposal_id)
+
+    async def describe_open(self, room_id: str) -> list[str]:
+        rows = self._services.store.proposals(State.OPEN)
+        return [await self.gate.describe(row) for row in rows if row.room_id == room_id]
 
     async def run_scheduled(self, text: str) -> None:
         """Handle `text` (without the prefix) as a command of the scheduler identity,
@@ -141,8 +152,11 @@ class Dispatcher:
             event_id=message.event_id,
         )
         role = await self._authoriser.authorise(spec, message)
+        reason = None
+        if spec.vote_policy is not None or spec.reason:
+            rest, reason = split_reason(rest)
         args = spec.parse(rest, self._prefix)
-        ctx = CommandContext(spec, args, message, role, services, self)
+        ctx = CommandContext(spec, args, message, role, services, self, reason=reason)
         services.metrics.commands.labels(spec.name, "accepted").inc()
         if spec.vote_policy is not None:
             await self.gate.propose(ctx)

@@ -22,15 +22,16 @@ from tenacity import (
 )
 
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
-from bot.core.chat import Message, Reaction, Redaction
-from bot.core.context import CommandContext, Control, Services
+from bot.core.chat import ROOM_MENTION, Message, Reaction, Redaction
+from bot.core.context import CommandContext, Control, Services, split_reason
 from bot.core.roles import Role
 from bot.core.store import ProposalRow, StoredPlan, VoteRow
 from bot.errors import StalePlan, UserError
-from bot.fmt import utc_time
+from bot.fmt import code, utc_time
 
 log = logging.getLogger(__name__)
 
+COMMENT_LIMIT = 500  # characters of a comment kept in the audit log
 # A deciding vote whose start fails (the swarm briefly unreachable) is tried again.
 START_ATTEMPTS = 3
 START_RETRY_WAIT = 1.0  # seconds, doubling
@@ -80,6 +81,12 @@ class ApprovalGate:
             return None
         policy_name = plan.policy or ctx.spec.vote_policy
         policy = services.config.approvals.policy(policy_name)
+        if policy.require_reason and not ctx.reason:
+            raise UserError(
+                f"`{self._prefix}{ctx.spec.name}` needs a reason ({policy_name} policy): end "
+                f"the command with ` -- why`, e.g. `{message.body.strip()} -- moving servers`. "
+                "Nothing was done."
+            )
         now = self._clock()
         app = str(ctx.args[ctx.spec.lock_arg]) if ctx.spec.lock_arg else None
         row = ProposalRow(
@@ -98,31 +105,129 @@ class ApprovalGate:
             expires_at=now + policy.timeout,
             decided_at=None,
             thread_root=message.thread_root,
+            reason=ctx.reason,
         )
         async with self._lock:
-            services.store.add_proposal(row)
-            voters = await self._eligible(row, policy)
-            text = self._render(row, policy, self._empty_tally(policy), voters)
-            message_id = await services.chat.send(
-                row.room_id,
-                text,
-                reply_to=message.reply_target,
-                thread_root=message.thread_root,
-                mentions=voters,
-            )
-            self._shown[row.id] = text
-            services.store.set_proposal_message(row.id, message_id)
-            services.store.audit(
-                row.requester,
-                "proposed",
-                f"{row.id}: {row.text} ({policy_name})",
-                app=app,
-                room_id=row.room_id,
-                event_id=row.event_id,
-            )
+            message_id = await self._post(row, policy, message.reply_target)
         for key in SEED_KEYS:  # buttons to click; the bot's own reactions never count
             await services.chat.react(row.room_id, message_id, key)
         return row.id
+
+    async def _post(self, row: ProposalRow, policy: Policy, reply_to: str | None) -> str:
+        """Store a new proposal and post it, pinging its voters (under the lock)."""
+        services = self._services
+        services.store.add_proposal(row)
+        voters = await self._eligible(row, policy)
+        text = self._render(row, policy, self._empty_tally(policy), voters)
+        message_id = await services.chat.send(
+            row.room_id,
+            text,
+            reply_to=reply_to,
+            thread_root=row.thread_root,
+            mentions=voters,
+            notify=True,  # the voters must hear of it: a notice would not ping them
+        )
+        self._shown[row.id] = text
+        services.store.set_proposal_message(row.id, message_id)
+        services.store.audit(
+            row.requester,
+            "proposed",
+            f"{row.id}: {row.text} ({row.policy})"
+            + (f"; reason: {row.reason}" if row.reason else ""),
+            app=row.app,
+            room_id=row.room_id,
+            event_id=row.event_id,
+        )
+        return message_id
+
+    async def urgent(self, ctx: CommandContext, proposal_id: str) -> None:
+        """Break-glass: one admin runs an open proposal at once, where its policy
+        allows it. The whole room is told, it is audited, and a follow-up proposal
+        asks the co-op to confirm it afterwards."""
+        services, message = self._services, ctx.message
+        if not ctx.reason:
+            raise UserError(
+                f"Say why: `{self._prefix}urgent {proposal_id} -- the site is down`. "
+                "Nothing was done."
+            )
+        async with self._lock:
+            row = services.store.proposal(proposal_id.lower())
+            if row is None or row.room_id != message.room_id or row.state != State.OPEN:
+                raise UserError(
+                    f"No open proposal `{proposal_id}` in this room. "
+                    f"`{self._prefix}proposals` lists them."
+                )
+            policy = services.config.approvals.policy(row.policy)
+            if not policy.break_glass:
+                raise UserError(
+                    f"The {row.policy} policy does not allow break-glass runs "
+                    f"(approvals.policies.{row.policy}.break_glass). Nothing was done."
+                )
+            now = self._clock()
+            services.store.audit(
+                message.sender,
+                "urgent",
+                f"{row.id}: {row.text}; reason: {ctx.reason}",
+                app=row.app,
+                room_id=row.room_id,
+                event_id=message.event_id,
+            )
+            await services.chat.send(
+                row.room_id,
+                f"🚨 {message.sender} runs proposal `{row.id}` ({code(row.text)}) at once, "
+                f"without the vote (break-glass). Reason: {code(ctx.reason)}",
+                mentions=[ROOM_MENTION],
+                notify=True,
+            )
+            tally = await self._tally(row)
+            await self._start(row, policy, tally, now)
+            follow_up = ProposalRow(
+                id=self._new_id(),
+                command="ratify",
+                text=f"{self._prefix}ratify {row.id}",
+                app=row.app,
+                policy="confirm_urgent",
+                plan=StoredPlan(
+                    f"Confirm that {message.sender} ran {code(row.text)} at once "
+                    f"(break-glass). Reason: {code(ctx.reason)}",
+                    "",
+                ),
+                requester=message.sender,
+                room_id=row.room_id,
+                event_id=message.event_id,
+                message_id=None,
+                state=State.OPEN,
+                created_at=now,
+                expires_at=now + services.config.approvals.policy("confirm_urgent").timeout,
+                decided_at=None,
+                thread_root=message.thread_root,
+            )
+            follow_up_message = await self._post(
+                follow_up, services.config.approvals.policy("confirm_urgent"), None
+            )
+        for key in SEED_KEYS:
+            await services.chat.react(row.room_id, follow_up_message, key)
+
+    async def describe(self, row: ProposalRow) -> str:
+        """One open proposal for `!proposals`: its plan, who voted, what is missing."""
+        policy = self._services.config.approvals.policy(row.policy)
+        tally = await self._tally(row)
+        voted = {v.voter for v in self._services.store.votes(row.id)}
+        waiting = [v for v in await self._eligible(row, policy) if v not in voted]
+        lines = [
+            f"- `{row.id}` {code(row.text)} by {row.requester} ({row.policy}), expires "
+            f"{utc_time(row.expires_at)}",
+            f"  {row.plan.summary.splitlines()[0] if row.plan.summary else ''}",
+            f"  approved by {_people(tally.approvers)}; rejected by {_people(tally.rejecters)}; "
+            + (
+                f"runs at {utc_time(row.run_at)}"
+                if row.run_at is not None
+                else f"{tally.needed} more needed (not voted yet: {_people(waiting)})"
+            ),
+        ]
+        if row.reason:
+            lines.insert(1, f"  reason: {code(row.reason)}")
+        return "\n".join(lines)
 
     async def _plan(self, ctx: CommandContext) -> Plan:
         if ctx.spec.plan is not None:
@@ -170,6 +275,20 @@ class ApprovalGate:
                 )
             )
             await self._update(row)
+
+    async def on_comment(self, message: Message) -> None:
+        """A reply in a proposal's thread is kept in the audit log with its votes."""
+        row = self._services.store.proposal_for_message(message.thread_root or "")
+        if row is None or row.room_id != message.room_id:
+            return
+        self._services.store.audit(
+            message.sender,
+            "comment",
+            f"{row.id}: {message.body.strip()[:COMMENT_LIMIT]}",
+            app=row.app,
+            room_id=row.room_id,
+            event_id=message.event_id,
+        )
 
     async def on_redaction(self, redaction: Redaction) -> None:
         async with self._lock:
@@ -259,6 +378,10 @@ class ApprovalGate:
                 f"rejected by {_people(tally.rejecters)}",
             )
             await self._show(row, self._render(row, policy, tally, None))
+            if tally.state is State.EXPIRED:
+                await self._note(
+                    row, f"⌛ Proposal `{row.id}` expired; nothing was done.", [row.requester]
+                )
             return
         if now >= row.expires_at:
             # Approved in time but only seen now (the bot was down, or a start kept
@@ -288,7 +411,8 @@ class ApprovalGate:
             services.store.set_proposal_run_at(row.id, run_at)
             row = services.store.proposal(row.id) or row
             self._audit(row, "approved", f"{row.id}: {row.text}; runs at {utc_time(run_at)}")
-        await self._show(row, self._render(row, policy, tally, None))
+        held = Tally(State.OPEN, tally.approvers, tally.rejecters, tally.ignored, 0)
+        await self._show(row, self._render(row, policy, held, None))
 
     async def _start(self, row: ProposalRow, policy: Policy, tally: Tally, now: float) -> None:
         """Start the approved command, with the plan members voted for. A transient
@@ -320,6 +444,9 @@ class ApprovalGate:
             stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
             why = str(exc) if str(exc) == LEFT.format(requester=row.requester) else CHANGED
             await self._show(row, self._render(row, policy, stale, None, stale_because=why))
+            await self._note(
+                row, f"♻ Proposal `{row.id}` is stale ({why}); nothing ran.", [row.requester]
+            )
             return
         except Exception as exc:
             log.exception("approved proposal %s could not be started", row.id)
@@ -329,6 +456,12 @@ class ApprovalGate:
             await self._show(
                 row, self._render(row, policy, failed, None, stale_because=_reason(exc))
             )
+            await self._note(
+                row,
+                f"⚠ Proposal `{row.id}` was approved but could not be started "
+                f"({_reason(exc)}); nothing ran.",
+                [row.requester, *self._services.config.access.admins],
+            )
             return
         self._audit(
             row,
@@ -337,6 +470,40 @@ class ApprovalGate:
         )
         done = Tally(State.DONE, tally.approvers, tally.rejecters, tally.ignored, 0)
         await self._show(row, self._render(row, policy, done, None, job_id=job_id))
+
+    async def _note(self, row: ProposalRow, text: str, mentions: list[str]) -> None:
+        """A short message in the proposal's thread that pings the people named
+        (an edit of the proposal itself would notify nobody: MSC3958)."""
+        if row.message_id is None:
+            return
+        await self._services.chat.send(
+            row.room_id,
+            text,
+            thread_root=row.thread_root or row.message_id,
+            mentions=mentions,
+            notify=True,
+        )
+
+    async def _remind(self, row: ProposalRow, now: float) -> None:
+        """Once, when half the voting time is gone: ping the eligible voters who have
+        not voted yet."""
+        if row.reminded or row.run_at is not None:
+            return
+        if now < row.created_at + (row.expires_at - row.created_at) / 2:
+            return
+        self._services.store.set_proposal_reminded(row.id)
+        policy = self._services.config.approvals.policy(row.policy)
+        tally = await self._tally(row)
+        voted = {v.voter for v in self._services.store.votes(row.id)}
+        waiting = [v for v in await self._eligible(row, policy) if v not in voted]
+        if tally.state is State.OPEN and waiting:
+            await self._note(
+                row,
+                f"⏰ Half the time for proposal `{row.id}` ({code(row.text)}) is gone: "
+                f"{tally.needed} more approval{'s' if tally.needed != 1 else ''} needed by "
+                f"{utc_time(row.expires_at)}.",
+                waiting,
+            )
 
     def _audit(self, row: ProposalRow, action: str, detail: str) -> None:
         """Decisions are the bot's, about the proposal message."""
@@ -354,7 +521,7 @@ class ApprovalGate:
         assert row.message_id is not None
         # Split off the command word at any whitespace, as the dispatcher does.
         words = row.text[len(self._prefix) :].strip().split(None, 1)
-        rest = words[1] if len(words) > 1 else ""
+        rest, _ = split_reason(words[1] if len(words) > 1 else "")
         message = Message(
             row.room_id,
             row.message_id,
@@ -365,7 +532,13 @@ class ApprovalGate:
             thread_root=row.thread_root or row.message_id,
         )
         return CommandContext(
-            spec, spec.parse(rest, self._prefix), message, role, services, self._control
+            spec,
+            spec.parse(rest, self._prefix),
+            message,
+            role,
+            services,
+            self._control,
+            reason=row.reason,
         )
 
     async def _show(self, row: ProposalRow, text: str) -> None:
@@ -411,13 +584,15 @@ class ApprovalGate:
         now = self._clock()
         for row in self._services.store.proposals(State.OPEN):
             due = now >= row.expires_at or (row.run_at is not None and now >= row.run_at)
-            if not due:
-                continue
             try:
                 async with self._lock:
                     current = self._services.store.proposal(row.id)
-                    if current is not None and current.state == State.OPEN:
+                    if current is None or current.state != State.OPEN:
+                        continue
+                    if due:
                         await self._update(current)
+                    else:
+                        await self._remind(current, now)
             except Exception:
                 log.exception("proposal %s: upkeep failed; trying again next sweep", row.id)
 
@@ -440,11 +615,13 @@ class ApprovalGate:
         who = f"{policy.voters.label}s or above" if policy.voters < Role.ADMIN else "admins"
         not_you = "" if policy.allow_self_approval else f", not {row.requester}"
         lines = [
-            f"🗳 **Proposal `{row.id}`**: `{row.text}`, asked by {row.requester}",
+            f"🗳 **Proposal `{row.id}`**: {code(row.text)}, asked by {row.requester}",
             "",
             summary,
             "",
         ]
+        if row.reason:
+            lines[1:1] = [f"Reason: {code(row.reason)}"]
         state = tally.state
         if state is State.OPEN and row.run_at is not None:
             lines.append(

@@ -47,6 +47,7 @@ from nio.api import RelationshipType
 
 from bot.config import MatrixConfig
 from bot.core.chat import (
+    ROOM_MENTION,
     ChatEvent,
     EventHandler,
     Membership,
@@ -430,7 +431,7 @@ class MatrixChat:
             # The default push rule .m.rule.suppress_notices silences every m.notice;
             # m.text with exactly these m.mentions pings those people and nobody else.
             content["msgtype"] = "m.text"
-            content["m.mentions"] = {"user_ids": list(mentions)}
+            content["m.mentions"] = _mentions(mentions)
         _relate(content, reply_to, thread_root)
         return await self._send(room_id, "m.room.message", content)
 
@@ -570,8 +571,16 @@ def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:
         "body": markdown,
         "format": "org.matrix.custom.html",
         "formatted_body": render_html(markdown),
-        "m.mentions": {"user_ids": list(mentions)} if mentions else {},
+        "m.mentions": _mentions(mentions) if mentions else {},
     }
+
+
+def _mentions(mentions: Sequence[str]) -> dict[str, Any]:
+    """m.mentions for these user ids; ROOM_MENTION among them mentions the whole room."""
+    out: dict[str, Any] = {"user_ids": [m for m in mentions if m != ROOM_MENTION]}
+    if ROOM_MENTION in mentions:
+        out["room"] = True
+    return out
 
 
 async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:

@@ -908,8 +908,16 @@ async def test_proposals_lists_the_open_ones_only(room: Room) -> None:
             [
                 "Open proposals:",
                 "",
-                f"- `{first.id}` `!nuke one.test` by {REQUESTER}, until 23:14 UTC (1 vote cast)",
-                f"- `{second.id}` `!nuke two.test` by {REQUESTER}, until 23:15 UTC (0 votes cast)",
+                f"- `{first.id}` `!nuke one.test` by {REQUESTER} (undeploy), expires "
+                "2023-11-14 23:14 UTC",
+                "  Remove **one.test** (version 1.0.0) and its volumes.",
+                f"  approved by {OP1}; rejected by nobody; 1 more needed "
+                f"(not voted yet: {ADMIN}, {OP2})",
+                f"- `{second.id}` `!nuke two.test` by {REQUESTER} (undeploy), expires "
+                "2023-11-14 23:15 UTC",
+                "  Remove **two.test** (version 1.0.0) and its volumes.",
+                "  approved by nobody; rejected by nobody; 2 more needed "
+                f"(not voted yet: {ADMIN}, {OP2}, {OP1})",
             ]
         )
     ]
