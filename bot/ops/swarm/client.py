@@ -34,6 +34,7 @@ from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
+from bot.ops.swarm.sshdial import SSHDialAdapter, ssh_docker_client
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Swarm:
         self._timeout = timeout  # per SDK request
         self._docker_config = docker_config  # the CLI's config dir; default: the CLI's own
         self._client: Any = None
+        self._ssh: SSHDialAdapter | None = None  # ssh:// hosts: what ssh said on failure
         self._client_lock = threading.Lock()
 
     # -- plumbing
@@ -93,14 +95,15 @@ class Swarm:
         """The SDK client, built on first use (version="auto" asks the daemon)."""
         with self._client_lock:
             if self._client is None:
-                self._client = docker.DockerClient(
-                    base_url=self.docker_host,
-                    version="auto",
-                    timeout=self._timeout,
-                    # The ssh binary (user's ssh config, agent), as the CLI does;
-                    # docker-py's default needs paramiko.
-                    use_ssh_client=self.docker_host.startswith("ssh://"),
-                )
+                if self.docker_host.startswith("ssh://"):
+                    # The ssh binary (user's ssh config, keys, agent), as the CLI and
+                    # abra do; docker-py's own ssh transport needs paramiko (sshdial.py).
+                    self._ssh = SSHDialAdapter(self.docker_host, self._timeout)
+                    self._client = ssh_docker_client(self._ssh, self._timeout)
+                else:
+                    self._client = docker.DockerClient(
+                        base_url=self.docker_host, version="auto", timeout=self._timeout
+                    )
             return self._client
 
     async def _sdk(self, fn: Callable[[Any], T]) -> T:
@@ -120,7 +123,16 @@ class Swarm:
             requests.exceptions.RequestException,
             OSError,
         ) as e:
-            raise SwarmError(f"server unreachable: {self.docker_host}: {e}") from e
+            raise SwarmError(f"server unreachable: {self.docker_host}: {self._why(e)}") from e
+
+    def _why(self, e: Exception) -> str:
+        """For an ssh:// host, ssh's own words ('Permission denied (publickey).'), not
+        the HTTP library's 'Connection aborted' that follows them."""
+        if self.docker_host.startswith("ssh://"):
+            said = self._ssh.last_error() if self._ssh is not None else ""
+            if said:
+                return said if said.startswith("ssh:") else f"ssh: {said}"
+        return str(e)
 
     async def close(self) -> None:
         """Close the SDK client (its HTTP connections); for the bot's shutdown.
