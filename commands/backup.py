@@ -101,7 +101,7 @@ async def backup_check(ctx: CommandContext) -> None:
     example="backup drill",
 )
 async def backup_drill(ctx: CommandContext) -> None:
-    ok, report = await _backups(ctx).drill(ctx.progress)
+    ok, report = await _backups(ctx).drill(ctx.progress, ctx.services.jobs.app_lock)
     if ok:
         await ctx.progress.finish(report)
     else:
@@ -115,7 +115,7 @@ async def backup_drill(ctx: CommandContext) -> None:
 )
 async def backup_prune(ctx: CommandContext) -> None:
     backups = _backups(ctx)
-    await ctx.progress.finish(await backups.retention(ctx.progress))
+    await ctx.progress.finish(await backups.retention(ctx.progress, ctx.services.jobs.app_lock))
 
 
 @backup_family.sub(
@@ -137,7 +137,9 @@ async def backup_all(ctx: CommandContext) -> None:
     for index, env in enumerate(envs, 1):
         sink = _Prefixed(ctx, f"[{index}/{len(envs)}] ")
         try:
-            outcome = await backups.backup(env, sink, ctx.sender)
+            # Each app's own lock in turn: never beside its restore, deploy or upgrade.
+            async with ctx.services.jobs.app_lock(env.domain):
+                outcome = await backups.backup(env, sink, ctx.sender)
             lines.append(outcome.report)
         except UserError as e:
             failed.append(env.domain)
@@ -151,7 +153,7 @@ async def backup_all(ctx: CommandContext) -> None:
             lines.append("🧹 Retention skipped: not every app was backed up.")
         else:
             try:
-                lines.append(await backups.retention(ctx.progress))
+                lines.append(await backups.retention(ctx.progress, ctx.services.jobs.app_lock))
             except UserError as e:
                 retention_failed = True
                 lines.append(f"❌ retention: {e}")
@@ -189,7 +191,7 @@ async def backups_command(ctx: CommandContext) -> None:
     backups = _backups(ctx)
     states, problems = await backups.states()
     max_age = backups.config.max_age
-    stale = sorted(s.app for s in states if s.stale(max_age) or s.last_failed)
+    stale = sorted(s.app for s in states if s.stale(max_age) or s.last_failed or s.incomplete)
     if ctx.sender == SCHEDULER:
         # The hourly age check: speak only when the set of apps in trouble changed.
         before = ctx.services.store.get_json(AGE_ALERT_KEY) or []
@@ -199,13 +201,16 @@ async def backups_command(ctx: CommandContext) -> None:
     lines = ["| app | newest snapshot | age | size | |", "|---|---|---|---|---|"]
     for s in states:
         if s.newest is None:
-            lines.append(f"| {s.app} | none | | | ⚠️ never backed up |")
+            never = "⚠️ no complete snapshot" if s.incomplete else "⚠️ never backed up"
+            lines.append(f"| {s.app} | none | | | {never} |")
             continue
         flags = []
         if s.stale(max_age):
             flags.append(f"⚠️ older than {human_age(max_age)}")
         if s.last_failed:
             flags.append("⚠️ last run failed: " + s.last_failed.splitlines()[0][:120])
+        if s.incomplete:
+            flags.append("⚠️ last snapshot incomplete: " + s.incomplete[:120])
         size = human_bytes(s.size) if s.size is not None else "?"
         when = utc_time(s.newest.time)
         age = human_age(s.age or 0)
@@ -261,13 +266,20 @@ async def _restore_env(ctx: CommandContext) -> tuple[Backups, AppEnv]:
 
 async def _restore_plan(ctx: CommandContext) -> Plan:
     backups, env = await _restore_env(ctx)
-    snap, _, text = await backups.restore_plan(
-        env, ctx.args["snapshot"], ctx.args["path"], ctx.prefix
+    # A --path that is not in the snapshot is refused now, before anyone votes.
+    snap, scope, text = await backups.restore_plan(
+        env, ctx.args["snapshot"], ctx.args["path"], ctx.prefix, look_inside=True
     )
     deployed = await ctx.services.apps.deployed(env)
     if not deployed.exists:
         raise UserError(f"{env.domain} is not deployed; deploy it, then restore.")
-    return Plan(text, fingerprint=f"{snap.id}|{deployed.version}")
+    paths = [str(p) for p in scope]
+    # The full id, not "the newest": a backup taken while this waits is not restored.
+    return Plan(
+        text,
+        fingerprint=f"{snap.id}|{deployed.version}|{'|'.join(paths)}",
+        pins={"snapshot": snap.id, "paths": paths},
+    )
 
 
 @group.command(
@@ -289,7 +301,15 @@ async def _restore_plan(ctx: CommandContext) -> Plan:
 async def restore(ctx: CommandContext) -> None:
     backups, env = await _restore_env(ctx)
     report = await backups.restore(
-        env, ctx.args["snapshot"], ctx.args["path"], ctx.progress, ctx.sender, ctx.prefix
+        env,
+        ctx.args["snapshot"],
+        ctx.args["path"],
+        ctx.progress,
+        ctx.sender,
+        ctx.prefix,
+        paths=ctx.args.get("paths"),  # the voted scope (pinned by the plan)
+        still_as_planned=ctx.recheck,  # after the scale-down, before any data is touched
+        tell=ctx.reply,  # where everything is, if the job is cancelled or times out
     )
     await ctx.progress.finish(report)
 

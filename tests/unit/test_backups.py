@@ -699,7 +699,9 @@ async def test_unreadable_files_and_label_warnings_make_a_warning_result(site: S
     assert len(lines) == 1 + 20 + 1
     assert lines[-1] == "  - … and 5 more"
     (row,) = site.store.backups("a.test")
-    assert row["result"] == "warning"
+    # Unreadable files make an incomplete snapshot: recorded as "partial", which is not
+    # a good backup (issue 11; it was "warning" before).
+    assert row["result"] == "partial"
     assert row["detail"].splitlines()[-1] == "/data/f23: permission denied"
 
 

@@ -24,6 +24,11 @@ from bot.ops.restic import Restic, ResticError, Snapshot
 log = logging.getLogger(__name__)
 
 
+def _listed(snap: Snapshot, ids: set[str]) -> bool:
+    # restic 0.14 reports short ids, later ones full ids: compare prefixes.
+    return any(snap.id.startswith(i) or i.startswith(snap.id) for i in ids)
+
+
 @dataclass(frozen=True)
 class AppBackupState:
     """One line of `!backups`."""
@@ -33,6 +38,9 @@ class AppBackupState:
     size: int | None  # of the newest good run, when the store knows it
     last_failed: str | None  # the last run's error, if it failed
     age: float | None  # seconds since the newest snapshot
+    # The newest run made an incomplete snapshot (restic exit 3: unreadable files):
+    # its first warning. Such a snapshot is never the "newest good" one.
+    incomplete: str | None = None
 
     def stale(self, max_age: float) -> bool:
         return self.age is None or self.age > max_age
@@ -48,6 +56,11 @@ def snapshot_tag(snapshot: Snapshot, prefix: str) -> str | None:
 
 def snapshot_app(snapshot: Snapshot) -> str | None:
     return snapshot_tag(snapshot, APP_TAG)
+
+
+# A run whose snapshot is incomplete (restic exit 3, or a target that did not exist).
+PARTIAL = "partial"
+GOOD_RESULTS = ("ok", "warning")  # "warning": hooks or labels; the snapshot is whole
 
 
 def restic_environment(path: Path | None) -> dict[str, str]:
@@ -107,16 +120,44 @@ class Repository(Targets):
         return await self._snapshots(APP_TAG + env.domain)
 
     async def newest_snapshot(self, env: AppEnv) -> str | None:
-        found = await self.snapshots(env)
+        """The app's newest complete snapshot (an incomplete one restores only part)."""
+        partial = self._partial_ids(env.domain)
+        found = [s for s in await self.snapshots(env) if not _listed(s, partial)]
         return found[-1].id if found else None
 
     async def _newest_per_app(self) -> dict[str, Snapshot]:
+        """Each app's newest complete snapshot: incomplete ones (restic exit 3) do not
+        count for `max_age`, the drill or the metrics."""
         newest: dict[str, Snapshot] = {}
+        partial: dict[str, set[str]] = {}
         for snap in await self._snapshots(COOPBOT_TAG):  # oldest first: the last one wins
             app = snapshot_app(snap)
-            if app is not None:
+            if app is None:
+                continue
+            if app not in partial:
+                partial[app] = self._partial_ids(app)
+            if not _listed(snap, partial[app]):
                 newest[app] = snap
         return newest
+
+    def _partial_ids(self, app: str) -> set[str]:
+        """The snapshot ids of the app's runs that were incomplete (the store's record)."""
+        return {
+            str(row["snapshot_id"])
+            for row in self.store.backups(app, limit=500)
+            if row["result"] == PARTIAL and row["snapshot_id"]
+        }
+
+    def retention_paused(self, app: str) -> str | None:
+        """Why retention leaves this app alone, or None. After an incomplete backup it
+        waits for a clean one: forgetting by count could drop the last whole snapshots
+        and keep only incomplete ones."""
+        for row in self.store.backups(app, limit=500):  # newest first
+            if row["result"] in GOOD_RESULTS:
+                return None
+            if row["result"] == PARTIAL:
+                return "its newest backup is incomplete (restic could not read every file)"
+        return None
 
     async def find_snapshot(
         self, env: AppEnv, snapshot_id: str | None, prefix: str = "!"
@@ -153,11 +194,14 @@ class Repository(Targets):
             failed = (
                 str(last["detail"] or "failed") if last and last["result"] == "failed" else None
             )
+            incomplete = None
+            if last and last["result"] == PARTIAL:
+                incomplete = (str(last["detail"] or "").splitlines() or ["unreadable files"])[0]
             # restic 0.14 reports short ids, later ones full ids: compare prefixes.
             size = None
             good_id = str(good["snapshot_id"] or "") if good else ""
             if good and found and good_id and found.id.startswith(good_id):
                 size = good["total_bytes"]
             age = now - found.time.timestamp() if found else None
-            states.append(AppBackupState(name, found, size, failed, age))
+            states.append(AppBackupState(name, found, size, failed, age, incomplete))
         return states, problems

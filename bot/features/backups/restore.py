@@ -13,18 +13,22 @@ import asyncio
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
-from bot.errors import UserError
+from bot.errors import StalePlan, UserError
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import Repository, snapshot_tag
 from bot.features.backups.targets import tree_totals
 from bot.fmt import human_bytes, utc_time
 from bot.ops.abra import AppEnv
-from bot.ops.backupbot import backup_specs
+from bot.ops.backupbot import BackupSpec, backup_specs
 from bot.ops.restic import Snapshot
 from bot.ops.swarm import Swarm
 from bot.ports import StatusSink
+
+T = TypeVar("T")
 
 RESTORE_DIR = "coopbot-restore-"  # inside <volumes_root>/<volume>/, beside _data
 ASIDE_DIR = "coopbot-previous-"
@@ -45,6 +49,8 @@ def restore_scope(
             )
     if path is None:
         return inside
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise UserError(f"--path {path!r}: control characters (a NUL byte, a newline) are refused")
     parts = PurePosixPath(path.strip("/")).parts
     if not parts or ".." in parts:
         raise UserError(f"--path {path!r}: give <volume>[/<sub-path>], e.g. `data/uploads`")
@@ -79,11 +85,21 @@ class Restores(Repository):
     """The part of `Backups` that puts a snapshot back in place of an app's data."""
 
     async def restore_plan(
-        self, env: AppEnv, snapshot_id: str | None, path: str | None, prefix: str = "!"
+        self,
+        env: AppEnv,
+        snapshot_id: str | None,
+        path: str | None,
+        prefix: str = "!",
+        *,
+        look_inside: bool = False,
     ) -> tuple[Snapshot, list[Path], str]:
-        """(snapshot, paths replaced, the plan as Markdown)."""
+        """(snapshot, paths replaced, the plan as Markdown). `look_inside`: a --path
+        below one of the snapshot's own paths must exist in the snapshot (its listing
+        is read), so a vote is never taken on a restore that cannot happen."""
         snap = await self.find_snapshot(env, snapshot_id, prefix)
         scope = restore_scope(snap, self.config.volumes_root, env.stack_name, path)
+        if look_inside and path is not None:
+            await self._check_in_snapshot(snap, scope, path)
         swarm = self.apps.swarm(env.server)
         services = await swarm.services(env.stack_name)
         # The stack-name prefix alone would also match a longer stack's volumes
@@ -128,84 +144,59 @@ class Restores(Repository):
         progress: StatusSink,
         actor: str,
         prefix: str = "!",
+        *,
+        paths: Sequence[str] | None = None,
+        still_as_planned: Callable[[], Awaitable[None]] | None = None,
+        tell: Callable[[str], Awaitable[object]] | None = None,
     ) -> str:
+        """Put the snapshot back in place of the app's data. `paths`: the scope that was
+        voted for (refused if it is not the scope now); `still_as_planned` is called
+        once the app is stopped, and may raise to stop the restore there. Whatever
+        happens (an error, a cancel, the job's timeout), the services are scaled back
+        to what they were and the report says which paths were replaced, which not,
+        and where the replaced data is kept (after a cancel or timeout, through `tell`:
+        the job's own message then only says it was cancelled)."""
         snap, scope, _ = await self.restore_plan(env, snapshot_id, path, prefix)
-        swarm = self.apps.swarm(env.server)
-        services = await swarm.services(env.stack_name)
-        specs = backup_specs({s.short_name: s.labels for s in services})
-        title = f"♻️ **Restore {env.domain}** from `{snap.short_id}`"
-        done: list[str] = []
-        state = "running, untouched"
-        token = secrets.token_hex(4)
-        aside = {dest: self._aside(dest, token) for dest in scope}
-
-        async def step(text: str) -> None:
-            await progress.update("\n".join([title, "", *done, f"⏳ {text}"]))
-
-        async def fail(why: str) -> UserError:
-            where = "".join(
-                f"\n- the data it replaced is kept at `{a}`" for a in aside.values() if a.exists()
+        if paths is not None and [str(p) for p in scope] != list(paths):
+            raise UserError(
+                f"the paths snapshot {snap.short_id} would restore are not the ones voted "
+                "for; nothing was done"
             )
-            self.store.audit(
-                actor, "restore.failed", f"{snap.short_id}: {why}"[:500], app=env.domain
-            )
-            return UserError(
-                "\n".join([title, "", *done])
-                + f"\n\n❌ {why}\n**State of {env.domain}:** {state}.{where}"
-            )
-
-        replicas = {s.short_name: s.replicas_desired for s in services if s.replicas_desired}
+        run = _RestoreRun(self, env, snap, scope, progress, actor, prefix)
+        await run.prepare()
         try:
-            for spec in specs:
-                if spec.restore_pre_hook:
-                    await step(f"restore pre-hook in {spec.service}")
-                    await run_hook(
-                        swarm, env, spec.service, spec.restore_pre_hook, "restore pre-hook"
-                    )
-                    done.append(f"✅ restore pre-hook in {spec.service}")
-            await step(f"scaling {', '.join(replicas) or 'nothing'} to 0")
-            state = "being scaled to 0"
-            await swarm.scale(env.stack_name, {name: 0 for name in replicas})
-            await _wait_stopped(swarm, env.stack_name)
-            state = f"stopped (scaled to 0; was {_counts(replicas)}), data untouched"
-            done.append(f"✅ scaled to 0 (was {_counts(replicas)})")
-            for index, dest in enumerate(scope, 1):
-                await step(
-                    f"restoring {_volume_of(dest, self.config.volumes_root)} ({index}/{len(scope)})"
-                )
-                await self._restore_one(snap, dest, token, aside[dest])
-                state = (
-                    f"stopped; {index} of {len(scope)} path(s) restored "
-                    f"(scale back with `{prefix}deploy {env.domain}` once fixed)"
-                )
-                done.append(f"✅ restored {_volume_of(dest, self.config.volumes_root)}")
-            await step(f"scaling back to {_counts(replicas)}")
-            await swarm.scale(env.stack_name, replicas)
-            state = "restored, starting again"
-            result = await swarm.wait_converged(env.stack_name, timeout=float(env.timeout or 300))
-            if not result.ok:
-                state = "restored, but not running: " + "; ".join(result.failures[:5])
-                raise UserError("the app did not come back up")
-            done.append(f"✅ running again ({_counts(replicas)})")
-            state = "restored and running"
-            for spec in specs:
-                if spec.restore_post_hook:
-                    await step(f"restore post-hook in {spec.service}")
-                    await run_hook(
-                        swarm, env, spec.service, spec.restore_post_hook, "restore post-hook"
-                    )
-                    done.append(f"✅ restore post-hook in {spec.service}")
-        except (UserError, OSError) as e:
-            raise await fail(str(e)) from None
+            await run.stop_swap_and_start(still_as_planned)
+        except BaseException as e:  # a cancel or the job's timeout too: never left at 0
+            report = await run.recover(e)
+            if isinstance(e, StalePlan):  # the vote no longer holds: the job marks it
+                raise StalePlan(report) from None
+            if isinstance(e, (UserError, OSError)):
+                raise UserError(report) from None
+            if tell is not None:
+                await _shielded(tell(report))
+            raise
         for dest in scope:  # the app runs on the restored data: the old copy can go
-            root = self.config.volumes_root / self._volume_dir(dest) / f"{ASIDE_DIR}{token}"
+            root = self.config.volumes_root / self._volume_dir(dest) / f"{ASIDE_DIR}{run.token}"
             await asyncio.to_thread(shutil.rmtree, root, True)
         self.store.audit(
             actor, "restore", f"{snap.short_id} → {len(scope)} path(s)", app=env.domain
         )
         return "\n".join(
-            [title, "", *done, "", f"✅ {env.domain} restored from `{snap.short_id}`."]
+            [run.title, "", *run.done, "", f"✅ {env.domain} restored from `{snap.short_id}`."]
         )
+
+    async def _check_in_snapshot(self, snap: Snapshot, scope: list[Path], path: str) -> None:
+        own = {Path(p) for p in snap.paths}
+        below = [str(p) for p in scope if p not in own]
+        if not below:
+            return
+        listed = {node for node, _, _ in await self.restic.ls(snap.id)}
+        missing = [p for p in below if p not in listed]
+        if missing:
+            raise UserError(
+                f"--path {path!r} is not in snapshot {snap.short_id}: it holds no "
+                f"{', '.join(missing)}"
+            )
 
     def _volume_dir(self, dest: Path) -> str:
         return dest.relative_to(self.config.volumes_root).parts[0]
@@ -227,7 +218,11 @@ class Restores(Repository):
             if folder.is_symlink():
                 raise UserError(f"{folder} is a symbolic link: refusing to restore through it")
         staging = volume_dir / f"{RESTORE_DIR}{token}"
-        await self.restic.restore(snap.id, staging, include=[str(dest)])
+        try:
+            await self.restic.restore(snap.id, staging, include=[str(dest)])
+        except BaseException:
+            await _shielded(asyncio.to_thread(shutil.rmtree, staging, True))
+            raise
         staged = staging / dest.relative_to("/")
         if not staged.exists():
             await asyncio.to_thread(shutil.rmtree, staging, True)
@@ -241,6 +236,142 @@ class Restores(Repository):
             shutil.rmtree(staging, ignore_errors=True)
 
         await asyncio.to_thread(swap)
+
+
+class _RestoreRun:
+    """One restore, step by step. It remembers how far it got, so that any end (an
+    error, a cancel, the job's timeout) scales the app back to what it was and the
+    report says which paths were replaced, which were not, and where the old data is."""
+
+    def __init__(
+        self,
+        owner: Restores,
+        env: AppEnv,
+        snap: Snapshot,
+        scope: list[Path],
+        progress: StatusSink,
+        actor: str,
+        prefix: str,
+    ) -> None:
+        self.owner, self.env, self.snap, self.scope = owner, env, snap, scope
+        self.progress, self.actor, self.prefix = progress, actor, prefix
+        self.swarm = owner.apps.swarm(env.server)
+        self.title = f"♻️ **Restore {env.domain}** from `{snap.short_id}`"
+        self.done: list[str] = []
+        self.state = "running, untouched"
+        self.token = secrets.token_hex(4)
+        self.aside = {dest: owner._aside(dest, self.token) for dest in scope}
+        self.replaced: list[Path] = []
+        self.replicas: dict[str, int] = {}
+        self.specs: list[BackupSpec] = []
+        self.stopping = False  # set before the scale-down: a cancel during it scales back
+        self.restarted = False  # the scale back was asked for
+
+    def _name(self, dest: Path) -> str:
+        return _volume_of(dest, self.owner.config.volumes_root)
+
+    async def prepare(self) -> None:
+        services = await self.swarm.services(self.env.stack_name)
+        self.specs = backup_specs({s.short_name: s.labels for s in services})
+        self.replicas = {s.short_name: s.replicas_desired for s in services if s.replicas_desired}
+
+    async def _step(self, text: str) -> None:
+        await self.progress.update("\n".join([self.title, "", *self.done, f"⏳ {text}"]))
+
+    async def _hooks(self, which: str) -> None:
+        for spec in self.specs:
+            command = spec.restore_pre_hook if which == "pre" else spec.restore_post_hook
+            if command:
+                await self._step(f"restore {which}-hook in {spec.service}")
+                await run_hook(self.swarm, self.env, spec.service, command, f"restore {which}-hook")
+                self.done.append(f"✅ restore {which}-hook in {spec.service}")
+
+    async def stop_swap_and_start(
+        self, still_as_planned: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        env, swarm, counts = self.env, self.swarm, _counts(self.replicas)
+        await self._hooks("pre")
+        await self._step(f"scaling {', '.join(self.replicas) or 'nothing'} to 0")
+        self.state, self.stopping = "being scaled to 0", True
+        await swarm.scale(env.stack_name, {name: 0 for name in self.replicas})
+        await _wait_stopped(swarm, env.stack_name)
+        self.state = f"stopped (scaled to 0; was {counts}), data untouched"
+        self.done.append(f"✅ scaled to 0 (was {counts})")
+        if still_as_planned is not None:
+            # Stopping took a while: what was voted on must still hold before any
+            # data is touched (the job's re-check; it raises if it does not).
+            await still_as_planned()
+        for index, dest in enumerate(self.scope, 1):
+            await self._step(f"restoring {self._name(dest)} ({index}/{len(self.scope)})")
+            await self.owner._restore_one(self.snap, dest, self.token, self.aside[dest])
+            self.replaced.append(dest)
+            self.state = f"stopped; {index} of {len(self.scope)} path(s) restored"
+            self.done.append(f"✅ restored {self._name(dest)}")
+        await self._step(f"scaling back to {counts}")
+        self.restarted = True
+        await swarm.scale(env.stack_name, self.replicas)
+        self.state = "restored, starting again"
+        result = await swarm.wait_converged(env.stack_name, timeout=float(env.timeout or 300))
+        if not result.ok:
+            self.state = "restored, but not running: " + "; ".join(result.failures[:5])
+            raise UserError("the app did not come back up")
+        self.done.append(f"✅ running again ({counts})")
+        self.state = "restored and running"
+        await self._hooks("post")
+
+    async def recover(self, error: BaseException) -> str:
+        """After any failure: scale back if the app was stopped, then the report."""
+        why = _why(error)
+        if self.stopping and not self.restarted:
+            counts = _counts(self.replicas)
+            try:
+                await _shielded(self.swarm.scale(self.env.stack_name, self.replicas))
+                self.state += f"; scaled back to {counts}"
+                self.done.append(f"↩ scaled back to {counts}")
+            except Exception as e:  # the report must still be made
+                self.state += (
+                    f"; scaling back to {counts} failed ({e}): "
+                    f"`{self.prefix}deploy {self.env.domain}` starts it again"
+                )
+        where = "".join(
+            f"\n- the data it replaced is kept at `{a}`" for a in self.aside.values() if a.exists()
+        )
+        paths = ""
+        if self.stopping:
+            untouched = [d for d in self.scope if d not in self.replaced]
+            paths = "\n\nReplaced: " + (
+                ", ".join(f"`{self._name(d)}`" for d in self.replaced) or "nothing"
+            )
+            paths += "; not replaced: " + (
+                ", ".join(f"`{self._name(d)}`" for d in untouched) or "nothing"
+            )
+            paths += "."
+        self.owner.store.audit(
+            self.actor, "restore.failed", f"{self.snap.short_id}: {why}"[:500], app=self.env.domain
+        )
+        return (
+            "\n".join([self.title, "", *self.done])
+            + paths
+            + f"\n\n❌ {why}\n**State of {self.env.domain}:** {self.state}.{where}"
+        )
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "the restore was cancelled (or its time ran out)"
+    if isinstance(error, (UserError, OSError)):
+        return str(error)
+    return f"an unexpected error ({type(error).__name__}); the bot's log has the details"
+
+
+async def _shielded(aw: Awaitable[T]) -> T:
+    """Finish clean-up even when the task is being cancelled (a second cancel, as at a
+    shutdown, waits for it rather than leaving it half done)."""
+    task: asyncio.Future[T] = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        return await task
 
 
 async def _wait_stopped(swarm: Swarm, stack: str, timeout: float = 120) -> None:  # noqa: ASYNC109

@@ -9,16 +9,20 @@ read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.core.store import OPEN_JOB_STATES
 from bot.errors import UserError
 from bot.features.backups.hooks import run_hook
-from bot.features.backups.repository import Repository, snapshot_app
+from bot.features.backups.repository import PARTIAL, Repository, snapshot_app
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.fmt import human_age, human_bytes
 from bot.labels import MOVING_STATES, STUCK_STATES
@@ -27,6 +31,14 @@ from bot.ops.restic import Progress as ResticProgress
 from bot.ops.restic import ResticError, Snapshot
 from bot.ops.swarm import ServiceInfo
 from bot.ports import StatusSink
+
+AppLock = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def no_lock(app: str) -> AsyncIterator[None]:
+    """For callers that already exclude other work (tests, a single-app tool)."""
+    yield
 
 
 def progress_line(p: ResticProgress) -> str:
@@ -150,7 +162,10 @@ class Runs(Repository):
                     except UserError as e:
                         hooks_failed.append(str(e))
         warnings = [*target.warnings, *summary.warnings, *hooks_failed]
-        result = "warning" if warnings else "ok"
+        # Unreadable files (restic exit 3) make an incomplete snapshot: recorded, shown
+        # with ⚠, but not a good backup (max_age, the metric, the drill, retention).
+        incomplete = bool(summary.warnings)
+        result = PARTIAL if incomplete else "warning" if warnings else "ok"
         self.store.add_backup(
             env.domain,
             actor,
@@ -168,7 +183,8 @@ class Runs(Repository):
         )
         if self._metrics is not None:
             self._metrics.backups.labels(result).inc()
-            self._metrics.backup_last_good.labels(env.domain).set(time.time())
+            if not incomplete:
+                self._metrics.backup_last_good.labels(env.domain).set(time.time())
         mark = "⚠️" if warnings else "✅"
         lines = [
             f"{mark} **{env.domain}**: snapshot `{summary.snapshot_id[:8]}` "
@@ -178,30 +194,63 @@ class Runs(Repository):
             f"{human_bytes(summary.data_added)} added of "
             f"{human_bytes(summary.total_bytes_processed)}."
         ]
+        if incomplete:
+            lines[0] += (
+                " **Incomplete**: not counted as a good backup; retention of this app "
+                "waits for a clean one."
+            )
         lines += [f"  - ⚠️ {w}" for w in warnings[:20]]
         if len(warnings) > 20:
             lines.append(f"  - … and {len(warnings) - 20} more")
         return BackupOutcome(env.domain, summary.snapshot_id, "\n".join(lines), warnings)
 
     # -- retention, check, drill -------------------------------------------------------
-    async def retention(self, sink: StatusSink) -> str:
-        """`forget` per app by the retention policy, then `prune` as its own step."""
+    async def retention(self, sink: StatusSink, lock: AppLock = no_lock) -> str:
+        """`forget` per app by the retention policy, then `prune` as its own step.
+        `lock(app)`: the app's job lock, so a forget never runs beside that app's
+        backup or restore (each app in turn; prune takes them all, in order). An app
+        with an open restore proposal keeps its snapshots (the voted one is held),
+        and so does one whose newest backup is incomplete."""
         keep = self.config.retention
         snaps = await self._snapshots(COOPBOT_TAG)
         apps = sorted({app for s in snaps if (app := snapshot_app(s)) is not None})
-        removed = 0
+        removed, skipped = 0, []
         for app in apps:
-            await sink.update(f"🧹 Retention: forgetting old snapshots of {app}")
-            gone = await self.restic.forget(
-                [APP_TAG + app], keep.daily, keep.weekly, keep.monthly, group_by=""
-            )
+            async with lock(app):  # decided under the lock: a restore may just have begun
+                why = "a restore of it is being voted on" if app in self.held_apps() else None
+                why = why or self.retention_paused(app)
+                if why is not None:
+                    skipped.append(f"{app} ({why})")
+                    continue
+                await sink.update(f"🧹 Retention: forgetting old snapshots of {app}")
+                gone = await self.restic.forget(
+                    [APP_TAG + app], keep.daily, keep.weekly, keep.monthly, group_by=""
+                )
             removed += len(gone)
         await sink.update("🧹 Retention: pruning unused data")
-        await self.restic.prune()
-        return (
+        async with contextlib.AsyncExitStack() as stack:
+            # Prune changes the whole repository: no app's backup or restore meanwhile.
+            for app in apps:
+                await stack.enter_async_context(lock(app))
+            await self.restic.prune()
+        report = (
             f"🧹 Retention (daily {keep.daily}, weekly {keep.weekly}, monthly {keep.monthly}): "
-            f"{removed} snapshot(s) of {len(apps)} app(s) forgotten, repository pruned."
+            f"{removed} snapshot(s) of {len(apps) - len(skipped)} app(s) forgotten, "
+            "repository pruned."
         )
+        if skipped:
+            report += "\n⏸ Kept every snapshot of " + ", ".join(skipped) + "."
+        return report
+
+    def held_apps(self) -> set[str]:
+        """Apps with a restore being voted on (or approved and waiting for its delay)
+        or a restore job not yet ended (waiting for the app's lock, or running): the
+        snapshot it was voted for is held until the restore finished or failed."""
+        voting = {row.app for row in self.store.proposals("open") if row.command == "restore"}
+        jobs = {
+            row.app for row in self.store.jobs(OPEN_JOB_STATES, 1000) if row.command == "restore"
+        }
+        return {app for app in voting | jobs if app}
 
     async def check(self) -> str:
         await self._ready()
@@ -209,7 +258,7 @@ class Runs(Repository):
         await self.restic.check(read_data_subset=subset)
         return f"✅ `restic check` passed (structure, and {subset} of the data read back)."
 
-    async def drill(self, sink: StatusSink) -> tuple[bool, str]:
+    async def drill(self, sink: StatusSink, lock: AppLock = no_lock) -> tuple[bool, str]:
         """Restore each app's newest snapshot into a temporary folder and compare file
         counts and sizes with the snapshot's own listing."""
         newest = await self._newest_per_app()
@@ -219,7 +268,8 @@ class Runs(Repository):
         for index, (app, snap) in enumerate(sorted(newest.items()), 1):
             await sink.update(f"🧪 Restore drill {index}/{len(newest)}: {app}")
             try:
-                line = await self._drill_one(app, snap)
+                async with lock(app):  # not while retention forgets that snapshot
+                    line = await self._drill_one(app, snap)
             except UserError as e:
                 ok, line = False, f"❌ {app} ({snap.short_id}): {e}"
             if line.startswith("❌"):
