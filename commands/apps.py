@@ -11,6 +11,7 @@ from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
 from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, deployed_from
+from bot.features.upgrades import UpgradePlan, is_major_step
 from bot.fmt import utc_time
 from bot.labels import MOVING_STATES, STUCK_STATES
 
@@ -169,28 +170,72 @@ async def logs(ctx: CommandContext) -> None:
         await ctx.reply(f"```\n{text.rstrip()}\n```")
 
 
+async def _deploy_target(ctx: CommandContext, env: AppEnv) -> str | None:
+    """The exact version a deploy runs: the one asked for (or pinned by the vote), the
+    .env's pinned one, else the newest release."""
+    if ctx.args["version"] or env.pinned_version:
+        return str(ctx.args["version"] or env.pinned_version)
+    newest = await ctx.services.apps.newest(env)
+    return newest.text if newest else None
+
+
+async def _major_step(
+    ctx: CommandContext, env: AppEnv, current: str | None, target: str
+) -> UpgradePlan | None:
+    """The upgrade plan when this move grows the recipe-semver major part (it then
+    needs the major_upgrade quorum and a backup first, like `!upgrade`), else None."""
+    if not is_major_step(current, target) or ctx.services.upgrades is None:
+        return None
+    return await ctx.services.upgrades.prepare(env, target, ctx.prefix)
+
+
+def _major_note(plan: UpgradePlan | None) -> str:
+    if plan is None:
+        return ""
+    return (
+        f"\n⚠ A **major** step ({plan.current.text} → {plan.target.text}): it needs the "
+        f"major_upgrade quorum and runs as an upgrade. {plan.backup}"
+    )
+
+
 async def _deploy_plan(ctx: CommandContext) -> Plan:
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
     deployed = await apps.deployed(env)
+    state = f"{deployed.version}|{deployed.chaos}"
     if ctx.args["chaos"]:
-        target = "the recipe's current commit (chaos)"
-        changes = deployed.exists
-    else:
-        newest = await apps.newest(env)
-        target = ctx.args["version"] or env.pinned_version or (newest.text if newest else "?")
-        changes = deployed.exists and deployed.version != target
+        # The commit is what is voted for: a commit landing during the vote is stale.
+        commit = await apps.head(env)
+        summary = (
+            f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → the recipe's "
+            f"commit **{commit[:8]}** (chaos) on {env.server}."
+        )
+        return Plan(
+            summary,
+            fingerprint=f"{state}|chaos@{commit}",
+            needs_vote=deployed.exists,
+            pins={"commit": commit},
+        )
+    target = await _deploy_target(ctx, env)
+    major = await _major_step(ctx, env, deployed.version, target) if target else None
     summary = (
-        f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → **{target}** "
-        f"on {env.server}."
+        f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → **{target or '?'}** "
+        f"on {env.server}.{_major_note(major)}"
     )
-    return Plan(summary, fingerprint=f"{deployed.version}|{deployed.chaos}", needs_vote=changes)
+    return Plan(
+        summary,
+        fingerprint=f"{state}|{target}",
+        policy="major_upgrade" if major else None,
+        needs_vote=deployed.exists and deployed.version != target,
+        pins={"version": target} if target else {},
+    )
 
 
 @group.command(
     "deploy",
     help="Deploy an app: a release tag (default: the .env's pinned version, else the newest). "
-    "A first deploy or a redeploy runs at once; a version change needs a vote.",
+    "A first deploy or a redeploy runs at once; a version change needs a vote, and a major "
+    "step the major_upgrade quorum and a backup first.",
     args=(APP, VERSION),
     options=(Option("chaos", "deploy the recipe's current commit, labelled chaos", flag=True),),
     role=Role.OPERATOR,
@@ -202,14 +247,44 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
 async def deploy(ctx: CommandContext) -> None:
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
-    report = await apps.deploy(
-        env,
-        ctx.progress,
-        ctx.sender,
-        ctx.args["version"],
-        chaos=ctx.args["chaos"],
-        job_id=ctx.job.id if ctx.job else None,
-    )
+    if ctx.args["chaos"]:
+        report = await apps.deploy(
+            env,
+            ctx.progress,
+            ctx.sender,
+            chaos=True,
+            commit=ctx.args.get("commit"),  # the planned (voted) commit, or refused
+            job_id=ctx.job.id if ctx.job else None,
+        )
+        await ctx.progress.finish(report)
+        return
+    # The plan pinned the exact version (ctx.args["version"]): what was voted runs.
+    target = await _deploy_target(ctx, env)
+    await _deploy_version(ctx, env, target, "deploy")
+
+
+async def _deploy_version(
+    ctx: CommandContext, env: AppEnv, target: str | None, action: str
+) -> None:
+    """Deploy `target`; a major step goes through the upgrade (backup first)."""
+    deployed = await ctx.services.apps.deployed(env)
+    major = await _major_step(ctx, env, deployed.version, target) if target else None
+    job_id = ctx.job.id if ctx.job else None
+    if major is not None:
+        upgrades = ctx.services.upgrades
+        report = await upgrades.upgrade(
+            major,
+            ctx.progress,
+            ctx.sender,
+            job_id,
+            ctx.prefix,
+            action=action,
+            still_as_planned=ctx.recheck,  # after the backup first, before the deploy
+        )
+    else:
+        report = await ctx.services.apps.deploy(
+            env, ctx.progress, ctx.sender, target, job_id=job_id, action=action
+        )
     await ctx.progress.finish(report)
 
 
@@ -228,9 +303,14 @@ async def _rollback_target(ctx: CommandContext) -> tuple[AppEnv, str | None, str
 
 async def _rollback_plan(ctx: CommandContext) -> Plan:
     env, current, target = await _rollback_target(ctx)
+    major = await _major_step(ctx, env, current, target)
     return Plan(
-        f"Roll **{env.domain}** back: {current or 'not deployed'} → **{target}**.",
-        fingerprint=str(current),
+        f"Roll **{env.domain}** back: {current or 'not deployed'} → **{target}**."
+        + _major_note(major),
+        # The version it rolls back from: if another deploy ran meanwhile, it is stale.
+        fingerprint=f"{current}→{target}",
+        policy="major_upgrade" if major else None,
+        pins={"version": target},  # the exact target, not "the previous one" at run time
     )
 
 
@@ -246,15 +326,7 @@ async def _rollback_plan(ctx: CommandContext) -> Plan:
 )
 async def rollback(ctx: CommandContext) -> None:
     env, _, target = await _rollback_target(ctx)
-    report = await ctx.services.apps.deploy(
-        env,
-        ctx.progress,
-        ctx.sender,
-        target,
-        job_id=ctx.job.id if ctx.job else None,
-        action="rollback",
-    )
-    await ctx.progress.finish(report)
+    await _deploy_version(ctx, env, target, "rollback")
 
 
 async def _undeploy_plan(ctx: CommandContext) -> Plan:

@@ -71,6 +71,8 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
         fingerprint=plan.fingerprint,
         policy="major_upgrade" if plan.kind == "major" else None,
         needs_vote=needs_vote,
+        # The exact target: a newer tag that arrives during the vote changes nothing.
+        pins={"version": plan.target.text},
     )
 
 
@@ -90,6 +92,11 @@ async def upgrade(ctx: CommandContext) -> None:
     # and runs with the voted version pinned: this is the move members voted for.
     plan = await _prepare(ctx)
     report = await _upgrades(ctx).upgrade(
-        plan, ctx.progress, ctx.sender, ctx.job.id if ctx.job else None, ctx.prefix
+        plan,
+        ctx.progress,
+        ctx.sender,
+        ctx.job.id if ctx.job else None,
+        ctx.prefix,
+        still_as_planned=ctx.recheck,  # after the backup first, before the deploy
     )
     await ctx.progress.finish(report)

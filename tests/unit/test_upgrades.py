@@ -3,7 +3,6 @@ commands over fakes of Apps, Swarm and Backups (recipes are real git repos)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -774,11 +773,11 @@ async def test_an_approved_upgrade_checks_the_app_did_not_change_while_it_waited
     (proposal,) = await ask(bot, "!upgrade a.test 1.1.0+1.1")
     found = re.search(r"Proposal `(\w+)`", proposal)
     assert found
-    lock = bot.services.jobs._locks.setdefault("a.test", asyncio.Lock())
-    await lock.acquire()  # another job works on the app
+    locks = bot.jobs.locks
+    await locks.acquire("a.test")  # another job works on the app
     await bot.dispatcher.handle(message(f"!approve {found.group(1)}", ADMIN))
     site.swarm.stacks_of["a_test"] = [service("a_test", "1.0.1+1.0")]  # that job's doing
-    lock.release()
+    locks.release("a.test")
     await drain(bot)
     chat = chat_of(bot)
     assert any(

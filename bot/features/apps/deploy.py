@@ -88,15 +88,17 @@ class Apps(Inventory):
         version: str | None = None,
         *,
         chaos: bool = False,
+        commit: str | None = None,
         job_id: int | None = None,
         action: str = "deploy",
     ) -> str:
         """Deploy and wait for convergence; returns the final report (markdown).
-        Raises UserError with the report when it failed."""
+        `commit`: for chaos, the commit that was planned (voted): refused if the
+        recipe's HEAD moved since. Raises UserError with the report when it failed."""
         steps = Steps(progress, f"**{action.capitalize()} {app.domain}** on {app.server}")
         repo = await asyncio.to_thread(self.recipe, app.recipe)
         current = await self.deployed(app)
-        target, checkout = await self._target(app, repo, version, chaos)
+        target, checkout = await self._target(app, repo, version, chaos, commit)
         run = _Deploy(app, self.swarm(app.server), steps, current, target, chaos, action)
         await steps.step(f"Checking out {app.recipe} {target}")
         async with _entered(checkout) as tree:
@@ -128,12 +130,23 @@ class Apps(Inventory):
 
     # -- the steps, in order ------------------------------------------------------------
     async def _target(
-        self, app: AppEnv, repo: RecipeRepo, version: str | None, chaos: bool
+        self,
+        app: AppEnv,
+        repo: RecipeRepo,
+        version: str | None,
+        chaos: bool,
+        commit: str | None = None,
     ) -> tuple[str, AbstractContextManager[Path]]:
         """What is deployed (a release tag, or the head commit for chaos) and the
-        checkout to deploy it from. Unknown versions stop here."""
+        checkout to deploy it from. Unknown versions, and a chaos deploy whose
+        planned commit is no longer HEAD, stop here."""
         if chaos:
             head = await asyncio.to_thread(repo.head)
+            if commit is not None and head != commit:
+                raise UserError(
+                    f"The recipe {app.recipe} moved since this chaos deploy was planned "
+                    f"(planned {commit[:8]}, HEAD is now {head[:8]}); nothing was done."
+                )
             return head[:8], repo.chaos_worktree()
         target = version or app.pinned_version or await self._newest_text(repo, app)
         await asyncio.to_thread(repo.version, target)

@@ -108,6 +108,10 @@ class Inventory:
 
         return await asyncio.to_thread(newest)
 
+    async def head(self, app: AppEnv) -> str:
+        """The commit the recipe's HEAD points at (what a chaos deploy runs)."""
+        return await asyncio.to_thread(lambda: self.recipe(app.recipe).head())
+
     def previous_version(self, app: AppEnv, current: str | None) -> str | None:
         """The last successfully deployed version before the current one."""
         for row in self._store.deploys(app.domain, limit=100):

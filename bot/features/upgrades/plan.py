@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bot.labels import autoupdate_label
 from bot.ops.abra import AppEnv
-from bot.ops.recipes import StepKind, Version, step_kind
+from bot.ops.recipes import StepKind, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -91,6 +91,14 @@ class UpgradePlan:
 
 
 # ----------------------------------------------------------------------------- pure logic
+
+
+def is_major_step(current: str | None, target: str | None) -> bool:
+    """Whether moving from `current` to `target` grows the recipe-semver major part:
+    such a move needs the major_upgrade quorum and a backup first, whichever command
+    (`!upgrade`, `!deploy`, `!rollback`) asks for it. Unversioned ends are not."""
+    old, new = parse_version(current or ""), parse_version(target or "")
+    return old is not None and new is not None and step_kind(old, new) == "major"
 
 
 def newest_release(current: Version, versions: Iterable[Version]) -> Version | None:

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from bot.config import Config
 from bot.core.store import Store
-from bot.errors import UserError
+from bot.errors import StalePlan, UserError
 from bot.features.apps import Apps, Deployed, deployed_from
 from bot.features.backups import Backups
 from bot.features.upgrades.plan import (
@@ -328,14 +328,21 @@ class Upgrades:
         actor: str,
         job_id: int | None = None,
         prefix: str = "!",
+        *,
+        action: str = "upgrade",
+        still_as_planned: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
         """Back up (if planned), deploy and wait; on failure the code is rolled back
         (by Apps.deploy) and the room is told which snapshot restores the data.
+        `action`: the command that asked (a `!deploy` or `!rollback` that grows the
+        major version goes this way too, backup first); `still_as_planned` is called
+        after the backup (a wait) and raises StalePlan if the plan no longer holds.
         Returns the report; raises UserError with it when the upgrade failed."""
         env = plan.env
+        asked = "" if action == "upgrade" else f" (`{action}` of a major step: as an upgrade)"
         lines = [
             f"⬆ **Upgrade {env.domain}**: {plan.current.text} → {plan.target.text}, "
-            f"{kind_label(plan.kind)}"
+            f"{kind_label(plan.kind)}{asked}"
         ]
         snapshot: str | None = None
         if plan.will_back_up and self.backups is not None:
@@ -359,6 +366,11 @@ class Upgrades:
             lines.append(f"✅ Backed up first: snapshot `{snapshot[:8]}`")
         else:
             lines.append(f"ℹ {plan.backup}")
+        if still_as_planned is not None:
+            try:
+                await still_as_planned()
+            except StalePlan as exc:  # the backup is kept; nothing else happened
+                raise StalePlan("\n".join([*lines, "", str(exc)])) from None
         above = "\n".join(lines)
         before = await self._spec_versions(env)  # None: unknown, so assume it changed
         try:
@@ -368,7 +380,7 @@ class Upgrades:
                 actor,
                 plan.target.text,
                 job_id=job_id,
-                action="upgrade",
+                action=action,
             )
         except UserError as exc:
             if before is not None and await self._spec_versions(env) == before:
