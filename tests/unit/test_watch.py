@@ -119,7 +119,9 @@ observations = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(observations)
-def test_never_two_open_incidents_for_a_key_and_every_one_closes(steps: list) -> None:  # type: ignore[type-arg]
+def test_never_two_open_incidents_for_a_key_and_every_one_closes(
+    steps: list[tuple[int, list[int], tuple[str, str]]],
+) -> None:
     rules = Rules(T)
     now = 0.0
     opened: dict[str, int] = {}
@@ -255,3 +257,38 @@ def test_alertmanager_alerts() -> None:
         ("alertmanager", "Disk@a", "alert **Disk@a**: disk full"),
         ("s", "Load", None),
     ]
+
+
+async def test_metrics_token_and_the_alertmanager_hook(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.core.metrics import Metrics
+    from bot.core.web import Hooks, make_app
+
+    store = Store(tmp_path / "s.sqlite")
+    seen: list[tuple[str, str, str | None]] = []
+
+    async def on_alert(server: str, name: str, summary: str | None) -> None:
+        seen.append((server, name, summary))
+
+    async def on_tags(recipe: str, tags: list[str]) -> None:
+        raise AssertionError("no forgejo hook here")
+
+    hooks = Hooks(
+        store, lambda name: False, on_tags, on_alert, alertmanager_token="am", max_body=2048
+    )
+    app = make_app(Metrics(), lambda: True, metrics_token="tok", hooks=hooks)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/metrics")).status == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer no"})).status == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer tok"})).status == 200
+        assert (await client.post("/hooks/forgejo", data=b"{}")).status == 404  # not configured
+        payload = {"alerts": [{"status": "firing", "labels": {"alertname": "Load"}}]}
+        assert (await client.post("/hooks/alertmanager", json=payload)).status == 401
+        auth = {"Authorization": "Bearer am"}
+        big = b"{" + b" " * 4096 + b"}"
+        assert (await client.post("/hooks/alertmanager", data=big, headers=auth)).status == 413
+        assert seen == []
+        assert (await client.post("/hooks/alertmanager", json=payload, headers=auth)).status == 202
+    assert seen == [("alertmanager", "Load", "alert **Load**: Load")]
+    store.close()
