@@ -1363,3 +1363,189 @@ async def test_schedule_in_another_timezone(make_bot: BotFactory) -> None:
 async def test_nothing_scheduled(make_bot: BotFactory) -> None:
     bot = make_bot(upgrades={"check_schedule": None})
     assert await ask(bot, "!schedule", VIEWER) == ["Nothing is scheduled."]
+
+
+# ================================================================ votes mean what was voted
+
+
+async def _propose_restore(bot: Bot, body: str) -> str:
+    (text,) = await ask(bot, body)
+    found = re.search(r"Proposal `(\w+)`", text)
+    assert found, text
+    return found.group(1)
+
+
+async def test_a_restore_plan_pins_the_full_snapshot_id_and_the_paths(
+    make_bot: BotFactory, tmp_path: Path
+) -> None:
+    bot = make_bot(approvals={"required": 1})
+    site = wire(bot, tmp_path)
+    restorable(site)
+    await _propose_restore(bot, "!restore a.test --path data")
+    (row,) = bot.store.proposals()
+    data = str(site.root / "a_test_data/_data")
+    assert row.plan.pins == {"snapshot": full_id("a1111111"), "paths": [data]}
+    assert row.plan.fingerprint == f"{full_id('a1111111')}|1.0.0+1.0|{data}"
+
+
+async def test_a_restore_runs_the_voted_snapshot_not_a_newer_one(
+    make_bot: BotFactory, tmp_path: Path
+) -> None:
+    bot = make_bot(approvals={"required": 1})
+    site = wire(bot, tmp_path)
+    restorable(site)
+    proposal = await _propose_restore(bot, "!restore a.test")  # the newest: a1111111
+    # A backup of the (broken) data lands while members vote: it is not what was voted.
+    newer = snap("a2222222", "a.test", paths=[str(site.root / "a_test_data/_data")])
+    site.restic.snaps.append(dataclasses.replace(newer, time=datetime(2024, 1, 2, tzinfo=UTC)))
+    await bot.dispatcher.handle(message(f"!approve {proposal}", ADMIN))
+    await drain(bot)
+    assert {sid for sid, _, _ in site.restic.restored} == {full_id("a1111111")}
+    assert tree(site.root / "a_test_data/_data") == {"f": b"new", "sub/n": b"n"}
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("data/nothere", "--path 'data/nothere' is not in snapshot a1111111: it holds no"),
+        ("data/\x00x", "control characters (a NUL byte, a newline) are refused"),
+        ("data/../../etc", "give <volume>[/<sub-path>]"),
+    ],
+)
+async def test_bad_restore_paths_are_refused_before_the_vote(
+    make_bot: BotFactory, tmp_path: Path, path: str, why: str
+) -> None:
+    bot = make_bot(approvals={"required": 1})
+    site = wire(bot, tmp_path)
+    restorable(site)
+    data = str(site.root / "a_test_data/_data")
+    site.restic.listings = {full_id("a1111111"): [(data + "/f", "file", 3)]}
+    msg = message("!restore a.test", OPERATOR)
+    msg = dataclasses.replace(msg, body=f"!restore a.test --path '{path}'")
+    await bot.dispatcher.handle(msg)
+    await drain(bot)
+    chat = chat_of(bot)
+    (text,) = [chat.shown(s.event_id) for s in chat.sent if s.reply_to == msg.event_id]
+    assert why in text
+    assert bot.store.proposals() == [] and site.swarm.scaled == []
+
+
+async def test_a_failed_restore_scales_back_and_says_what_was_replaced(site: Site) -> None:
+    env = restorable(site)
+    real = site.restic.restore
+
+    async def second_fails(snapshot_id: str, target: Path, include: Any = ()) -> None:
+        if site.restic.restored:
+            site.restic.restored.append((snapshot_id, target, list(include)))
+            raise ResticError("restic restore failed: connection reset")
+        await real(snapshot_id, target, include)
+
+    site.restic.restore = second_fails  # type: ignore[method-assign]
+    with pytest.raises(UserError) as caught:
+        await site.backups.restore(env, None, None, Sink(), OPERATOR)
+    text = str(caught.value)
+    assert site.swarm.scaled == [{"app": 0}, {"app": 1}]  # back to what it was
+    assert "Replaced: `a_test_data`; not replaced: `a_test_db`." in text
+    assert "❌ restic restore failed: connection reset" in text
+    assert "scaled back to app=1" in text
+    (aside,) = (site.root / "a_test_data").glob("coopbot-previous-*")
+    assert f"- the data it replaced is kept at `{aside / '_data'}`" in text
+    assert tree(site.root / "a_test_db/_data") == {"d": b"1"}  # untouched
+    assert not list((site.root / "a_test_db").glob("coopbot-restore-*"))  # staging gone
+
+
+async def test_a_cancelled_restore_scales_back_and_tells_where_the_data_is(site: Site) -> None:
+    env = restorable(site)
+    entered = asyncio.Event()
+
+    async def hangs(snapshot_id: str, target: Path, include: Any = ()) -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    site.restic.restore = hangs  # type: ignore[method-assign]
+    told: list[str] = []
+
+    async def tell(text: str) -> None:
+        told.append(text)
+
+    task = asyncio.create_task(site.backups.restore(env, None, None, Sink(), OPERATOR, tell=tell))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert site.swarm.scaled == [{"app": 0}, {"app": 1}]
+    (text,) = told
+    assert "Replaced: nothing; not replaced: `a_test_data`, `a_test_db`." in text
+    assert "the restore was cancelled (or its time ran out)" in text
+    assert tree(site.root / "a_test_data/_data") == {"f": b"old", "extra": b"gone after"}
+
+
+async def test_a_restore_whose_plan_changed_while_stopping_does_nothing_and_scales_back(
+    site: Site,
+) -> None:
+    from bot.errors import StalePlan
+
+    env = restorable(site)
+
+    async def changed() -> None:
+        raise StalePlan("Not run: things changed since the vote on `abcde`")
+
+    with pytest.raises(StalePlan) as caught:
+        await site.backups.restore(env, None, None, Sink(), OPERATOR, still_as_planned=changed)
+    assert site.swarm.scaled == [{"app": 0}, {"app": 1}]
+    assert site.restic.restored == []
+    assert "Replaced: nothing" in str(caught.value)
+
+
+async def test_retention_keeps_an_app_with_a_restore_vote_or_an_incomplete_backup(
+    make_bot: BotFactory, tmp_path: Path
+) -> None:
+    bot = make_bot(approvals={"required": 2})
+    site = wire(bot, tmp_path)
+    restorable(site)
+    site.restic.snaps.append(snap("c1111111", "c.test"))
+    await _propose_restore(bot, "!restore a.test")
+    bot.store.add_backup("b.test", OPERATOR, "ok", snapshot_id="b1111111")
+    bot.store.add_backup("b.test", OPERATOR, "partial", snapshot_id="b2222222")
+    report = await site.backups.retention(Sink())
+    assert [f[0] for f in site.restic.forgotten] == ["app=c.test"]
+    assert "⏸ Kept every snapshot of a.test (a restore of it is being voted on), b.test" in report
+    bot.store.add_backup("b.test", OPERATOR, "ok", snapshot_id="b3333333")  # clean again
+    await site.backups.retention(Sink())
+    assert [f[0] for f in site.restic.forgotten][1:] == ["app=b.test", "app=c.test"]
+
+
+async def test_an_incomplete_backup_is_not_the_newest_good_one(site: Site) -> None:
+    env = site.add("a.test")
+    site.restic.summary = dataclasses.replace(SUMMARY, warnings=["/data/f: permission denied"])
+    outcome = await site.backups.backup(env, Sink(), OPERATOR)
+    assert "**Incomplete**" in outcome.report.splitlines()[0]
+    site.restic.snaps = [
+        snap("a0000000", "a.test", datetime(2024, 1, 1, tzinfo=UTC)),
+        snap(SUMMARY.snapshot_id, "a.test", datetime(2024, 1, 2, tzinfo=UTC)),
+    ]
+    states, _ = await site.backups.states(datetime(2024, 1, 3, tzinfo=UTC).timestamp())
+    (state,) = states
+    assert state.newest is not None and state.newest.short_id == "a0000000"
+    assert state.incomplete == "/data/f: permission denied"
+    assert await site.backups.newest_snapshot(env) == full_id("a0000000")
+    assert site.backups.retention_paused("a.test") is not None
+
+
+async def test_backup_all_takes_each_apps_lock_in_turn(
+    make_bot: BotFactory, tmp_path: Path
+) -> None:
+    bot = make_bot()
+    site = wire(bot, tmp_path)
+    site.add("a.test")
+    site.add("b.test")
+    locks = bot.jobs.locks
+    await locks.acquire("b.test")  # b is being restored
+    msg = message("!backup all", OPERATOR)
+    await bot.dispatcher.handle(msg)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert [tags[1] for _, tags in site.restic.backed_up] == ["app=a.test"]
+    locks.release("b.test")
+    await drain(bot)
+    assert [tags[1] for _, tags in site.restic.backed_up] == ["app=a.test", "app=b.test"]
