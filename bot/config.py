@@ -54,7 +54,15 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_wait(value: Any) -> float:
+    """A duration that may also be 0 (no wait at all)."""
+    if not isinstance(value, bool) and value in (0, "0"):
+        return 0.0
+    return parse_duration(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Wait = Annotated[float, BeforeValidator(parse_wait)]  # a Duration, or 0 for none
 UserId = Annotated[str, Field(pattern=r"^@[^:\s]+:\S+$")]
 # Room ids of room v12+ have no server part ("!abc"); aliases always do ("#ops:server").
 RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
@@ -259,6 +267,12 @@ class JobsConfig(_Section):
     lock_wait: Duration = 600.0  # how long a job waits for its app's lock
     progress_interval: Duration = 2.0  # minimum time between edits of a progress message
     keep_finished: Annotated[int, Field(ge=0)] = 20  # finished jobs shown by !jobs
+    # A job that ran longer than this ends with a reply that pings the requester
+    # (quicker ones end while the person still looks at the progress message).
+    notify_after: Wait = 30.0
+    max_active: Annotated[int, Field(ge=1)] = 20  # jobs running or queued at once
+    # Commands one member may send per minute; past it they are told to slow down.
+    member_rate: Annotated[int, Field(ge=1)] = 20
 
 
 class ServerConfig(_Section):
@@ -289,7 +303,7 @@ class PolicyOverride(_Section):
     allow_self_approval: bool | None = None
     veto: bool | None = None
     voters: RoleName | None = None
-    delay: Duration | None = None
+    delay: Wait | None = None
     require_reason: bool | None = None
     break_glass: bool | None = None
 
@@ -300,7 +314,7 @@ class ApprovalsConfig(_Section):
     allow_self_approval: bool = False
     veto: bool = True  # one rejection from an eligible voter rejects
     voters: RoleName = "operator"  # minimum role whose votes count
-    delay: Duration = 0.0  # an approved proposal waits this long; an eligible 👎 stops it
+    delay: Wait = 0.0  # an approved proposal waits this long; an eligible 👎 stops it
     require_reason: bool = False  # requests must give one: `!undeploy app -- why`
     break_glass: bool = False  # `!urgent ID -- why` lets one admin run it at once
     policies: dict[str, PolicyOverride] = {}

@@ -16,11 +16,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from bot.config import JobsConfig
+from bot.core.access import SCHEDULER
 from bot.core.approvals import State
 from bot.core.context import CommandContext
 from bot.core.metrics import Metrics
 from bot.core.store import JobState, Store
 from bot.errors import StalePlan, UserError
+from bot.fmt import human_age
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,7 @@ class JobManager:
         except Exception:
             result = await self._incident(job)
         finally:
+            await _shielded(self._tell_the_end(job, state, result))
             if acquired and job.app is not None:
                 if self._holders.get(job.app) is job:
                     self._holders.pop(job.app, None)
@@ -217,6 +220,39 @@ class JobManager:
             self._metrics.jobs.labels(ctx.spec.name, state).inc()
             self._metrics.jobs_active.dec()
             del self._jobs[job.id]
+
+    async def _tell_the_end(self, job: Job, state: JobState, result: str) -> None:
+        """A job whose progress message is out there ends with one short reply in its
+        thread that pings the requester (or the admins, for scheduled work that
+        failed): the final edit of the progress message notifies nobody (MSC3958)."""
+        progress = job.ctx._progress
+        if progress is None or progress.event_id is None or state is JobState.CANCELLED:
+            return
+        ctx = job.ctx
+        elapsed = time.time() - job.created_at
+        if elapsed < self._config.notify_after:
+            return
+        took = human_age(elapsed)
+        if state is JobState.DONE:
+            text = f"✅ Job #{job.id} (`{job.ctx.spec.name}`) done in {took}."
+        else:
+            first = result.strip().splitlines()[0] if result.strip() else str(state)
+            text = f"❌ Job #{job.id} (`{job.ctx.spec.name}`) {state}: {first}"
+        if ctx.sender == SCHEDULER:
+            if state is JobState.DONE:
+                return  # scheduled reports speak for themselves; only failures ping
+            mentions = list(ctx.services.config.access.admins)
+        else:
+            mentions = [ctx.sender]
+        thread = ctx.message.thread_root or progress.event_id
+        await ctx.services.chat.send(
+            ctx.message.room_id,
+            text,
+            reply_to=progress.event_id if ctx.message.thread_root else None,
+            thread_root=thread,
+            mentions=mentions,
+            notify=True,
+        )
 
     async def _incident(self, job: Job) -> str:
         """Log the exception being handled with an incident id; tell the room the id."""

@@ -119,6 +119,11 @@ async def _chunks_as_lines(
         buf += chunk
         start = 0
         while (nl := buf.find(b"\n", start)) >= 0:
+            # A long line that arrived whole comes in pieces too, as one that
+            # arrived over several chunks does.
+            while max_line is not None and nl - start > max_line:
+                yield buf[start : start + max_line].decode(errors="replace")
+                start += max_line
             yield buf[start:nl].decode(errors="replace").rstrip("\r")
             start = nl + 1
         del buf[:start]

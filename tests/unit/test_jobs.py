@@ -440,3 +440,26 @@ async def test_progress_finish_shows_the_final_text_at_once() -> None:
     assert chat.log == [sent, Edit(ROOM, sent.event_id, "finished")]
     await progress.finish("finished")  # same text again: no edit
     assert len(chat.edits) == 1
+
+
+async def test_a_long_job_ends_with_a_reply_that_pings_the_requester(
+    make_bot: BotFactory, work: Work
+) -> None:
+    bot = make_bot(work.group, jobs={"notify_after": 0})  # every job counts as long
+    chat = chat_of(bot)
+    await bot.dispatcher.handle(message("!steps 3", OPERATOR))
+    await bot.dispatcher.handle(message("!stepfail", OPERATOR))
+    await drain(bot)
+    ends = sorted((s for s in chat.sent if s.notify), key=lambda s: s.markdown.split("#")[1])
+    assert [s.markdown.split(" (")[0] for s in ends] == ["✅ Job #1", "❌ Job #2"]
+    assert all(s.mentions == (OPERATOR,) for s in ends)
+    assert "failed: the app did not converge" in ends[1].markdown
+    progress = [s for s in chat.sent if s.reply_to is not None and not s.notify]
+    assert {s.thread_root for s in ends} <= {p.event_id for p in progress}
+
+
+async def test_a_quick_job_ends_without_a_ping(make_bot: BotFactory, work: Work) -> None:
+    bot = make_bot(work.group)  # notify_after: 30s by default
+    await bot.dispatcher.handle(message("!steps 3", OPERATOR))
+    await drain(bot)
+    assert not any(s.notify for s in chat_of(bot).sent)
