@@ -118,10 +118,8 @@ class Reporter:
         if decision.action == "update":
             self.store.update_incident(row.id, incident.summary, incident.urgent, at)
             row = self.store.incident(row.id) or row
-            if row.held == Held.HELD and row.urgent and not self.quiet(at):
-                await self._announce(row)
-            elif row.held == Held.HELD and row.urgent:
-                await self._announce(row)  # became urgent in quiet hours: say it now
+            if row.held == Held.HELD and row.urgent:
+                await self._announce(row)  # held, then became urgent: say it now
             elif row.held == Held.SENT and row.message_id and row.room_id:
                 await self._chat.edit(row.room_id, row.message_id, self._text(row, row.summary))
             return
