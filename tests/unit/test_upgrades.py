@@ -786,3 +786,184 @@ async def test_an_approved_upgrade_checks_the_app_did_not_change_while_it_waited
         for s in chat.sent
     )
     assert site.apps.deploys == []
+
+
+# ================================================================ votes mean what was voted
+
+
+@dataclass
+class VersionedApps(FakeApps):
+    """FakeApps with what the deploy and rollback planners read: the recipe's newest
+    release and HEAD, and the deploy history."""
+
+    history: list[str] = dataclasses.field(default_factory=list)  # ok deploys, oldest first
+
+    async def newest(self, env: AppEnv) -> Version | None:
+        return self.recipe(env.recipe).newest()
+
+    async def head(self, env: AppEnv) -> str:
+        return self.recipe(env.recipe).head()
+
+    def previous_version(self, env: AppEnv, current: str | None) -> str | None:
+        return next((v for v in reversed(self.history) if v != current), None)
+
+
+def votes_site(tmp_path: Path, releases: int = len(RELEASES)) -> Site:
+    recipes = tmp_path / "abra" / "recipes"
+    make_recipe(recipes, "demo", RELEASES[:releases])
+    site = make_site(tmp_path, backups=FakeBackups())
+    apps = VersionedApps(site.apps.swarms, abra_dir=site.apps.abra_dir)
+    site.apps = apps
+    site.upgrades.apps = apps  # type: ignore[assignment]
+    return site
+
+
+async def propose(bot: Bot, body: str) -> str:
+    (text,) = await ask(bot, body)
+    found = re.search(r"Proposal `(\w+)`", text)
+    assert found, text
+    return found.group(1)
+
+
+async def approve(bot: Bot, proposal: str) -> None:
+    await bot.dispatcher.handle(message(f"!approve {proposal}", ADMIN))
+    await drain(bot)
+
+
+def shown(bot: Bot) -> list[str]:
+    chat = chat_of(bot)
+    return [chat.shown(s.event_id) for s in chat.sent]
+
+
+async def test_a_deploy_plan_pins_the_newest_and_a_tag_during_the_vote_changes_nothing(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path, releases=3)  # up to 1.1.0+1.1
+    site.add("a.test", "1.0.0+1.0")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!deploy a.test")
+    (row,) = bot.store.proposals()
+    assert row.plan.pins == {"version": "1.1.0+1.1"}
+    assert row.plan.fingerprint == "1.0.0+1.0|False|1.1.0+1.1"
+    assert row.policy == "deploy_version_change"
+    git(tmp_path / "abra/recipes/demo", "tag", "1.2.0+1.2")  # a viewer's !upgrades fetched it
+    await approve(bot, proposal)
+    assert site.apps.deploys == [("a.test", "1.1.0+1.1", "deploy")]
+
+
+async def test_a_major_step_through_deploy_needs_the_major_quorum_and_backs_up_first(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path)
+    site.add("a.test", "1.1.0+1.1")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!deploy a.test 2.0.0+2.0")
+    (row,) = bot.store.proposals()
+    assert row.policy == "major_upgrade"
+    assert row.plan.pins == {"version": "2.0.0+2.0"}
+    assert "A **major** step" in row.plan.summary
+    await approve(bot, proposal)
+    assert site.backups is not None and site.backups.taken == ["a.test"]
+    assert site.apps.deploys == [("a.test", "2.0.0+2.0", "deploy")]
+
+
+async def test_a_rollback_to_a_newer_major_is_a_major_step(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path)
+    site.add("a.test", "1.1.0+1.1")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!rollback a.test 2.0.0+2.0")
+    (row,) = bot.store.proposals()
+    assert (row.policy, row.plan.pins) == ("major_upgrade", {"version": "2.0.0+2.0"})
+    assert row.plan.fingerprint == "1.1.0+1.1→2.0.0+2.0"
+    await approve(bot, proposal)
+    assert site.backups is not None and site.backups.taken == ["a.test"]
+    assert site.apps.deploys == [("a.test", "2.0.0+2.0", "rollback")]
+
+
+async def test_a_rollback_pins_its_target_and_goes_stale_if_the_app_moved(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path)
+    assert isinstance(site.apps, VersionedApps)
+    site.apps.history = ["1.0.0+1.0", "1.1.0+1.1"]
+    site.add("a.test", "1.1.0+1.1")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!rollback a.test")
+    (row,) = bot.store.proposals()
+    assert (row.policy, row.plan.pins) == ("rollback", {"version": "1.0.0+1.0"})
+    assert row.plan.fingerprint == "1.1.0+1.1→1.0.0+1.0"
+    locks = bot.jobs.locks
+    await locks.acquire("a.test")  # an upgrade works on the app
+    await bot.dispatcher.handle(message(f"!approve {proposal}", ADMIN))
+    site.swarm.stacks_of["a_test"] = [service("a_test", "1.0.1+1.0")]  # that upgrade's doing
+    locks.release("a.test")
+    await drain(bot)
+    assert any("Not run: things changed since the vote" in t for t in shown(bot))
+    assert site.apps.deploys == []
+
+
+async def test_a_no_vote_redeploy_that_waited_behind_a_deploy_is_refused(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path)
+    site.add("a.test", "1.0.0+1.0")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    locks = bot.jobs.locks
+    await locks.acquire("a.test")  # an approved deploy to 1.1.0 runs
+    await bot.dispatcher.handle(message("!deploy a.test 1.0.0+1.0", OPERATOR))  # "a redeploy"
+    site.swarm.stacks_of["a_test"] = [service("a_test", "1.1.0+1.1")]
+    locks.release("a.test")
+    await drain(bot)
+    assert any("it now needs a vote" in t for t in shown(bot))
+    assert site.apps.deploys == []
+    assert bot.store.proposals() == []
+
+
+async def test_a_chaos_deploy_pins_the_commit_and_a_new_commit_makes_it_stale(
+    tmp_path: Path, make_bot: BotFactory
+) -> None:
+    site = votes_site(tmp_path)
+    site.add("a.test", "1.0.0+1.0")
+    recipe = tmp_path / "abra/recipes/demo"
+    head = site.apps.recipe("demo").head()
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!deploy a.test --chaos")
+    (row,) = bot.store.proposals()
+    assert row.plan.pins == {"commit": head}
+    assert row.plan.fingerprint == f"1.0.0+1.0|False|chaos@{head}"
+    (recipe / "compose.yml").write_text("v5\n")
+    git(recipe, "commit", "-qam", "unreleased")
+    await approve(bot, proposal)
+    assert any(f"Proposal `{proposal}` is stale" in t for t in shown(bot))
+    assert site.apps.deploys == []
+
+
+async def test_an_upgrade_plan_pins_its_target(tmp_path: Path, make_bot: BotFactory) -> None:
+    site = votes_site(tmp_path, releases=3)
+    site.add("a.test", "1.0.0+1.0")
+    bot = make_bot(approvals={"required": 1})
+    wire(bot, site)
+    proposal = await propose(bot, "!upgrade a.test")
+    (row,) = bot.store.proposals()
+    assert row.plan.pins == {"version": "1.1.0+1.1"}
+    git(tmp_path / "abra/recipes/demo", "tag", "1.2.0+1.2")
+    await approve(bot, proposal)
+    assert site.apps.deploys == [("a.test", "1.1.0+1.1", "upgrade")]
+
+
+def test_is_major_step() -> None:
+    from bot.features.upgrades import is_major_step
+
+    assert is_major_step("1.1.0+1.1", "2.0.0+2.0")
+    assert not is_major_step("2.0.0+2.0", "1.1.0+1.1")  # a downgrade
+    assert not is_major_step("1.0.0+1.0", "1.9.0+1.0")
+    assert not is_major_step("deadbeef", "2.0.0+2.0")  # a chaos deploy: unversioned
+    assert not is_major_step(None, "2.0.0+2.0")  # a first deploy
