@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # Longer messages are refused before parsing: no command needs them.
 MAX_COMMAND_LENGTH = 4000
 QUICK_TIMEOUT = 60.0
+RATE_WINDOW = 60.0  # seconds over which jobs.member_rate is counted
 _WORD = re.compile(r"(\S+)\s*(.*)", re.DOTALL)
 
 
@@ -42,6 +44,8 @@ class Dispatcher:
         self._authoriser = authoriser
         self._prefix = services.prefix
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: dict[str, deque[float]] = {}  # member -> times of their commands
+        self._warned: set[str] = set()  # members told to slow down in this burst
         self.gate = ApprovalGate(services, self, clock, sweep_interval)
 
     def is_command(self, body: str) -> bool:
@@ -130,6 +134,8 @@ class Dispatcher:
         match = _WORD.match(body[len(self._prefix) :])
         if match is None:
             return
+        if not self._within_rate(message):
+            return
         word, rest = match.groups()
         spec = services.registry.get(word)
         if spec is None:
@@ -172,6 +178,31 @@ class Dispatcher:
                 ) from None
         else:
             services.jobs.start(ctx)
+
+    def _within_rate(self, message: Message) -> bool:
+        """At most jobs.member_rate commands per member per minute. The first command
+        over the limit is answered (when to try again); the rest of that burst is
+        dropped without a word, so a flood does not become a flood of answers."""
+        if message.sender == SCHEDULER:
+            return True
+        now = time.monotonic()
+        sent = self._recent.setdefault(message.sender, deque())
+        while sent and now - sent[0] > RATE_WINDOW:
+            sent.popleft()
+        limit = self._services.config.jobs.member_rate
+        if len(sent) < limit:
+            sent.append(now)
+            self._warned.discard(message.sender)
+            return True
+        self._services.metrics.commands.labels("?", "rate_limited").inc()
+        if message.sender not in self._warned:
+            self._warned.add(message.sender)
+            wait = RATE_WINDOW - (now - sent[0])
+            raise UserError(
+                f"🐢 Slow down: more than {limit} commands in a minute from {message.sender}. "
+                f"Try again in {wait:.0f} s; until then commands are not run."
+            )
+        return False
 
     async def _reply(self, message: Message, markdown: str) -> None:
         try:

@@ -101,6 +101,13 @@ class JobManager:
 
     def start(self, ctx: CommandContext) -> Job:
         spec = ctx.spec
+        if len(self._jobs) >= self._config.max_active:
+            # A cap, not a queue that grows without end: the member is told at once.
+            raise UserError(
+                f"🐢 The bot is busy: {len(self._jobs)} jobs are running or queued (the "
+                f"limit is {self._config.max_active}). Nothing was started; try again in a "
+                f"minute. `{ctx.prefix}jobs` lists them."
+            )
         app = (
             str(ctx.args[spec.lock_arg]) if spec.lock_arg and ctx.args.get(spec.lock_arg) else None
         )

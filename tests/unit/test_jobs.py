@@ -463,3 +463,36 @@ async def test_a_quick_job_ends_without_a_ping(make_bot: BotFactory, work: Work)
     await bot.dispatcher.handle(message("!steps 3", OPERATOR))
     await drain(bot)
     assert not any(s.notify for s in chat_of(bot).sent)
+
+
+async def test_past_max_active_a_job_is_refused_at_once(make_bot: BotFactory, work: Work) -> None:
+    bot = make_bot(work.group, jobs={"max_active": 2})
+    for app in ("a", "b"):
+        work.gates[app] = asyncio.Event()
+        await bot.dispatcher.handle(message(f"!work {app} {app}", OPERATOR))
+    third = message("!noop", OPERATOR)
+    await bot.dispatcher.handle(third)
+    (answer,) = replies(bot, third.event_id)
+    assert answer.startswith("🐢 The bot is busy: 2 jobs are running or queued")
+    for gate in work.gates.values():
+        gate.set()
+    await drain(bot)
+    assert [len(bot.store.jobs())] == [2]  # the refused one left no job behind
+
+
+async def test_a_member_past_the_rate_is_told_once_then_dropped(
+    make_bot: BotFactory, work: Work
+) -> None:
+    bot = make_bot(work.group, jobs={"member_rate": 3})
+    asked = [message("!noop", OPERATOR) for _ in range(6)]
+    for msg in asked:
+        await bot.dispatcher.handle(msg)
+    await drain(bot)
+    answers = [replies(bot, msg.event_id) for msg in asked]
+    assert answers[:3] == [["noop done"]] * 3
+    assert answers[3][0].startswith("🐢 Slow down: more than 3 commands in a minute")
+    assert answers[4:] == [[], []]
+    other = message("!noop", "@admin:test")  # others are not held back
+    await bot.dispatcher.handle(other)
+    await drain(bot)
+    assert replies(bot, other.event_id) == ["noop done"]
