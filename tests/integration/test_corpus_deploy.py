@@ -172,7 +172,7 @@ def test_stand_ins_provide_what_each_recipe_runs(tmp_path: pathlib.Path) -> None
     the "$@" of bonfire's script (./bin/bonfire from the image's workdir, /)."""
     if not bundle_path("bonfire").is_file():
         pytest.skip(f"the recipe corpus is not on this machine: {bundle_path('bonfire').parent}")
-    found = {}
+    found: dict[str, list[str]] = {}
     for recipe in ("bonfire", "foodsharing-cms", "llamenos", "traefik-legacy", "agora"):
         repo = clone_recipe(recipe, tmp_path)
         config = standins.render(repo, (repo / ".env.sample").read_text(), "x.coop.test")
