@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from bot.config import PING_TASKS, BackupsConfig, Config
 from bot.core.access import Access
@@ -24,10 +27,12 @@ from bot.core.deadman import DeadMan, ping_counter
 from bot.core.dispatcher import Dispatcher
 from bot.core.jobs import JobManager
 from bot.core.metrics import Metrics
+from bot.core.recovery import tell_interrupted
 from bot.core.registry import CommandGroup, Registry
 from bot.core.scheduler import Schedule, Scheduler, tasks_from
 from bot.core.store import Store
 from bot.core.web import Hooks, serve
+from bot.errors import AlreadyRunning
 from bot.features.apps import Apps
 from bot.features.backups import Backups, restic_environment
 from bot.features.upgrades import Upgrades
@@ -89,6 +94,30 @@ def build_pings(config: Config, metrics: Metrics) -> Pings:
 
 def _secret(path: Path | None) -> str | None:
     return None if path is None else path.read_text().strip()
+
+
+def hold_data_dir(data_dir: Path) -> TextIO:
+    """Hold data_dir/coopbot.lock for the whole run: two bots on one data folder would
+    both answer every command and write the same SQLite file. The kernel frees the
+    lock when the process ends, however it ends."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "coopbot.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise AlreadyRunning(
+            f"another coopbot (pid {holder}) already runs on {data_dir}; stop it first, "
+            "or give this one its own data_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -202,7 +231,9 @@ class Bot:
 
         The chat loop, the proposal upkeep and the scheduler live in one task
         group: when the chat loop ends, the other two are cancelled with it."""
-        for job in self.store.interrupt_unfinished_jobs():
+        instance = hold_data_dir(self.config.data_dir)  # one bot per data folder
+        interrupted = self.store.interrupt_unfinished_jobs()
+        for job in interrupted:
             log.warning("job #%s (%s) was interrupted by the last stop", job.id, job.text)
             self.store.audit(
                 job.sender,
@@ -223,7 +254,12 @@ class Bot:
                     supervised("scheduler", lambda: self.scheduler.run(self.can_report)),
                     name="scheduler",
                 )
-                extra = []
+                extra = [
+                    group.create_task(
+                        tell_interrupted(interrupted, self.services, self.can_report),
+                        name="recovery",
+                    )
+                ]
                 if self.watch is not None:
                     extra.append(group.create_task(supervised("watch", self.watch.run)))
                 if self.config.pings.bot:
@@ -238,6 +274,7 @@ class Bot:
                     task.cancel()
         finally:
             await self.close()
+            instance.close()  # closing the file releases the lock
 
     @contextlib.asynccontextmanager
     async def _web(self) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bot import __version__
 from bot.config import load_config
-from bot.errors import ConfigError
+from bot.errors import AlreadyRunning, ConfigError
 
 log = logging.getLogger("coopbot")
 
@@ -77,6 +77,10 @@ def _run_until_signal(main_coro: Coroutine[Any, Any, None]) -> int:
             loop.add_signal_handler(signum, task.cancel)
         await main_coro
 
-    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        asyncio.run(runner())
+    try:
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            asyncio.run(runner())
+    except AlreadyRunning as exc:
+        print(f"coopbot: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -10,6 +10,10 @@ class ConfigError(CoopbotError):
     """The configuration is invalid; the message names every problem by key path."""
 
 
+class AlreadyRunning(CoopbotError):
+    """Another coopbot holds the data folder."""
+
+
 class UserError(CoopbotError):
     """Something the member can fix: the message is posted to the room as is."""
 

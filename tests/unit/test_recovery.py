@@ -1,0 +1,72 @@
+"""After a crash: one bot per data folder, and the jobs the last run left open are told
+to their rooms with what the bot finds now (bot/core/recovery.py, bot/app.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import hold_data_dir
+from bot.core.recovery import tell_interrupted
+from bot.errors import AlreadyRunning
+from bot.ops.abra import AppEnv
+from tests.fakes import FakeApps, FakeSwarm, swap_services
+from tests.unit.helpers import OPERATOR, ROOM, BotFactory, chat_of
+from tests.unit.test_upgrades import service
+
+
+def _hold_in_child(data_dir: Path, ready: Any, done: Any) -> None:
+    handle = hold_data_dir(data_dir)
+    ready.set()
+    done.wait(10)
+    handle.close()
+
+
+def test_a_second_bot_on_one_data_folder_is_refused_naming_the_pid(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_in_child, args=(tmp_path, ready, done))
+    child.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(AlreadyRunning, match=f"pid {child.pid}"):
+            hold_data_dir(tmp_path)
+    finally:
+        done.set()
+        child.join(10)
+    hold_data_dir(tmp_path).close()  # free again once the first one is gone
+
+
+async def _always() -> bool:
+    return True
+
+
+async def test_an_interrupted_job_is_told_with_the_app_as_it_is_now(
+    make_bot: BotFactory,
+) -> None:
+    bot = make_bot()
+    swarm = FakeSwarm()
+    swarm.stacks_of["cloud_test"] = [service("cloud_test", "1.1.0+1.0")]
+    env = AppEnv(
+        "cloud.test", "default", Path("/abra/servers/default/cloud.test.env"), "demo", None, {}
+    )
+    swap_services(bot.services, apps=FakeApps({"default": swarm}, envs=[env]))
+    job_id = bot.store.add_job(
+        "deploy", "!deploy cloud.test 1.1.0+1.0", "cloud.test", OPERATOR, ROOM, "$ask"
+    )
+    bot.store.add_job("ping", "!ping", None, OPERATOR, ROOM, "$ping")
+    jobs = bot.store.interrupt_unfinished_jobs()
+    await tell_interrupted(jobs, bot.services, _always)
+    told = {s.reply_to: s for s in chat_of(bot).sent}
+    deploy = told["$ask"]
+    assert deploy.markdown.startswith(
+        f"⚠ Job #{job_id} (`!deploy cloud.test 1.1.0+1.0`) was interrupted"
+    )
+    assert "Now: cloud.test runs 1.1.0+1.0 (app 1/1)." in deploy.markdown
+    assert "`!status cloud.test`" in deploy.markdown
+    assert deploy.notify
+    assert deploy.mentions == (OPERATOR,)
+    assert "send `!ping` again" in told["$ping"].markdown
