@@ -3,6 +3,7 @@ same adapters the bot runs with (built by bot/app.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
@@ -14,6 +15,8 @@ from bot.ops.swarm import SwarmError
 
 Result = tuple[bool, str]
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# The whole Matrix probe (login, aliases, keys) ends within this, answered or not.
+MATRIX_BUDGET = 60.0
 
 
 async def check(config: Config) -> int:
@@ -30,9 +33,19 @@ async def check(config: Config) -> int:
     if config.matrix is None:
         results.append((True, "no matrix: section: the bot will open the console room"))
     else:
-        from bot.ops import matrix  # nio loads slowly; only a Matrix config needs it
+        from bot.ops.matrix_check import probe as probe_matrix  # nio loads slowly
 
-        results += await matrix.probe(config.matrix)
+        try:
+            async with asyncio.timeout(MATRIX_BUDGET):
+                results += await probe_matrix(config.matrix)
+        except TimeoutError:
+            results.append(
+                (
+                    False,
+                    f"homeserver {config.matrix.homeserver} did not answer within "
+                    f"{MATRIX_BUDGET:.0f} s (is the URL right, and reachable from here?)",
+                )
+            )
     if config.servers:
         for name, server in config.servers.items():
             results.append(await _check_docker(server.docker_host, name))

@@ -59,7 +59,7 @@ from bot.core.chat import (
 from bot.core.metrics import Metrics
 from bot.core.store import Store
 from bot.errors import CoopbotError
-from bot.ops.matrix_identity import CrossSigningError, Identity, probe_devices, query_keys
+from bot.ops.matrix_identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -294,30 +294,46 @@ class MatrixChat:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             assert isinstance(response, SyncResponse)
-            if first:  # now nio knows the rooms we are in: join the configured others
-                for room_id in self._allowed - set(self.client.rooms):
-                    await self._join(room_id)
+            try:
+                await self._take(response, since, first, on_event)
+            except (ClientError, OSError, TimeoutError) as exc:
+                # A connection error while filling a gap, uploading keys or joining
+                # must not end the receive loop (and with it the bot): the batch is
+                # taken again from the same token, and seen events are not re-run.
+                self._sync_ok = False
+                log.warning("taking a sync failed (%s); retrying in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             backoff, first = 1.0, False
-            self._sync_ok = True
-            self._last_sync = time.monotonic()
-            self._metrics.last_sync.set(time.time())
-            await self._after_sync()
-            for room_id in response.rooms.invite:
-                await self._on_invite(room_id)
-            for room_id, info in response.rooms.join.items():
-                if room_id not in self._allowed:
-                    continue
-                events = list(info.timeline.events)
-                if info.timeline.limited and since is not None:
-                    events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
-                for event in events:
-                    incoming = self._incoming(room_id, event)
-                    if isinstance(incoming, Message):
-                        await self._deliver(incoming, on_event)
-                    elif incoming is not None:
-                        await on_event(incoming)  # votes count whenever they were cast
-            # Saved only after every command in this batch was recorded and handed on.
-            self._store.put(SYNC_TOKEN_KEY, response.next_batch)
+
+    async def _take(
+        self, response: SyncResponse, since: str | None, first: bool, on_event: EventHandler
+    ) -> None:
+        """Hand on what one sync brought, then save its token."""
+        if first:  # now nio knows the rooms we are in: join the configured others
+            for room_id in self._allowed - set(self.client.rooms):
+                await self._join(room_id)
+        self._sync_ok = True
+        self._last_sync = time.monotonic()
+        self._metrics.last_sync.set(time.time())
+        await self._after_sync()
+        for room_id in response.rooms.invite:
+            await self._on_invite(room_id)
+        for room_id, info in response.rooms.join.items():
+            if room_id not in self._allowed:
+                continue
+            events = list(info.timeline.events)
+            if info.timeline.limited and since is not None:
+                events = await self._fill_gap(room_id, info.timeline.prev_batch, since) + events
+            for event in events:
+                incoming = self._incoming(room_id, event)
+                if isinstance(incoming, Message):
+                    await self._deliver(incoming, on_event)
+                elif incoming is not None:
+                    await on_event(incoming)  # votes count whenever they were cast
+        # Saved only after every command in this batch was recorded and handed on.
+        self._store.put(SYNC_TOKEN_KEY, response.next_batch)
 
     async def _after_sync(self) -> None:
         """The E2EE housekeeping nio's sync_forever would do."""
@@ -581,69 +597,3 @@ def _mentions(mentions: Sequence[str]) -> dict[str, Any]:
     if ROOM_MENTION in mentions:
         out["room"] = True
     return out
-
-
-async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
-    """For `coopbot check`: the homeserver answers, the credential works (a password
-    login uses a throwaway device, logged out again at once), room aliases resolve."""
-    results: list[tuple[bool, str]] = []
-    client = AsyncClient(matrix.homeserver, matrix.user_id)
-    try:
-        try:
-            await client.discovery_info()  # any answer at all means reachable
-            versions = await client.send("GET", "/_matrix/client/versions")
-            reachable = versions.status == 200
-        except Exception as exc:
-            results.append((False, f"homeserver {matrix.homeserver} is unreachable: {exc}"))
-            return results
-        if not reachable:
-            results.append((False, f"homeserver {matrix.homeserver} answered {versions.status}"))
-            return results
-        results.append((True, f"homeserver {matrix.homeserver} answers"))
-        if matrix.access_token is not None:
-            client.access_token = matrix.access_token.get_secret_value()
-            who = await client.whoami()
-            ok = not isinstance(who, WhoamiError) and who.user_id == matrix.user_id
-            results.append(
-                (ok, f"access token {'works' if ok else 'was refused'} for {matrix.user_id}")
-            )
-            if ok and not isinstance(who, WhoamiError) and who.device_id:
-                results.append(await _probe_cross_signing(client, matrix, who.device_id))
-        else:
-            assert matrix.password is not None
-            # A throwaway device, logged out again at once.
-            login = await client.login(matrix.password.get_secret_value(), "coopbot check")
-            ok = isinstance(login, LoginResponse)
-            results.append(
-                (
-                    ok,
-                    f"password login as {matrix.user_id} "
-                    + ("works" if ok else f"failed: {login.message}"),
-                )
-            )
-            if ok:
-                results.append(await _probe_cross_signing(client, matrix, None))
-                await client.logout()
-                client.access_token = login.access_token  # logout cleared it; not needed further
-        for ref in matrix.rooms:
-            if ref.startswith("#"):
-                resolved = await client.room_resolve_alias(ref)
-                ok = not isinstance(resolved, RoomResolveAliasError)
-                results.append(
-                    (ok, f"room alias {ref} " + ("resolves" if ok else "does not resolve"))
-                )
-    finally:
-        await client.close()
-    return results
-
-
-async def _probe_cross_signing(
-    client: AsyncClient, matrix: MatrixConfig, device_id: str | None
-) -> tuple[bool, str]:
-    if not (matrix.encryption and matrix.cross_signing):
-        return True, "cross-signing is off (matrix.encryption or matrix.cross_signing)"
-    try:
-        query = await query_keys(client, matrix.user_id)
-    except CrossSigningError as exc:
-        return False, str(exc)
-    return probe_devices(query, matrix.user_id, device_id, matrix.device_name)
