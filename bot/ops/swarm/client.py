@@ -123,16 +123,35 @@ class Swarm:
             requests.exceptions.RequestException,
             OSError,
         ) as e:
-            raise SwarmError(f"server unreachable: {self.docker_host}: {self._why(e)}") from e
+            log.warning("docker at %s unreachable: %r", self.docker_host, e)
+            raise SwarmError(f"server unreachable: {self._why(e)}") from e
 
     def _why(self, e: Exception) -> str:
-        """For an ssh:// host, ssh's own words ('Permission denied (publickey).'), not
-        the HTTP library's 'Connection aborted' that follows them."""
-        if self.docker_host.startswith("ssh://"):
+        """Why docker did not answer, in a sentence with a next step; the library's
+        own text ('Connection aborted', FileNotFoundError(2, ...)) goes to the log.
+        For an ssh:// host, ssh's own words ('Permission denied (publickey).')."""
+        host = self.docker_host
+        if host.startswith("ssh://"):
             said = self._ssh.last_error() if self._ssh is not None else ""
             if said:
-                return said if said.startswith("ssh:") else f"ssh: {said}"
-        return str(e)
+                return f"{host}: " + (said if said.startswith("ssh:") else f"ssh: {said}")
+            return f"{host}: {e}"
+        causes = _causes(e)
+        if host.startswith("unix://"):
+            socket_path = host.removeprefix("unix://")
+            if any(isinstance(c, FileNotFoundError) for c in causes):
+                return (
+                    f"the docker socket {socket_path} is not there: is dockerd running, and "
+                    "is the socket mounted into the bot? `coopbot check` tests it"
+                )
+            if any(isinstance(c, PermissionError) for c in causes):
+                return (
+                    f"the bot may not use the docker socket {socket_path} (permission "
+                    "denied): run it as root or in the docker group"
+                )
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return f"nothing answers at {host}: is dockerd running there?"
+        return f"{host} did not answer ({type(e).__name__}); `coopbot check` tests it"
 
     async def close(self) -> None:
         """Close the SDK client (its HTTP connections); for the bot's shutdown.
@@ -550,3 +569,18 @@ class Swarm:
         return follow(
             self._client_sync, poll_interval=poll_interval, fallback_interval=fallback_interval
         )
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from or wraps (requests and urllib3
+    keep the socket error in args)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [e]
+    while todo and len(seen) < 20:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [c for c in (current.__cause__, current.__context__) if c is not None]
+    return seen
