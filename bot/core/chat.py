@@ -18,7 +18,7 @@ _markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("ta
 
 
 def render_html(markdown: str) -> str:
-    return _markdown.render(markdown).strip()
+    return str(_markdown.render(markdown)).strip()
 
 
 # Put among a message's mentions to mention the whole room (m.mentions.room).

@@ -77,7 +77,7 @@ class MatrixError(CoopbotError):
     """The homeserver refused something the bot needs."""
 
 
-class _Client(AsyncClient):
+class _Client(AsyncClient):  # type: ignore[misc]  # nio ships no type information
     """nio reads only `retry_after_ms` from a 429 and retries forever by default.
     Newer servers send a `Retry-After` header instead: read both and cap the wait,
     so a rate limit slows the bot down without ever hanging it."""
@@ -506,7 +506,7 @@ class MatrixChat:
         )
         if not isinstance(response, RoomSendResponse):
             raise MatrixError(f"sending to {room_id} failed: {response.message}")
-        return response.event_id
+        return str(response.event_id)
 
     # -- rooms ---------------------------------------------------------------------
     async def membership(self, room_id: str, user_id: str) -> Membership:

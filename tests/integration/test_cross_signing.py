@@ -13,7 +13,8 @@ import canonicaljson
 import pytest
 from nacl.signing import VerifyKey
 
-from bot.ops.matrix import MatrixChat, probe
+from bot.ops.matrix import MatrixChat
+from bot.ops.matrix_check import probe
 from tests.harness.bot import BotRunner
 from tests.harness.coop import Coop, make_coop
 from tests.harness.member import Member, MemberFactory

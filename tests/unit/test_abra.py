@@ -326,9 +326,11 @@ def test_generate_secret_defaults_and_hints() -> None:
 def test_generate_secret_hex_and_alnum_as_llamenos_names_them() -> None:
     # llamenos' .env.sample: `# length=64 charset=hex` and `# length=32 charset=alnum`
     hex_key = generate_secret(SecretSpec("x", "v1", "SECRET_X_VERSION", 64, "hex"))
-    assert len(hex_key) == 64 and set(hex_key) <= set("0123456789abcdef")
+    assert len(hex_key) == 64
+    assert set(hex_key) <= set("0123456789abcdef")
     alnum = generate_secret(SecretSpec("x", "v1", "SECRET_X_VERSION", 300, "alnum"))
-    assert len(alnum) == 300 and set(alnum) <= set(string.ascii_letters + string.digits)
+    assert len(alnum) == 300
+    assert set(alnum) <= set(string.ascii_letters + string.digits)
 
 
 def test_generate_secret_refuses_unknown_charset() -> None:

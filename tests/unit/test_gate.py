@@ -207,7 +207,8 @@ def make_room(make_bot: BotFactory, risky: Risky, clock: Clock) -> Any:
 
 @pytest.fixture
 def room(make_room: Any) -> Room:
-    return make_room()
+    made: Room = make_room()
+    return made
 
 
 def the_job_reply(room: Room, proposal: Proposal) -> Sent:

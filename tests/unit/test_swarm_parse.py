@@ -144,7 +144,7 @@ def test_group_keeps_services_without_tasks() -> None:
 
 
 def test_update_states_are_the_daemons_strings() -> None:
-    assert UpdateState.ROLLBACK_COMPLETED == "rollback_completed"
+    assert UpdateState.ROLLBACK_COMPLETED.value == "rollback_completed"
     assert UpdateState("paused") is UpdateState.PAUSED
     assert {s.value for s in UpdateState} == {
         "updating",
