@@ -228,3 +228,16 @@ def test_check_refs_off_renders_undeclared_references(tmp_path: Path) -> None:
         load_compose([tmp_path / "compose.yml"], {})
     config = load_compose([tmp_path / "compose.yml"], {}, check_refs=False)
     assert config["services"]["app"]["secrets"] == [{"source": "nope"}]
+
+
+def test_an_unset_variable_is_empty_as_the_cli_has_it_and_is_reported(recipe: Path) -> None:
+    # agora's sample leaves `#EXTRA_DOMAINS=` commented out; `docker stack config` then
+    # renders the label with "" (and warns). Strict by default, lenient on request.
+    text = HEAD + "    deploy:\n      labels:\n        - hosts=a${EXTRA_DOMAINS}\n"
+    write(recipe, "compose.yml", text)
+    with pytest.raises(ComposeError, match="variable EXTRA_DOMAINS is not set"):
+        load_compose([recipe / "compose.yml"], {})
+    unset: dict[str, str] = {}
+    config = load_compose([recipe / "compose.yml"], {}, allow_missing=True, unset=unset)
+    assert config["services"]["app"]["deploy"]["labels"] == {"hosts": "a"}
+    assert unset == {"EXTRA_DOMAINS": "compose.yml: services.app.deploy.labels[]"}

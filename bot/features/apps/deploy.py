@@ -71,6 +71,7 @@ class _Deploy:
     config: dict[str, Any] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
     timeout: int = DEFAULT_TIMEOUT
+    warnings: list[str] = field(default_factory=list)  # shown with the plan
 
     @property
     def stack(self) -> str:
@@ -159,7 +160,7 @@ class Apps(Inventory):
         together; nothing is created."""
         await run.steps.step("Pre-flight checks")
         problems: list[str] = []
-        run.config = await self._check_compose(run.swarm, files, env, tree, problems)
+        run.config = await self._check_compose(run.swarm, files, env, tree, problems, run.warnings)
         await self._check_secrets(run, problems)
         run.pins = await self._check_images(run, problems)
         if problems:
@@ -177,6 +178,7 @@ class Apps(Inventory):
         )
         plan = self._plan_lines(run.current, run.target, run.config, run.pins, notes)
         run.steps.lines.append("📋 " + plan)
+        run.steps.lines += [f"⚠ {warning}" for warning in run.warnings]
 
     async def _stack_deploy(
         self, run: _Deploy, files: list[Path], env: dict[str, str], tree: Path
@@ -252,18 +254,29 @@ class Apps(Inventory):
 
     @staticmethod
     async def _check_compose(
-        swarm: Swarm, files: list[Path], env: dict[str, str], tree: Path, problems: list[str]
+        swarm: Swarm,
+        files: list[Path],
+        env: dict[str, str],
+        tree: Path,
+        problems: list[str],
+        warnings: list[str],
     ) -> dict[str, Any]:
         """The merged compose config (as `docker stack deploy` would send it), or {}."""
         missing_files = [f.name for f in files if not f.exists()]
         if missing_files:
             problems.append(f"compose files missing in the recipe: {', '.join(missing_files)}")
             return {}
+        unset: dict[str, str] = {}
         try:
-            return await swarm.config(files, env, tree)
+            # As `docker stack deploy` does: a variable the .env leaves unset (samples
+            # comment out the optional ones, e.g. #EXTRA_DOMAINS=) is "", with a warning.
+            config = await swarm.config(files, env, tree, allow_missing=True, unset=unset)
         except UserError as exc:
             problems.append(f"the compose files are not valid: {exc}")
             return {}
+        for name, where in sorted(unset.items()):
+            warnings.append(f"{name} is not set in the .env: used as empty (in {where})")
+        return config
 
     async def _check_secrets(self, run: _Deploy, problems: list[str]) -> None:
         needed = sorted(

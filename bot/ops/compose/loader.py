@@ -51,6 +51,7 @@ def load_compose(
     allow_missing: bool = False,
     root: Path | None = None,
     check_refs: bool = True,
+    unset: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Load, interpolate and merge compose files the way `docker stack deploy` does.
 
@@ -69,10 +70,12 @@ def load_compose(
     dropped. tests/integration/test_compose_golden.py holds all this to docker 28.
 
     Stricter than the CLI: an unset variable without a default is an error (the CLI
-    silently uses ""), unless `allow_missing`; services must have an image and
-    refer only to declared secrets, configs, networks and volumes (what `docker stack
-    deploy` refuses later; `check_refs=False` skips this); a file without a version
-    is refused (Debian's 20.10 CLI refuses it; 24+ read it as the newest 3.x). env_file,
+    uses "" and warns), unless `allow_missing`; then, as the CLI, it is "", and
+    `unset` (if given) receives each such name with where it is used; services must
+    have an image and refer only to declared secrets, configs, networks and volumes
+    (what `docker stack deploy` refuses later; `check_refs=False` skips this); a file
+    without a version is refused (Debian's 20.10 CLI refuses it; 24+ read it as the
+    newest 3.x). env_file,
     secrets/configs `file:` and the compose files themselves must resolve (symlinks
     followed) inside `root` (default: the working dir, i.e. the recipe folder), since
     the CLI reads them on the bot's machine and a recipe must not read the bot's files.
@@ -129,6 +132,8 @@ def load_compose(
                     section, items, working_dir, fname, problems, root
                 )
         docs.append(norm)
+    if unset is not None:
+        unset.update(problems.missing)
     if problems.missing and not allow_missing:
         for name, where in sorted(problems.missing.items()):
             problems.add(f"variable {name} is not set (used in {where})")

@@ -409,12 +409,19 @@ class Swarm:
         cwd: Path,
         *,
         allow_missing: bool = False,
+        unset: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """The merged, interpolated compose, as `docker stack deploy` would see it with
         the same env (Debian's 20.10 CLI has no `docker stack config`: see load_compose)."""
         files = [cwd / f for f in compose_files]
         return await asyncio.to_thread(
-            load_compose, files, self._cli_env(env), allow_missing=allow_missing
+            partial(
+                load_compose,
+                files,
+                self._cli_env(env),
+                allow_missing=allow_missing,
+                unset=unset,
+            )
         )
 
     # -- changing state
