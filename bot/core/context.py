@@ -26,9 +26,10 @@ from bot.core.approvals import Choice, Plan
 from bot.core.chat import Chat, Message
 from bot.core.metrics import Metrics
 from bot.core.progress import Progress
+from bot.core.records import JobState
 from bot.core.roles import Role
 from bot.core.scheduler import Schedule
-from bot.core.store import JobState, Store
+from bot.core.store import Store
 from bot.errors import StalePlan, UsageError
 from bot.features.apps import Apps
 from bot.features.backups import Backups

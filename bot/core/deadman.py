@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from bot.core.access import SCHEDULER
 from bot.core.jobs import Job, JobManager
+from bot.core.records import JobState
 from bot.core.scheduler import Task
-from bot.core.store import JobState, Store
+from bot.core.store import Store
 from bot.ops.pings import Pings
 
 log = logging.getLogger(__name__)

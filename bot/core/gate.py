@@ -24,8 +24,8 @@ from tenacity import (
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
 from bot.core.chat import ROOM_MENTION, Message, Reaction, Redaction
 from bot.core.context import CommandContext, Control, Services, split_reason
+from bot.core.records import ProposalRow, StoredPlan, VoteRow
 from bot.core.roles import Role
-from bot.core.store import ProposalRow, StoredPlan, VoteRow
 from bot.errors import StalePlan, UserError
 from bot.fmt import code, utc_time
 

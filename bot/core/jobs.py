@@ -20,7 +20,8 @@ from bot.core.access import SCHEDULER
 from bot.core.approvals import State
 from bot.core.context import CommandContext
 from bot.core.metrics import Metrics
-from bot.core.store import JobState, Store
+from bot.core.records import JobState
+from bot.core.store import Store
 from bot.errors import StalePlan, UserError
 from bot.fmt import human_age
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bot.core.context import Services
-from bot.core.store import JobRow
+from bot.core.records import JobRow
 from bot.errors import UserError
 from bot.fmt import code, utc_time
 

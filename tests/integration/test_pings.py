@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 
 from bot.app import Bot
 from bot.config import parse_config
-from bot.core.store import JobState
+from bot.core.records import JobState
 from tests.fakes import FakeChat
 from tests.harness.dockerd import free_port
 

@@ -14,9 +14,9 @@ from bot.app import Bot
 from bot.core.approvals import Plan
 from bot.core.chat import Message, Reaction, Redaction
 from bot.core.context import Arg, CommandContext
+from bot.core.records import ProposalRow
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
-from bot.core.store import ProposalRow
 from tests.fakes import FakeChat, Sent
 from tests.unit.helpers import (
     ADMIN,

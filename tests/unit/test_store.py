@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.store import MIGRATIONS, SEEN_RETENTION_S, JobState, Store
+from bot.core.records import JobState
+from bot.core.store import MIGRATIONS, SEEN_RETENTION_S, Store
 
 
 @pytest.fixture

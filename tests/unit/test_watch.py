@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.core.hooks import alerts, new_tags, repo_names, signature_ok
-from bot.core.store import Held, Store
+from bot.core.records import Held
+from bot.core.store import Store
 from bot.features.watch import Disk, Reporter, Rules, Thresholds, in_span, parse_span
 from bot.ops.swarm.events import FailedTask, NodeState, ServiceState, SwarmSnapshot
 from tests.fakes import FakeChat

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.core.store import OPEN_JOB_STATES
+from bot.core.records import OPEN_JOB_STATES
 from bot.errors import UserError
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import PARTIAL, Repository, snapshot_app

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, tzinfo
 from datetime import time as clock_time
 
 from bot.core.chat import Chat
-from bot.core.store import Held, IncidentRow, Store
+from bot.core.records import Held, IncidentRow
+from bot.core.store import Store
 from bot.features.watch.rules import Decision, Incident
 
 log = logging.getLogger(__name__)
