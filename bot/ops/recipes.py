@@ -1,37 +1,68 @@
 """Recipe git repos: release versions, release notes and private checkouts.
 
-Synchronous GitPython; the bot calls these through `asyncio.to_thread`. A
-GitPython `Repo` keeps long-lived `git cat-file` helpers that must not be
-shared between threads, so every use of one repo folder goes through a lock
-(also serialising `git worktree add/remove`, which write the shared .git).
-Jobs never check out in the recipe folder itself: each gets its own worktree,
-so two deploys of one recipe at different versions cannot disturb each other.
+Two ways in. The batched async reads (`RecipeRepo.refs`, `RecipeRepo.notes`,
+`Recipes.refs`, `RecipeReads`) run one `git for-each-ref` / `git cat-file --batch`
+process per recipe through the one subprocess runner: reading tags and notes
+through GitPython is Python work under the GIL (about 18 ms per app in the
+upgrade check), while one git process answers a whole recipe in a few ms, off
+the interpreter. The checks of many apps (`!apps`, `!upgrades`) use those.
+
+The synchronous GitPython API stays for the rest (worktrees, fetch, one app's
+`!upgrade` plan); the bot calls it through `asyncio.to_thread`. A GitPython
+`Repo` keeps long-lived `git cat-file` helpers that must not be shared between
+threads, so every use of one repo folder goes through a lock (also serialising
+`git worktree add/remove`, which write the shared .git). Jobs never check out in
+the recipe folder itself: each gets its own worktree, so two deploys of one
+recipe at different versions cannot disturb each other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import git
 
 from bot.errors import UserError
+from bot.ops.process import ProcessTimeout, run_process
 
-__all__ = ["RecipeError", "RecipeRepo", "StepKind", "Version", "parse_version", "step_kind"]
+__all__ = [
+    "RecipeError",
+    "RecipeReads",
+    "RecipeRefs",
+    "RecipeRepo",
+    "Recipes",
+    "StepKind",
+    "TagRef",
+    "Version",
+    "parse_version",
+    "step_kind",
+]
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 120.0  # seconds; a hung remote must not pin a worker thread forever
+READ_TIMEOUT = 60.0  # seconds; a local for-each-ref / cat-file takes milliseconds
 # Never wait for a password prompt nobody will answer.
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
+# What the batched reads' git sees of the bot's environment: enough to find git and
+# the operator's git config (safe.directory), nothing else (no GIT_DIR, no secrets).
+_GIT_KEEP = ("PATH", "HOME", "XDG_CONFIG_HOME")
+# Tags of a recipe, and all its release notes, fit well within these.
+_REFS_LIMIT = 16 * 1024 * 1024
+_NOTES_LIMIT = 64 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 class RecipeError(UserError):
@@ -78,6 +109,136 @@ def step_kind(old: Version, new: Version) -> StepKind:
     return "patch"
 
 
+def _sorted_versions(names: Iterable[str]) -> list[Version]:
+    """The release tags among `names`, oldest first, by recipe semver (never lexically)."""
+    found = [v for name in names if (v := parse_version(name)) is not None]
+    return sorted(found, key=lambda v: (v.key, v.text))
+
+
+def _find_version(recipe: str, versions: Sequence[Version], text: str) -> Version:
+    for version in versions:
+        if version.text == text:
+            return version
+    newest = ", ".join(v.text for v in reversed(versions[-5:])) or "none"
+    raise RecipeError(f"unknown version {text} of recipe {recipe}; known: {newest}")
+
+
+def _between(versions: Iterable[Version], after: str | None, top: Version) -> list[Version]:
+    """The releases after `after` up to `top`, in the order given. `after` may be a
+    version no longer tagged; if it is no release at all (a chaos deploy's commit),
+    every release up to `top` counts, as for a first deploy."""
+    old = parse_version(after) if after else None
+    low = old.key if old else None
+    return [v for v in versions if (low is None or v.key > low) and v.key <= top.key]
+
+
+@dataclass(frozen=True)
+class TagRef:
+    """One tag as `git for-each-ref` lists it."""
+
+    name: str  # without refs/tags/
+    commit: str  # the object it names, peeled once if it is an annotated tag
+    date: int  # unix time: the tagger's for an annotated tag, else the commit's
+
+
+@dataclass(frozen=True)
+class RecipeRefs:
+    """A recipe's tags as read at one moment (they change only on fetch or `git tag`)."""
+
+    recipe: str
+    tags: Mapping[str, TagRef]
+    versions: tuple[Version, ...]  # the release tags, oldest first
+
+    def newest(self) -> Version | None:
+        return self.versions[-1] if self.versions else None
+
+    def version(self, text: str) -> Version:
+        """The release tagged exactly `text` (RecipeError naming the newest if none)."""
+        return _find_version(self.recipe, self.versions, text)
+
+
+def parse_refs(recipe: str, listing: str) -> RecipeRefs:
+    """RecipeRefs from `git for-each-ref --format=<_REFS_FORMAT> refs/tags` output."""
+    tags: dict[str, TagRef] = {}
+    for line in listing.splitlines():
+        if not line:
+            continue
+        refname, obj, peeled, date = line.split("\0")
+        name = refname.removeprefix("refs/tags/")
+        tags[name] = TagRef(name, peeled or obj, int(date) if date.isdigit() else 0)
+    return RecipeRefs(recipe, tags, tuple(_sorted_versions(tags)))
+
+
+# NUL-separated: the fields cannot contain one (refnames cannot, ids and dates do not).
+_REFS_FORMAT = "%(refname)%00%(objectname)%00%(*objectname)%00%(creatordate:unix)"
+
+
+def parse_batch(data: bytes, count: int) -> list[bytes | None] | None:
+    """The `count` answers of `git cat-file --batch`, in order: a blob's bytes, or None
+    (missing, or not a blob). None for the whole when the output does not parse."""
+    answers: list[bytes | None] = []
+    pos = 0
+    for _ in range(count):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return None
+        header = data[pos:end].split(b" ")
+        pos = end + 1
+        if header[-1] in (b"missing", b"ambiguous"):
+            answers.append(None)
+            continue
+        if len(header) != 3 or not header[2].isdigit():
+            return None
+        size = int(header[2])
+        body, pos = data[pos : pos + size], pos + size
+        if len(body) != size or data[pos : pos + 1] != b"\n":
+            return None
+        pos += 1
+        answers.append(bytes(body) if header[1] == b"blob" else None)
+    return answers if pos == len(data) else None
+
+
+def _git_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _GIT_KEEP if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return {**env, **_GIT_ENV}
+
+
+class _Shared(Generic[T]):
+    """One task per key: callers that ask while it runs share its answer (errors
+    included). With `keep`, answers stay for the object's life (one check's reads);
+    without, a key is read again once its read has ended (reads that overlap share)."""
+
+    def __init__(self, *, keep: bool) -> None:
+        self._keep = keep
+        self._tasks: dict[Hashable, asyncio.Task[T]] = {}
+
+    async def get(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+        task = self._tasks.get(key)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+
+            async def run() -> T:
+                return await make()
+
+            task = self._tasks[key] = asyncio.create_task(run(), name=f"recipes-{key}")
+            task.add_done_callback(self._done(key))
+        # Shielded: one caller being cancelled must not cancel the others' answer.
+        return await asyncio.shield(task)
+
+    def _done(self, key: Hashable) -> Callable[[asyncio.Task[T]], None]:
+        def done(task: asyncio.Task[T]) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved: a read nobody waits for any more logs nothing
+            if not self._keep and self._tasks.get(key) is task:
+                del self._tasks[key]
+
+        return done
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+
 _LOCKS: dict[Path, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -95,6 +256,7 @@ class Recipes:
         self.root = Path(root)
         self._open: dict[str, RecipeRepo] = {}
         self._lock = threading.Lock()  # inventory reads run in worker threads
+        self._reads: _Shared[RecipeRefs] = _Shared(keep=False)
 
     def repo(self, name: str) -> RecipeRepo:
         with self._lock:
@@ -103,7 +265,19 @@ class Recipes:
                 repo = self._open[name] = RecipeRepo(self.root / name)
             return repo
 
+    async def refs(self, name: str) -> RecipeRefs:
+        """The recipe's tags; the callers of one moment (all apps of one `!apps`) share
+        one read, and nothing is kept after it, so a new tag shows at the next ask."""
+
+        async def read() -> RecipeRefs:
+            repo = await asyncio.to_thread(self.repo, name)  # opening reads .git/config
+            return await repo.refs()
+
+        return await self._reads.get(name, read)
+
     def close(self) -> None:
+        # In-flight reads are left to end (milliseconds): close runs in a worker
+        # thread, where their tasks cannot be touched.
         with self._lock:
             repos, self._open = list(self._open.values()), {}
         for repo in repos:
@@ -149,8 +323,7 @@ class RecipeRepo:
         """Release tags, oldest first, by recipe semver (never lexically)."""
         with self._lock:
             names = [tag.name for tag in self._repo.tags]
-        found = [v for name in names if (v := parse_version(name)) is not None]
-        return sorted(found, key=lambda v: (v.key, v.text))
+        return _sorted_versions(names)
 
     def newest(self) -> Version | None:
         versions = self.versions()
@@ -158,12 +331,7 @@ class RecipeRepo:
 
     def version(self, text: str) -> Version:
         """The release tagged exactly `text`."""
-        versions = self.versions()
-        for version in versions:
-            if version.text == text:
-                return version
-        newest = ", ".join(v.text for v in reversed(versions[-5:])) or "none"
-        raise RecipeError(f"unknown version {text} of recipe {self.name}; known: {newest}")
+        return _find_version(self.name, self.versions(), text)
 
     def release_notes(self, after: str | None, upto: str) -> list[tuple[str, str]]:
         """(version, notes) for each release after `after` up to `upto`, oldest first.
@@ -175,20 +343,96 @@ class RecipeRepo:
         is returned, as for a first deploy.
         """
         top = self.version(upto)
-        old = parse_version(after) if after else None
-        low = old.key if old else None
-        notes = []
+        wanted = _between(self.versions(), after, top)
+        notes = self._notes_sync([v.text for v in wanted], top.text)
+        return [(v.text, notes[v.text]) for v in wanted if v.text in notes]
+
+    def _notes_sync(self, versions: Sequence[str], at: str) -> dict[str, str]:
+        """What `notes` answers, read through GitPython."""
+        found = {}
         with self._lock:
-            top_commit = self._commit(top.text)
-            for version in self.versions():
-                if (low is not None and version.key <= low) or version.key > top.key:
-                    continue
-                text = self._notes(self._commit(version.text), version.text)
+            at_commit = self._commit(at)
+            for version in versions:
+                text = self._notes(self._commit(version), version)
                 if text is None:
-                    text = self._notes(top_commit, version.text)
+                    text = self._notes(at_commit, version)
                 if text is not None:
-                    notes.append((version.text, text))
-        return notes
+                    found[version] = text
+        return found
+
+    # --- batched reads (one git process per recipe, on the event loop) ---------------
+
+    async def _run_git(
+        self, *args: str, stdin: bytes | None = None, limit: int
+    ) -> tuple[str, bool]:
+        """git's stdout, and whether it was cut at `limit`; RecipeError with git's text."""
+        argv = [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args]
+        try:
+            result = await run_process(
+                argv,
+                env=_git_env(),
+                cwd=self.path,
+                stdin=stdin,
+                timeout=READ_TIMEOUT,
+                stdout_limit=limit,
+            )
+        except ProcessTimeout:
+            raise RecipeError(
+                f"recipe {self.name}: git {args[0]} took more than {READ_TIMEOUT:g}s"
+            ) from None
+        except OSError as exc:
+            raise RecipeError(f"recipe {self.name}: cannot run git: {exc}") from None
+        if result.returncode != 0:
+            detail = result.stderr.strip() or f"exit status {result.returncode}"
+            raise RecipeError(f"recipe {self.name}: git {args[0]} failed: {detail}")
+        return result.stdout, result.stdout_truncated
+
+    async def refs(self) -> RecipeRefs:
+        """Every tag with its commit and date, from one `git for-each-ref`."""
+        out, cut = await self._run_git(
+            "for-each-ref", f"--format={_REFS_FORMAT}", "refs/tags", limit=_REFS_LIMIT
+        )
+        if cut:
+            raise RecipeError(f"recipe {self.name}: more tags than the bot reads")
+        return parse_refs(self.name, out)
+
+    async def notes(self, versions: Sequence[str], at: str) -> dict[str, str]:
+        """`release/<version>` of each version as committed at its tag, else as it is at
+        tag `at`; versions with neither are left out. One `git cat-file --batch`."""
+        if not versions:
+            return {}
+        asked = [f"refs/tags/{v}:release/{v}" for v in versions]
+        asked += [f"refs/tags/{at}:release/{v}" for v in versions]
+        out, cut = await self._run_git(
+            "cat-file",
+            "--batch",
+            stdin="".join(f"{a}\n" for a in asked).encode(),
+            limit=_NOTES_LIMIT,
+        )
+        # The runner hands back text, and cat-file counts bytes: the text is the bytes
+        # exactly only when it decoded cleanly. Otherwise (a note that is not UTF-8,
+        # a folder named like a note) GitPython reads it, as before, with the same answer.
+        answers = None if cut or "\ufffd" in out else parse_batch(out.encode(), len(asked))
+        if answers is None:
+            return await asyncio.to_thread(self._notes_sync, versions, at)
+        found = {}
+        for version, own, fallback in zip(
+            versions, answers[: len(versions)], answers[len(versions) :], strict=True
+        ):
+            data = own if own is not None else fallback
+            if data is not None:
+                found[version] = data.decode("utf-8", errors="replace")
+        return found
+
+    async def release_notes_async(
+        self, after: str | None, upto: str, refs: RecipeRefs | None = None
+    ) -> list[tuple[str, str]]:
+        """`release_notes` from the batched reads (`refs`, if given, saves one)."""
+        refs = refs or await self.refs()
+        top = refs.version(upto)
+        wanted = _between(refs.versions, after, top)
+        notes = await self.notes([v.text for v in wanted], top.text)
+        return [(v.text, notes[v.text]) for v in wanted if v.text in notes]
 
     def _commit(self, tag: str) -> git.Commit:
         return self._repo.commit(f"refs/tags/{tag}")
@@ -281,3 +525,46 @@ class RecipeRepo:
             yield checkout
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+class RecipeReads:
+    """One check's reads of its recipes: each recipe's tags, and its release notes up
+    to a version, read once (one git process each) however many apps share the recipe.
+    Kept for the check only: a check after the next fetch reads again."""
+
+    def __init__(self, open_repo: Callable[[str], RecipeRepo]) -> None:
+        self._open = open_repo
+        self._repos: _Shared[RecipeRepo] = _Shared(keep=True)
+        self._refs: _Shared[RecipeRefs] = _Shared(keep=True)
+        self._notes: _Shared[dict[str, str]] = _Shared(keep=True)
+
+    async def _repo(self, recipe: str) -> RecipeRepo:
+        return await self._repos.get(recipe, lambda: asyncio.to_thread(self._open, recipe))
+
+    async def refs(self, recipe: str) -> RecipeRefs:
+        async def read() -> RecipeRefs:
+            return await (await self._repo(recipe)).refs()
+
+        return await self._refs.get(recipe, read)
+
+    async def release_notes(
+        self, recipe: str, after: str | None, upto: str
+    ) -> list[tuple[str, str]]:
+        """As `RecipeRepo.release_notes`; the notes of every release up to `upto` are
+        read at once, so apps of one recipe running different versions share them."""
+        refs = await self.refs(recipe)
+        top = refs.version(upto)
+
+        async def read() -> dict[str, str]:
+            every = [v.text for v in refs.versions if v.key <= top.key]
+            return await (await self._repo(recipe)).notes(every, top.text)
+
+        notes = await self._notes.get((recipe, top.text), read)
+        return [
+            (v.text, notes[v.text]) for v in _between(refs.versions, after, top) if v.text in notes
+        ]
+
+    def cancel(self) -> None:
+        """Stop the reads still running (the check ended without waiting for them)."""
+        for shared in (self._repos, self._refs, self._notes):
+            shared.cancel()
