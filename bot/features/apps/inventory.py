@@ -103,10 +103,8 @@ class Inventory:
         return deployed_from(app.stack_name, services)
 
     async def newest(self, app: AppEnv) -> Version | None:
-        def newest() -> Version | None:
-            return self.recipe(app.recipe).newest()
-
-        return await asyncio.to_thread(newest)
+        # Batched: the apps of one `!apps` share one `git for-each-ref` per recipe.
+        return (await self._recipes.refs(app.recipe)).newest()
 
     async def head(self, app: AppEnv) -> str:
         """The commit the recipe's HEAD points at (what a chaos deploy runs)."""

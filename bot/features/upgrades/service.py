@@ -36,7 +36,7 @@ from bot.features.upgrades.plan import (
 )
 from bot.features.upgrades.render import kind_label, restore_hint
 from bot.ops.abra import AppEnv
-from bot.ops.recipes import Version, parse_version, step_kind
+from bot.ops.recipes import RecipeReads, Version, parse_version, step_kind
 from bot.ops.swarm import ServiceInfo
 from bot.ports import ProgressSink
 
@@ -129,11 +129,12 @@ class Upgrades:
         limit = asyncio.Semaphore(self.config.upgrades.concurrency)
         fetches: _Once[str | None] = _Once()
         digests: _Once[str] = _Once()
+        reads = RecipeReads(self.apps.recipe)  # one git read per recipe for the whole check
 
         async def one(env: AppEnv, current: Deployed) -> AppCheck:
             async with limit:
                 try:
-                    return await self._check_app(env, current, fetches, digests)
+                    return await self._check_app(env, current, fetches, digests, reads)
                 except UserError as exc:
                     problem = Problem(f"app:{env.domain}", f"{env.domain}: {exc}")
                 except Exception:
@@ -151,6 +152,7 @@ class Upgrades:
         finally:
             fetches.cancel()
             digests.cancel()
+            reads.cancel()
         for recipe, task in sorted(fetches.tasks.items(), key=lambda kv: str(kv[0])):
             error = task.result()
             if error:
@@ -158,7 +160,12 @@ class Upgrades:
         return CheckReport(tuple(checks), tuple(problems))
 
     async def _check_app(
-        self, env: AppEnv, current: Deployed, fetches: _Once[str | None], digests: _Once[str]
+        self,
+        env: AppEnv,
+        current: Deployed,
+        fetches: _Once[str | None],
+        digests: _Once[str],
+        reads: RecipeReads,
     ) -> AppCheck:
         if self.config.upgrades.fetch_recipes:
             await fetches.get(env.recipe, lambda: self._fetch(env.recipe))
@@ -176,7 +183,9 @@ class Upgrades:
                 )
             )
         else:
-            newest, notes = await asyncio.to_thread(self._read_recipe, env.recipe, release)
+            newest = newest_release(release, (await reads.refs(env.recipe)).versions)
+            if newest is not None:
+                notes = await reads.release_notes(env.recipe, release.text, newest.text)
         drift = []
         swarm = self.apps.swarm(env.server)
         for service in current.services:
@@ -223,18 +232,6 @@ class Upgrades:
             log.exception("git fetch of recipe %s failed", recipe)
             return f"git fetch failed unexpectedly: {exc}"
         return None
-
-    def _read_recipe(
-        self, recipe: str, current: Version
-    ) -> tuple[Version | None, list[tuple[str, str]]]:
-        """The newest release above `current` and the notes up to it (in a thread)."""
-        repo = self.apps.recipe(recipe)
-        try:
-            newest = newest_release(current, repo.versions())
-            notes = repo.release_notes(current.text, newest.text) if newest else []
-            return newest, notes
-        finally:
-            repo.close()  # stops GitPython's cat-file helpers
 
     # -- reporting -----------------------------------------------------------------------
     def remember(self, report: CheckReport) -> set[str]:
