@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import UserError
-from bot.ops.recipes import RecipeError, RecipeRepo, Version, parse_version, step_kind
+from bot.ops.process import ProcessResult
+from bot.ops.recipes import (
+    RecipeError,
+    RecipeReads,
+    RecipeRepo,
+    Recipes,
+    Version,
+    parse_batch,
+    parse_version,
+    step_kind,
+)
 from tests.harness.recipes import commit_files, git, make_recipe
 
 # --- pure version logic ------------------------------------------------------
@@ -301,3 +313,148 @@ def test_chaos_worktree_copies_uncommitted_changes(repo: RecipeRepo, recipe: Pat
         assert (checkout / "compose.yml").read_text() == "image: app:local-edit\n"
     assert not checkout.exists()
     assert (recipe / "compose.new.yml").exists()
+
+
+# --- batched reads (one git process per recipe) -----------------------------------
+
+
+@pytest.fixture
+def git_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The git processes the batched reads start, by their arguments."""
+    import bot.ops.recipes as recipes_module
+
+    runs: list[list[str]] = []
+    real = recipes_module.run_process
+
+    async def counted(argv: list[str], **kwargs: Any) -> ProcessResult:
+        runs.append(list(argv[1:]))
+        return await real(argv, **kwargs)
+
+    monkeypatch.setattr(recipes_module, "run_process", counted)
+    return runs
+
+
+async def test_refs_match_the_sync_reads(repo: RecipeRepo, recipe: Path) -> None:
+    commit_files(recipe, {"release/11.0.0": "Annotated.\n"}, "11")
+    git(recipe, "tag", "-a", "-m", "eleven", "11.0.0")
+    refs = await repo.refs()
+    assert list(refs.versions) == repo.versions()
+    assert refs.newest() == repo.newest()
+    assert refs.version("9.1.0+1.2").upstream == "1.2"
+    assert set(refs.tags) == {
+        "0.1.0+1.0",
+        "1.0.0+1.1",
+        "9.1.0+1.2",
+        "10.0.0+2.0",
+        "11.0.0",
+        "nightly",
+    }
+    # An annotated tag names its commit, as a lightweight one does; dates are unix times.
+    for name in ("11.0.0", "nightly"):
+        assert refs.tags[name].commit == git(recipe, "rev-parse", f"{name}^{{commit}}").strip()
+        assert refs.tags[name].date > 1_500_000_000
+    with pytest.raises(RecipeError, match=r"unknown version 3.0.0 .*known: 11.0.0, 10.0.0\+2.0"):
+        refs.version("3.0.0")
+
+
+async def test_refs_of_an_empty_repo(tmp_path: Path) -> None:
+    refs = await RecipeRepo(make_recipe(tmp_path, "empty", [])).refs()
+    assert (refs.versions, refs.newest(), dict(refs.tags)) == ((), None, {})
+    with pytest.raises(RecipeError, match="known: none"):
+        refs.version("1.0.0")
+
+
+@pytest.mark.parametrize(
+    ("after", "upto"),
+    [
+        (None, "10.0.0+2.0"),
+        ("1.0.0+1.1", "10.0.0+2.0"),
+        (None, "9.1.0+1.2"),
+        ("10.0.0+2.0", "10.0.0+2.0"),
+        ("5.0.0+gone", "10.0.0+2.0"),
+        ("nightly", "10.0.0+2.0"),
+    ],
+)
+async def test_batched_notes_match_the_sync_ones(
+    repo: RecipeRepo, after: str | None, upto: str, git_runs: list[list[str]]
+) -> None:
+    assert await repo.release_notes_async(after, upto) == repo.release_notes(after, upto)
+    assert [run[0] for run in git_runs] == ["for-each-ref", "cat-file"][: len(git_runs)]
+
+
+async def test_batched_notes_written_late_odd_bytes_and_folders(recipe: Path) -> None:
+    commit_files(recipe, {"release/9.1.0+1.2": "Written late: café ✓\n"}, "notes for 9.1.0")
+    git(recipe, "tag", "10.0.1+2.0")
+    repo = RecipeRepo(recipe)
+    late = await repo.release_notes_async("1.0.0+1.1", "10.0.1+2.0")
+    assert late == repo.release_notes("1.0.0+1.1", "10.0.1+2.0")
+    assert late[0] == ("9.1.0+1.2", "Written late: café ✓\n")
+    # Latin-1 notes and a folder named like a note: the text the sync read gives.
+    (recipe / "release").mkdir(exist_ok=True)
+    (recipe / "release/10.0.1+2.0").write_bytes(b"caf\xe9\n")
+    (recipe / "release/11.0.0").mkdir()
+    (recipe / "release/11.0.0/readme").write_text("not a note\n")
+    commit_files(recipe, {}, "odd notes")
+    git(recipe, "tag", "11.0.0")
+    odd = await repo.release_notes_async("10.0.0+2.0", "11.0.0")
+    assert odd == repo.release_notes("10.0.0+2.0", "11.0.0")
+    assert odd == [("10.0.1+2.0", "caf\ufffd\n")]
+
+
+def test_cat_file_output_parses_strictly() -> None:
+    blob = b"a" * 40 + b" blob 3\nab\n\n"
+    assert parse_batch(blob + b"x:release/x missing\n", 2) == [b"ab\n", None]
+    assert parse_batch(b"a" * 40 + b" tree 2\n\x00\x01\n", 1) == [None]
+    assert parse_batch(blob, 2) is None  # an answer short
+    assert parse_batch(blob + b"extra", 1) is None  # more than was asked for
+    assert parse_batch(b"a" * 40 + b" blob 9\nab\n", 1) is None  # cut short
+
+
+async def test_batched_reads_report_git_errors(recipe: Path) -> None:
+    repo = RecipeRepo(recipe)
+    shutil.rmtree(recipe / ".git")
+    with pytest.raises(RecipeError, match=r"recipe app: git for-each-ref failed: .*not a git"):
+        await repo.refs()
+
+
+async def test_concurrent_asks_share_one_read_and_a_later_one_sees_new_tags(
+    recipe: Path, git_runs: list[list[str]]
+) -> None:
+    recipes = Recipes(recipe.parent)
+    answers = await asyncio.gather(*(recipes.refs("app") for _ in range(20)))
+    assert len(git_runs) == 1
+    assert all(a is answers[0] for a in answers)
+    git(recipe, "tag", "12.0.0")
+    newest = (await recipes.refs("app")).newest()
+    assert newest is not None
+    assert newest.text == "12.0.0"
+    assert len(git_runs) == 2
+    recipes.close()
+
+
+async def test_one_checks_reads_are_one_per_recipe(
+    recipe: Path, tmp_path: Path, git_runs: list[list[str]]
+) -> None:
+    make_recipe(recipe.parent, "other", [("1.0.0", {"release/1.0.0": "One.\n"}), ("2.0.0", {})])
+    opened: list[str] = []
+
+    def open_repo(name: str) -> RecipeRepo:
+        opened.append(name)
+        return RecipeRepo(recipe.parent / name)
+
+    reads = RecipeReads(open_repo)
+    asks = [("app", after, "10.0.0+2.0") for after in ("0.1.0+1.0", "1.0.0+1.1", "9.1.0+1.2")]
+    asks += [("other", None, "2.0.0")] * 5
+    got = await asyncio.gather(*(reads.release_notes(*ask) for ask in asks))
+    # Sequential asks after the first ones are answered from what was read.
+    got.append(await reads.release_notes("app", None, "9.1.0+1.2"))
+    repo = RecipeRepo(recipe)
+    assert got[:3] == [repo.release_notes(after, upto) for _, after, upto in asks[:3]]
+    assert got[3:8] == [[("1.0.0", "One.\n")]] * 5
+    assert got[8] == [("1.0.0+1.1", "First stable.\n")]
+    assert sorted(opened) == ["app", "other"]
+    # app: tags once, notes up to 10.0.0 once, up to 9.1.0 once; other: tags, notes.
+    assert sorted(run[0] for run in git_runs) == ["cat-file"] * 3 + ["for-each-ref"] * 2
+    with pytest.raises(RecipeError, match="not a git repository"):
+        await reads.refs("missing")
+    reads.cancel()
