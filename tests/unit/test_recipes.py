@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import UserError
-from bot.ops.process import ProcessResult
+from bot.ops.process import ProcessResult, run_process
 from bot.ops.recipes import (
     RecipeError,
     RecipeReads,
@@ -324,7 +324,7 @@ def git_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     import bot.ops.recipes as recipes_module
 
     runs: list[list[str]] = []
-    real = recipes_module.run_process
+    real = run_process
 
     async def counted(argv: list[str], **kwargs: Any) -> ProcessResult:
         runs.append(list(argv[1:]))
@@ -443,7 +443,9 @@ async def test_one_checks_reads_are_one_per_recipe(
         return RecipeRepo(recipe.parent / name)
 
     reads = RecipeReads(open_repo)
-    asks = [("app", after, "10.0.0+2.0") for after in ("0.1.0+1.0", "1.0.0+1.1", "9.1.0+1.2")]
+    asks: list[tuple[str, str | None, str]] = [
+        ("app", after, "10.0.0+2.0") for after in ("0.1.0+1.0", "1.0.0+1.1", "9.1.0+1.2")
+    ]
     asks += [("other", None, "2.0.0")] * 5
     got = await asyncio.gather(*(reads.release_notes(*ask) for ask in asks))
     # Sequential asks after the first ones are answered from what was read.
