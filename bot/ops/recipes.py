@@ -25,15 +25,24 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 import git
 
 from bot.errors import UserError
+from bot.ops.gitbatch import (
+    REFS_FORMAT,
+    RefsMark,
+    Shared,
+    TagRef,
+    parse_batch,
+    parse_tags,
+    refs_mark,
+)
 from bot.ops.process import ProcessTimeout, run_process
 
 __all__ = [
@@ -45,6 +54,7 @@ __all__ = [
     "StepKind",
     "TagRef",
     "Version",
+    "parse_batch",
     "parse_version",
     "step_kind",
 ]
@@ -61,8 +71,6 @@ _GIT_KEEP = ("PATH", "HOME", "XDG_CONFIG_HOME")
 # Tags of a recipe, and all its release notes, fit well within these.
 _REFS_LIMIT = 16 * 1024 * 1024
 _NOTES_LIMIT = 64 * 1024 * 1024
-
-T = TypeVar("T")
 
 
 class RecipeError(UserError):
@@ -133,15 +141,6 @@ def _between(versions: Iterable[Version], after: str | None, top: Version) -> li
 
 
 @dataclass(frozen=True)
-class TagRef:
-    """One tag as `git for-each-ref` lists it."""
-
-    name: str  # without refs/tags/
-    commit: str  # the object it names, peeled once if it is an annotated tag
-    date: int  # unix time: the tagger's for an annotated tag, else the commit's
-
-
-@dataclass(frozen=True)
 class RecipeRefs:
     """A recipe's tags as read at one moment (they change only on fetch or `git tag`)."""
 
@@ -158,85 +157,25 @@ class RecipeRefs:
 
 
 def parse_refs(recipe: str, listing: str) -> RecipeRefs:
-    """RecipeRefs from `git for-each-ref --format=<_REFS_FORMAT> refs/tags` output."""
-    tags: dict[str, TagRef] = {}
-    for line in listing.splitlines():
-        if not line:
-            continue
-        refname, obj, peeled, date = line.split("\0")
-        name = refname.removeprefix("refs/tags/")
-        tags[name] = TagRef(name, peeled or obj, int(date) if date.isdigit() else 0)
+    """RecipeRefs from `git for-each-ref --format=<REFS_FORMAT> refs/tags` output."""
+    tags = parse_tags(listing)
     return RecipeRefs(recipe, tags, tuple(_sorted_versions(tags)))
 
 
-# NUL-separated: the fields cannot contain one (refnames cannot, ids and dates do not).
-_REFS_FORMAT = "%(refname)%00%(objectname)%00%(*objectname)%00%(creatordate:unix)"
+@dataclass
+class _Kept:
+    """The last refs read of a repo, the mark they were read under, and notes read
+    since (keyed by the versions and the fallback tag asked for)."""
 
-
-def parse_batch(data: bytes, count: int) -> list[bytes | None] | None:
-    """The `count` answers of `git cat-file --batch`, in order: a blob's bytes, or None
-    (missing, or not a blob). None for the whole when the output does not parse."""
-    answers: list[bytes | None] = []
-    pos = 0
-    for _ in range(count):
-        end = data.find(b"\n", pos)
-        if end < 0:
-            return None
-        header = data[pos:end].split(b" ")
-        pos = end + 1
-        if header[-1] in (b"missing", b"ambiguous"):
-            answers.append(None)
-            continue
-        if len(header) != 3 or not header[2].isdigit():
-            return None
-        size = int(header[2])
-        body, pos = data[pos : pos + size], pos + size
-        if len(body) != size or data[pos : pos + 1] != b"\n":
-            return None
-        pos += 1
-        answers.append(bytes(body) if header[1] == b"blob" else None)
-    return answers if pos == len(data) else None
+    mark: RefsMark
+    refs: RecipeRefs
+    notes: dict[tuple[tuple[str, ...], str], dict[str, str]] = field(default_factory=dict)
 
 
 def _git_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in _GIT_KEEP if k in os.environ}
     env.setdefault("PATH", os.defpath)
     return {**env, **_GIT_ENV}
-
-
-class _Shared(Generic[T]):
-    """One task per key: callers that ask while it runs share its answer (errors
-    included). With `keep`, answers stay for the object's life (one check's reads);
-    without, a key is read again once its read has ended (reads that overlap share)."""
-
-    def __init__(self, *, keep: bool) -> None:
-        self._keep = keep
-        self._tasks: dict[Hashable, asyncio.Task[T]] = {}
-
-    async def get(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
-        task = self._tasks.get(key)
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-
-            async def run() -> T:
-                return await make()
-
-            task = self._tasks[key] = asyncio.create_task(run(), name=f"recipes-{key}")
-            task.add_done_callback(self._done(key))
-        # Shielded: one caller being cancelled must not cancel the others' answer.
-        return await asyncio.shield(task)
-
-    def _done(self, key: Hashable) -> Callable[[asyncio.Task[T]], None]:
-        def done(task: asyncio.Task[T]) -> None:
-            if not task.cancelled():
-                task.exception()  # retrieved: a read nobody waits for any more logs nothing
-            if not self._keep and self._tasks.get(key) is task:
-                del self._tasks[key]
-
-        return done
-
-    def cancel(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
 
 
 _LOCKS: dict[Path, threading.RLock] = {}
@@ -256,7 +195,7 @@ class Recipes:
         self.root = Path(root)
         self._open: dict[str, RecipeRepo] = {}
         self._lock = threading.Lock()  # inventory reads run in worker threads
-        self._reads: _Shared[RecipeRefs] = _Shared(keep=False)
+        self._reads: Shared[RecipeRefs] = Shared(keep=False)
 
     def repo(self, name: str) -> RecipeRepo:
         with self._lock:
@@ -297,6 +236,8 @@ class RecipeRepo:
         if self._repo.bare:
             raise RecipeError(f"recipe {self.name}: {self.path} is a bare repository")
         self._lock = _lock_for(self.path)
+        self._common = Path(self._repo.common_dir)
+        self._kept: _Kept | None = None  # touched on the event loop only
 
     def close(self) -> None:
         """Stop GitPython's helper processes for this repo."""
@@ -388,19 +329,41 @@ class RecipeRepo:
         return result.stdout, result.stdout_truncated
 
     async def refs(self) -> RecipeRefs:
-        """Every tag with its commit and date, from one `git for-each-ref`."""
+        """Every tag with its commit and date, from one `git for-each-ref`, or as last
+        read when the ref files have not changed since (see refs_mark)."""
+        mark, settled = await asyncio.to_thread(refs_mark, self._common)
+        kept = self._kept
+        if kept is not None and kept.mark == mark:
+            return kept.refs
         out, cut = await self._run_git(
-            "for-each-ref", f"--format={_REFS_FORMAT}", "refs/tags", limit=_REFS_LIMIT
+            "for-each-ref", f"--format={REFS_FORMAT}", "refs/tags", limit=_REFS_LIMIT
         )
         if cut:
             raise RecipeError(f"recipe {self.name}: more tags than the bot reads")
-        return parse_refs(self.name, out)
+        refs = parse_refs(self.name, out)
+        # Marked before the read: a tag written meanwhile changes the next mark.
+        self._kept = _Kept(mark, refs) if settled else None
+        return refs
 
-    async def notes(self, versions: Sequence[str], at: str) -> dict[str, str]:
+    async def notes(
+        self, versions: Sequence[str], at: str, refs: RecipeRefs | None = None
+    ) -> dict[str, str]:
         """`release/<version>` of each version as committed at its tag, else as it is at
-        tag `at`; versions with neither are left out. One `git cat-file --batch`."""
+        tag `at`; versions with neither are left out. One `git cat-file --batch`. With
+        the `refs` last read (and still kept), notes already read are answered again:
+        what a tag's tree holds cannot change while the tag does not."""
         if not versions:
             return {}
+        kept = self._kept if refs is not None and self._kept is not None else None
+        key = (tuple(versions), at)
+        if kept is not None and kept.refs is refs and key in kept.notes:
+            return kept.notes[key]
+        found = await self._read_notes(versions, at)
+        if kept is not None and kept.refs is refs and self._kept is kept:
+            kept.notes[key] = found
+        return found
+
+    async def _read_notes(self, versions: Sequence[str], at: str) -> dict[str, str]:
         asked = [f"refs/tags/{v}:release/{v}" for v in versions]
         asked += [f"refs/tags/{at}:release/{v}" for v in versions]
         out, cut = await self._run_git(
@@ -431,7 +394,7 @@ class RecipeRepo:
         refs = refs or await self.refs()
         top = refs.version(upto)
         wanted = _between(refs.versions, after, top)
-        notes = await self.notes([v.text for v in wanted], top.text)
+        notes = await self.notes([v.text for v in wanted], top.text, refs)
         return [(v.text, notes[v.text]) for v in wanted if v.text in notes]
 
     def _commit(self, tag: str) -> git.Commit:
@@ -534,9 +497,9 @@ class RecipeReads:
 
     def __init__(self, open_repo: Callable[[str], RecipeRepo]) -> None:
         self._open = open_repo
-        self._repos: _Shared[RecipeRepo] = _Shared(keep=True)
-        self._refs: _Shared[RecipeRefs] = _Shared(keep=True)
-        self._notes: _Shared[dict[str, str]] = _Shared(keep=True)
+        self._repos: Shared[RecipeRepo] = Shared(keep=True)
+        self._refs: Shared[RecipeRefs] = Shared(keep=True)
+        self._notes: Shared[dict[str, str]] = Shared(keep=True)
 
     async def _repo(self, recipe: str) -> RecipeRepo:
         return await self._repos.get(recipe, lambda: asyncio.to_thread(self._open, recipe))
@@ -557,7 +520,7 @@ class RecipeReads:
 
         async def read() -> dict[str, str]:
             every = [v.text for v in refs.versions if v.key <= top.key]
-            return await (await self._repo(recipe)).notes(every, top.text)
+            return await (await self._repo(recipe)).notes(every, top.text, refs)
 
         notes = await self._notes.get((recipe, top.text), read)
         return [

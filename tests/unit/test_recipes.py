@@ -460,3 +460,30 @@ async def test_one_checks_reads_are_one_per_recipe(
     with pytest.raises(RecipeError, match="not a git repository"):
         await reads.refs("missing")
     reads.cancel()
+
+
+async def test_reads_are_kept_while_the_ref_files_stay_as_they_were(
+    recipe: Path, git_runs: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.ops.gitbatch as gitbatch
+
+    repo = RecipeRepo(recipe)
+    # Just written (the fixture's tags): too fresh to keep, every ask reads.
+    await repo.refs()
+    await repo.refs()
+    assert len(git_runs) == 2
+    monkeypatch.setattr(gitbatch, "_SETTLED_NS", 0)  # as if written long ago
+    first = await repo.refs()
+    notes = await repo.release_notes_async(None, "10.0.0+2.0", first)
+    assert await repo.refs() is first
+    assert await repo.release_notes_async(None, "10.0.0+2.0", first) == notes
+    assert [run[0] for run in git_runs[2:]] == ["for-each-ref", "cat-file"]
+    for change in (["tag", "12.0.0"], ["tag", "-d", "12.0.0"], ["pack-refs", "--all"]):
+        git(recipe, *change)
+        again = await repo.refs()
+        assert again is not first
+        assert list(again.versions) == repo.versions()
+        first = again
+    git(recipe, "tag", "-f", "10.0.0+2.0", "0.1.0+1.0")  # moved in place, packed or not
+    moved = await repo.refs()
+    assert moved.tags["10.0.0+2.0"].commit == git(recipe, "rev-parse", "0.1.0+1.0").strip()
