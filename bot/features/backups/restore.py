@@ -326,7 +326,12 @@ class _RestoreRun:
             counts = _counts(self.replicas)
             try:
                 await _shielded(self.swarm.scale(self.env.stack_name, self.replicas))
-                self.state += f"; scaled back to {counts}"
+                data = (
+                    f"{len(self.replaced)} of {len(self.scope)} path(s) restored"
+                    if self.replaced
+                    else "its own data, untouched"
+                )
+                self.state = f"scaled back to {counts}, on {data}"
                 self.done.append(f"↩ scaled back to {counts}")
             except Exception as e:  # the report must still be made
                 self.state += (
