@@ -26,8 +26,10 @@ from typing import Any
 
 import git.cmd
 
+import bot.ops.recipes as recipes_module
 from bench.common import arguments, machine, median, result
 from bench.inproc import InprocBot, dockerd
+from bot.ops.process import run_process
 from bot.ops.swarm import DOCKER_CLI
 from tests.harness.dockerd import Dockerd
 from tests.harness.recipes import make_app_env, make_recipe
@@ -82,7 +84,10 @@ def instrument(bot: InprocBot) -> None:
     for name in COUNTED[:4]:
         method = name.split()[1]
         setattr(client.api, method, _counted(name, getattr(client.api, method)))
-    setattr(git.cmd, "Popen", _counted("git processes", git.cmd.Popen))  # noqa: B010
+    setattr(git.cmd, "Popen", _counted("git processes", getattr(git.cmd, "Popen")))  # noqa: B009, B010
+    # The batched recipe reads start git through the one subprocess runner.
+    counted = _counted("git processes", run_process)
+    setattr(recipes_module, "run_process", counted)  # noqa: B010
 
 
 # ------------------------------------------------------------------ the two sides
