@@ -3,9 +3,11 @@
 Two ways in. The batched async reads (`RecipeRepo.refs`, `RecipeRepo.notes`,
 `Recipes.refs`, `RecipeReads`) run one `git for-each-ref` / `git cat-file --batch`
 process per recipe through the one subprocess runner: reading tags and notes
-through GitPython is Python work under the GIL (about 18 ms per app in the
-upgrade check), while one git process answers a whole recipe in a few ms, off
-the interpreter. The checks of many apps (`!apps`, `!upgrades`) use those.
+through GitPython is Python work under the GIL, per app (about 4 ms of each app's
+upgrade check, bench/corpus_scale.py), while one git process answers a whole
+recipe in a few ms, off the interpreter. The checks of many apps (`!apps`,
+`!upgrades`) use those; what they read is kept until the recipe's ref files
+change (a fetch, a `git tag`).
 
 The synchronous GitPython API stays for the rest (worktrees, fetch, one app's
 `!upgrade` plan); the bot calls it through `asyncio.to_thread`. A GitPython
@@ -206,7 +208,8 @@ class Recipes:
 
     async def refs(self, name: str) -> RecipeRefs:
         """The recipe's tags; the callers of one moment (all apps of one `!apps`) share
-        one read, and nothing is kept after it, so a new tag shows at the next ask."""
+        one read. The repo keeps what it read only while its ref files stay as they were
+        (`RecipeRepo.refs`), so a new tag shows at the next ask."""
 
         async def read() -> RecipeRefs:
             repo = await asyncio.to_thread(self.repo, name)  # opening reads .git/config
