@@ -313,6 +313,52 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+_SETTING = re.compile(r"^(?P<lead>\s*(?:export\s+)?)(?P<key>TYPE|RECIPE|DOMAIN)\s*=")
+
+
+def new_app_env(sample: str, recipe: str, domain: str) -> str:
+    """An app's `.env` made from its recipe's `.env.sample` as `abra app new` makes it:
+    DOMAIN set to the app's domain and TYPE to the recipe, every other line as it is
+    (comments and commented-out overlays included)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in sample.splitlines(keepends=True):
+        match = _SETTING.match(line)
+        if match is None or match["key"] in seen:
+            out.append(line)
+            continue
+        key = "TYPE" if match["key"] in ("TYPE", "RECIPE") else "DOMAIN"
+        seen.add(match["key"])
+        ending = "\r\n" if line.endswith("\r\n") else "\n"
+        value = recipe if key == "TYPE" else domain
+        out.append(f"{match['lead']}{match['key']}={value}{ending}")
+    if not seen & {"TYPE", "RECIPE"}:
+        out.insert(0, f"TYPE={recipe}\n")
+    if "DOMAIN" not in seen:
+        out.insert(1, f"DOMAIN={domain}\n")
+    return "".join(out)
+
+
+def create_app(abra_dir: Path, server: str, recipe: str, domain: str) -> Path:
+    """Write `servers/<server>/<domain>.env` from the recipe's sample; AbraError when
+    the recipe has no sample or the file exists (nothing is overwritten)."""
+    sample = Path(abra_dir) / "recipes" / recipe / ".env.sample"
+    if not sample.is_file():
+        raise AbraError(f"recipe {recipe} has no .env.sample to make the app from")
+    folder = Path(abra_dir) / "servers" / server
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{domain}.env"
+    text = new_app_env(_read_text(sample), recipe, domain)
+    try:
+        # O_EXCL: two `!new` of one domain at once cannot both write it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        raise AbraError(f"{path} exists already; nothing was changed") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    return path
+
+
 def list_apps(abra_dir: Path, servers: Iterable[str]) -> tuple[list[AppEnv], list[str]]:
     """Every app of the given servers, sorted by domain, and the problems found.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bot.features.apps.deploy import Apps, Steps
 from bot.features.apps.inventory import Deployed, SecretState, deployed_from
-from bot.ops.abra import AppEnv, check_domain, check_version
+from bot.ops.abra import AppEnv, check_domain, check_recipe, check_version
 from bot.ops.swarm import ServiceInfo
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ServiceInfo",
     "Steps",
     "check_domain",
+    "check_recipe",
     "check_version",
     "deployed_from",
 ]

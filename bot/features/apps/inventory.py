@@ -17,7 +17,7 @@ from bot.config import Config
 from bot.core.store import Store
 from bot.errors import UserError
 from bot.labels import chaos_label, version_label
-from bot.ops.abra import AppEnv, SecretSpec, generate_secret, list_apps
+from bot.ops.abra import AppEnv, SecretSpec, create_app, generate_secret, list_apps, parse_env
 from bot.ops.recipes import RecipeRepo, Recipes, Version, parse_version
 from bot.ops.swarm import ServiceInfo, Swarm, SwarmError
 
@@ -97,6 +97,35 @@ class Inventory:
 
     def recipe(self, name: str) -> RecipeRepo:
         return self._recipes.repo(name)
+
+    async def create(self, recipe: str, domain: str, server: str | None) -> AppEnv:
+        """A new app from its recipe's `.env.sample`, as `abra app new` makes it.
+        Refuses an app that exists on any server, an unknown recipe or server."""
+        servers = list(self._swarms)
+        if server is None:
+            if len(servers) != 1:
+                raise UserError(
+                    f"Name the server: one of {', '.join(servers) or 'none configured'}."
+                )
+            server = servers[0]
+        if server not in self._swarms:
+            raise UserError(f"No server {server}; configured: {', '.join(servers)}.")
+        known = sorted(
+            p.name for p in (self.abra_dir / "recipes").glob("*") if (p / ".git").exists()
+        )
+        if recipe not in known:
+            close = difflib.get_close_matches(recipe, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(
+                f"No recipe {recipe} in {self.abra_dir / 'recipes'}.{hint} "
+                f"Known: {', '.join(known) or 'none'}."
+            )
+        apps, _ = await self.inventory()
+        for app in apps:
+            if app.domain == domain:
+                raise UserError(f"{domain} exists already (on {app.server}); nothing was changed.")
+        path = await asyncio.to_thread(create_app, self.abra_dir, server, recipe, domain)
+        return await asyncio.to_thread(parse_env, path, server)
 
     async def deployed(self, app: AppEnv) -> Deployed:
         services = await self.swarm(app.server).services(app.stack_name)
