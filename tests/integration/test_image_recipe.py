@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import docker
+import nio
 import pytest
 import yaml
 
@@ -138,10 +139,21 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
     try:
         t0 = time.monotonic()
         dockerd.cli("stack", "deploy", *compose, STACK, env=env, timeout=120)
+
+        # The bot ignores what was said before it joined: wait for its join first.
+        def joined(room: str, event: nio.Event) -> bool:
+            return (
+                room == coop.room
+                and isinstance(event, nio.RoomMemberEvent)
+                and event.state_key == coop.bot_id
+                and event.membership == "join"
+            )
+
         try:
-            pong = await coop.ask(coop.alice, "!ping", f"pong (coopbot {__version__})", 150)
+            await coop.alice.wait_for(joined, timeout=150)
         except TimeoutError as e:
             raise AssertionError(_diagnose(dockerd)) from e
+        pong = await coop.ask(coop.alice, "!ping", f"pong (coopbot {__version__})", 30)
         _figures(deploy_to_first_pong_s=time.monotonic() - t0)
         assert "pong" in pong
         container = await _container(docker_client)
