@@ -381,13 +381,15 @@ def testrestic_environment(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("bad", ["JUST_A_NAME", "1ABC=x", "A B=x", "=value"])
+@pytest.mark.parametrize("bad", ["JUST_A_NAME", "A B=x", "=value"])
 def test_read_env_file_names_the_bad_line(tmp_path: Path, bad: str) -> None:
+    # The one .env reader (bot/ops/dotenv.py, godotenv's rules: `1ABC=x` is a name
+    # there) names the file and line.
     path = tmp_path / "restic.env"
     path.write_text(f"# ok\nA=1\n{bad}\n")
     with pytest.raises(UserError) as caught:
         restic_environment(path)
-    assert str(caught.value) == f"{path}:3: expected VAR=value"
+    assert str(caught.value).startswith(f"{path}:3: ")
 
 
 def test_backups_reads_the_env_file_into_restics_environment(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from bot.core.store import Store
 from bot.errors import UserError
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, Targets
 from bot.ops.abra import AppEnv
+from bot.ops.dotenv import as_dict, read_file
 from bot.ops.restic import Restic, ResticError, Snapshot
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,9 @@ GOOD_RESULTS = ("ok", "warning")  # "warning": hooks or labels; the snapshot is 
 
 
 def restic_environment(path: Path | None) -> dict[str, str]:
-    """VAR=value lines (blank lines and # comments skipped) for restic's environment."""
-    if path is None:
-        return {}
-    env = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise UserError(f"{path}:{number}: expected VAR=value")
-        env[key.strip()] = value.strip().strip("'\"")
-    return env
+    """restic's extra environment (S3 keys and the like) from `backups.env_file`, read
+    by the project's one .env reader (godotenv's rules, as abra's files)."""
+    return {} if path is None else as_dict(read_file(path))
 
 
 class Repository(Targets):
