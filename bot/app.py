@@ -44,6 +44,7 @@ from bot.ops.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
+HOUSEKEEPING_INTERVAL = 6 * 3600.0  # seconds between prunes of the seen-events table
 # How long a supervised loop waits after a failure before it starts again.
 RESTART_DELAY = 5.0
 
@@ -243,7 +244,6 @@ class Bot:
                 room_id=job.room_id,
                 event_id=job.event_id,
             )
-        self.store.forget_old_events()
         try:
             async with self._web(), asyncio.TaskGroup() as group:
                 upkeep = group.create_task(
@@ -258,7 +258,10 @@ class Bot:
                     group.create_task(
                         tell_interrupted(interrupted, self.services, self.can_report),
                         name="recovery",
-                    )
+                    ),
+                    group.create_task(
+                        supervised("housekeeping", self._housekeeping), name="housekeeping"
+                    ),
                 ]
                 if self.watch is not None:
                     extra.append(group.create_task(supervised("watch", self.watch.run)))
@@ -275,6 +278,13 @@ class Bot:
         finally:
             await self.close()
             instance.close()  # closing the file releases the lock
+
+    async def _housekeeping(self) -> None:
+        """The seen-events table is pruned now and every few hours, not only at start:
+        a bot that runs for months must not grow it without end."""
+        while True:
+            self.store.forget_old_events()
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     @contextlib.asynccontextmanager
     async def _web(self) -> AsyncIterator[None]:
