@@ -24,6 +24,7 @@ from tenacity import (
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
 from bot.core.chat import ROOM_MENTION, Message, Reaction, Redaction
 from bot.core.context import CommandContext, Control, Services, split_reason
+from bot.core.proposal_text import people, render, summary_line
 from bot.core.records import ProposalRow, StoredPlan, VoteRow
 from bot.core.roles import Role
 from bot.errors import StalePlan, UserError
@@ -46,10 +47,6 @@ SEED_KEYS = ("👍", "👎")
 def _reason(exc: Exception) -> str:
     """What to tell the room about a failed start: a UserError's text, else its kind."""
     return str(exc) if isinstance(exc, UserError) else f"an unexpected {type(exc).__name__}"
-
-
-def _people(users: tuple[str, ...] | list[str]) -> str:
-    return ", ".join(users) if users else "nobody"
 
 
 class ApprovalGate:
@@ -118,7 +115,7 @@ class ApprovalGate:
         services = self._services
         services.store.add_proposal(row)
         voters = await self._eligible(row, policy)
-        text = self._render(row, policy, self._empty_tally(policy), voters)
+        text = self._text(row, policy, self._empty_tally(policy), voters)
         message_id = await services.chat.send(
             row.room_id,
             text,
@@ -214,20 +211,7 @@ class ApprovalGate:
         tally = await self._tally(row)
         voted = {v.voter for v in self._services.store.votes(row.id)}
         waiting = [v for v in await self._eligible(row, policy) if v not in voted]
-        lines = [
-            f"- `{row.id}` {code(row.text)} by {row.requester} ({row.policy}), expires "
-            f"{utc_time(row.expires_at)}",
-            f"  {row.plan.summary.splitlines()[0] if row.plan.summary else ''}",
-            f"  approved by {_people(tally.approvers)}; rejected by {_people(tally.rejecters)}; "
-            + (
-                f"runs at {utc_time(row.run_at)}"
-                if row.run_at is not None
-                else f"{tally.needed} more needed (not voted yet: {_people(waiting)})"
-            ),
-        ]
-        if row.reason:
-            lines.insert(1, f"  reason: {code(row.reason)}")
-        return "\n".join(lines)
+        return summary_line(row, tally, waiting)
 
     async def _plan(self, ctx: CommandContext) -> Plan:
         if ctx.spec.plan is not None:
@@ -361,7 +345,7 @@ class ApprovalGate:
         if tally.state is State.OPEN:
             policy = self._services.config.approvals.policy(row.policy)
             voters = await self._eligible(row, policy)
-            await self._show(row, self._render(row, policy, tally, voters))
+            await self._show(row, self._text(row, policy, tally, voters))
         else:
             await self._close(row, tally)
         return tally
@@ -374,10 +358,10 @@ class ApprovalGate:
             self._audit(
                 row,
                 tally.state.value,
-                f"{row.id}: {row.text}; approved by {_people(tally.approvers)}, "
-                f"rejected by {_people(tally.rejecters)}",
+                f"{row.id}: {row.text}; approved by {people(tally.approvers)}, "
+                f"rejected by {people(tally.rejecters)}",
             )
-            await self._show(row, self._render(row, policy, tally, None))
+            await self._show(row, self._text(row, policy, tally, None))
             if tally.state is State.EXPIRED:
                 await self._note(
                     row, f"⌛ Proposal `{row.id}` expired; nothing was done.", [row.requester]
@@ -389,7 +373,7 @@ class ApprovalGate:
             expired = Tally(State.EXPIRED, tally.approvers, tally.rejecters, tally.ignored, 0)
             services.store.set_proposal_state(row.id, State.EXPIRED, now)
             self._audit(row, "expired", f"{row.id}: {row.text}; approved too late to run")
-            await self._show(row, self._render(row, policy, expired, None))
+            await self._show(row, self._text(row, policy, expired, None))
             return
         if policy.delay and (row.run_at is None or now < row.run_at):
             await self._hold(row, policy, tally, now)
@@ -404,7 +388,7 @@ class ApprovalGate:
             rejected = Tally(State.REJECTED, tally.approvers, tally.rejecters, tally.ignored, 0)
             services.store.set_proposal_state(row.id, State.REJECTED, now)
             self._audit(row, "rejected", f"{row.id}: {row.text}; stopped during its delay")
-            await self._show(row, self._render(row, policy, rejected, None))
+            await self._show(row, self._text(row, policy, rejected, None))
             return
         if row.run_at is None:
             run_at = min(now + policy.delay, row.expires_at)
@@ -412,7 +396,7 @@ class ApprovalGate:
             row = services.store.proposal(row.id) or row
             self._audit(row, "approved", f"{row.id}: {row.text}; runs at {utc_time(run_at)}")
         held = Tally(State.OPEN, tally.approvers, tally.rejecters, tally.ignored, 0)
-        await self._show(row, self._render(row, policy, held, None))
+        await self._show(row, self._text(row, policy, held, None))
 
     async def _start(self, row: ProposalRow, policy: Policy, tally: Tally, now: float) -> None:
         """Start the approved command, with the plan members voted for. A transient
@@ -443,7 +427,7 @@ class ApprovalGate:
             self._audit(row, "stale", f"{row.id}: {row.text}")
             stale = Tally(State.STALE, tally.approvers, tally.rejecters, tally.ignored, 0)
             why = str(exc) if str(exc) == LEFT.format(requester=row.requester) else CHANGED
-            await self._show(row, self._render(row, policy, stale, None, stale_because=why))
+            await self._show(row, self._text(row, policy, stale, None, stale_because=why))
             await self._note(
                 row, f"♻ Proposal `{row.id}` is stale ({why}); nothing ran.", [row.requester]
             )
@@ -453,9 +437,7 @@ class ApprovalGate:
             services.store.set_proposal_state(row.id, State.FAILED, now)
             self._audit(row, "failed", f"{row.id}: {row.text}; could not start: {exc}")
             failed = Tally(State.FAILED, tally.approvers, tally.rejecters, tally.ignored, 0)
-            await self._show(
-                row, self._render(row, policy, failed, None, stale_because=_reason(exc))
-            )
+            await self._show(row, self._text(row, policy, failed, None, stale_because=_reason(exc)))
             await self._note(
                 row,
                 f"⚠ Proposal `{row.id}` was approved but could not be started "
@@ -466,10 +448,10 @@ class ApprovalGate:
         self._audit(
             row,
             "approved",
-            f"{row.id}: {row.text}; approved by {_people(tally.approvers)}; job #{job_id}",
+            f"{row.id}: {row.text}; approved by {people(tally.approvers)}; job #{job_id}",
         )
         done = Tally(State.DONE, tally.approvers, tally.rejecters, tally.ignored, 0)
-        await self._show(row, self._render(row, policy, done, None, job_id=job_id))
+        await self._show(row, self._text(row, policy, done, None, job_id=job_id))
 
     async def _note(self, row: ProposalRow, text: str, mentions: list[str]) -> None:
         """A short message in the proposal's thread that pings the people named
@@ -601,7 +583,7 @@ class ApprovalGate:
     def _empty_tally(policy: Policy) -> Tally:
         return Tally(State.OPEN, (), (), (), policy.required)
 
-    def _render(
+    def _text(
         self,
         row: ProposalRow,
         policy: Policy,
@@ -610,66 +592,4 @@ class ApprovalGate:
         job_id: int | None = None,
         stale_because: str = "",
     ) -> str:
-        p = self._prefix
-        summary = row.plan.summary
-        who = f"{policy.voters.label}s or above" if policy.voters < Role.ADMIN else "admins"
-        not_you = "" if policy.allow_self_approval else f", not {row.requester}"
-        lines = [
-            f"🗳 **Proposal `{row.id}`**: {code(row.text)}, asked by {row.requester}",
-            "",
-            summary,
-            "",
-        ]
-        if row.reason:
-            lines[1:1] = [f"Reason: {code(row.reason)}"]
-        state = tally.state
-        if state is State.OPEN and row.run_at is not None:
-            lines.append(
-                f"⏳ **Approved** by {_people(tally.approvers)}; runs at {utc_time(row.run_at)} "
-                f"(the {row.policy} policy's delay). An eligible 👎 until then stops it."
-            )
-        elif state is State.OPEN:
-            lines.append(
-                f"Needs **{policy.required}** approval{'s' if policy.required > 1 else ''} "
-                f"from {who}{not_you}, by {utc_time(row.expires_at)}. "
-                f"React 👍 to approve or 👎 to reject"
-                + (" (one 👎 rejects)" if policy.veto else "")
-                + f", or type `{p}approve {row.id}` / `{p}reject {row.id}`."
-            )
-            if voters is not None:
-                lines.append(f"Voters: {_people(voters)}")
-        elif state is State.DONE:
-            lines.append(
-                f"✅ **Approved** by {_people(tally.approvers)}: running as job "
-                f"#{job_id}, reported in this thread."
-            )
-        elif state is State.REJECTED:
-            why = (
-                "withdrawn by the requester"
-                if tally.withdrawn
-                else (f"by {_people(tally.rejecters)}")
-            )
-            lines.append(f"❌ **Rejected** ({why}). Nothing was done.")
-        elif state is State.EXPIRED:
-            lines.append(
-                f"⌛ **Expired** at {utc_time(row.expires_at)} with "
-                f"{len(tally.approvers)} of {policy.required} approvals. Nothing was done."
-            )
-        elif state is State.STALE:
-            lines.append(
-                f"♻ **Stale**: {stale_because}. Nothing was done; ask again with `{row.text}`."
-            )
-        elif state is State.FAILED:
-            lines.append(
-                f"⚠ **Approved, but it could not be started** ({stale_because}). Nothing ran, "
-                f"and it will not run later; ask again with `{row.text}` when that is fixed."
-            )
-        lines.append("")
-        lines.append(
-            f"Approved by: {_people(tally.approvers)} · Rejected by: "
-            f"{_people(tally.rejecters)}"
-            + (f" · Still needed: {tally.needed}" if state is State.OPEN else "")
-        )
-        if tally.ignored:
-            lines.append("Not counted: " + ", ".join(f"{u} ({why})" for u, why in tally.ignored))
-        return "\n".join(lines)
+        return render(row, policy, tally, voters, job_id, stale_because, prefix=self._prefix)
