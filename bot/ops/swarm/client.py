@@ -135,7 +135,7 @@ class Swarm:
             said = self._ssh.last_error() if self._ssh is not None else ""
             if said:
                 return f"{host}: " + (said if said.startswith("ssh:") else f"ssh: {said}")
-            return f"{host}: {e}"
+            # ssh said nothing (it still runs, say): the generic sentence below.
         causes = _causes(e)
         if host.startswith("unix://"):
             socket_path = host.removeprefix("unix://")
