@@ -168,6 +168,10 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         labels = docker_client.services.get(f"{STACK}_app").attrs["Spec"]["Labels"]
         assert labels[f"coop-cloud.{STACK}.version"].endswith(f"+{__version__}")
         assert labels["backupbot.backup"] == "true"
+        # A restarted bot (same data volume) answers again, also what was said while it
+        # was down (its catch-up).
+        dockerd.cli("service", "update", "--force", "--detach", f"{STACK}_app", timeout=120)
+        pong = await coop.ask(coop.alice, "!ping", "pong", timeout=120)
     finally:
         await Swarm(dockerd.host).remove(STACK)
         for secret in docker_client.secrets.list(filters={"name": STACK}):
