@@ -63,6 +63,9 @@ bench: deps venv
 	$(BIN)/python -m bench.apps_inventory
 	$(BIN)/python -m bench.upgrade_check
 	$(BIN)/python -m bench.backup
+	$(BIN)/python -m bench.compose_render
+	$(BIN)/python -m bench.corpus_scale
+	$(BIN)/python -m bench.watch_latency
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache tests/js/node_modules
