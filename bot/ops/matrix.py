@@ -5,8 +5,7 @@ Replay policy (a restart must neither re-run nor lose a command):
 - every command event id is recorded before it is handed on, so it runs at most once;
 - events older than the moment the bot joined the room are history, never commands;
 - a gap in a sync (`limited` timeline) is filled from /messages back to the old token;
-- commands that waited longer than `catchup_max_age` (sent while the bot was down)
-  are not run but answered, so the member knows to send them again.
+- commands older than `catchup_max_age` (sent while it was down) are answered, not run.
 """
 
 from __future__ import annotations
@@ -78,9 +77,8 @@ class MatrixError(CoopbotError):
 
 
 class _Client(AsyncClient):  # type: ignore[misc]  # nio ships no type information
-    """nio reads only `retry_after_ms` from a 429 and retries forever by default.
-    Newer servers send a `Retry-After` header instead: read both and cap the wait,
-    so a rate limit slows the bot down without ever hanging it."""
+    """nio reads only `retry_after_ms` of a 429 and retries forever; newer servers send
+    `Retry-After`: read both and cap the wait, so a rate limit never hangs the bot."""
 
     max_wait: float = 30.0
 
@@ -398,19 +396,22 @@ class MatrixChat:
         if relates.get("rel_type") == "m.replace" or "m.new_content" in content:
             return None  # an edit: the original already ran (or was refused)
         body = _REPLY_FALLBACK.sub("", event.body, count=1)
-        if not body.startswith(self.config.prefix):
+        thread = relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
+        # Commands, and replies in a thread (a comment on a proposal is kept with it).
+        if not body.startswith(self.config.prefix) and thread is None:
             return None
         if joined_at is not None and event.server_timestamp < joined_at:
             return None
         if not self._store.mark_seen(event.event_id, room_id):
             return None
-        thread = relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
         return Message(room_id, event.event_id, event.sender, body, event.server_timestamp, thread)
 
     async def _deliver(self, message: Message, on_event: EventHandler) -> None:
         age = time.time() - message.timestamp_ms / 1000
         if age <= self.config.catchup_max_age:
             await on_event(message)
+            return
+        if not message.body.startswith(self.config.prefix):  # an old comment: no answer
             return
         self._store.audit(
             message.sender,

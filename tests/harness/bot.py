@@ -44,12 +44,17 @@ async def _echo(ctx: Any) -> None:
 
 # What the risky test command's plan depends on: change it to make a proposal stale.
 APP_STATE: dict[str, str] = {}
+# How many more times the plan of an app fails as an unreachable server would.
+PLAN_FAILURES: dict[str, int] = {}
 
 
 async def _risky_plan(ctx: Any) -> Any:
     from bot.core.approvals import Plan
 
     app = ctx.args["app"]
+    if PLAN_FAILURES.get(app, 0) > 0:
+        PLAN_FAILURES[app] -= 1
+        raise ConnectionError("server unreachable (injected by the test)")
     version = APP_STATE.get(app, "v1")
     return Plan(summary=f"Remove **{app}** (now at {version}).", fingerprint=version)
 

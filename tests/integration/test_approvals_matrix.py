@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import nio
 import pytest
 
-from tests.harness.bot import APP_STATE, BotRunner
+from tests.harness.bot import APP_STATE, PLAN_FAILURES, BotRunner
 from tests.harness.coop import Coop, make_coop
 from tests.harness.member import Member, MemberFactory
 from tests.harness.synapse import Synapse
@@ -256,3 +256,68 @@ async def test_votes_cast_while_the_bot_was_down_count(
         assert coop.carol.user_id not in shown  # the redaction made while down was respected
     finally:
         await voting.runner.stop()
+
+
+async def test_a_transient_error_at_the_deciding_vote_is_retried(voting: Voting) -> None:
+    coop = voting.coop
+    message_id, _ = await voting.propose(coop.bob, "!risky app20")
+    await coop.alice.react(voting.room, message_id, "👍")
+    await voting.shown(coop.alice, message_id, "Still needed: 1")
+    PLAN_FAILURES["app20"] = 1  # the swarm is unreachable once, at the deciding vote
+    try:
+        await voting.dave.react(voting.room, message_id, "👍")
+        await voting.ran(coop.alice, "app20", message_id)
+    finally:
+        PLAN_FAILURES.pop("app20", None)
+
+
+async def test_a_start_that_keeps_failing_is_closed_and_never_runs(voting: Voting) -> None:
+    coop = voting.coop
+    message_id, proposal_id = await voting.propose(coop.bob, "!risky app21")
+    await coop.alice.react(voting.room, message_id, "👍")
+    await voting.shown(coop.alice, message_id, "Still needed: 1")
+    PLAN_FAILURES["app21"] = 99
+    try:
+        await voting.dave.react(voting.room, message_id, "👍")
+        shown = await voting.shown(coop.alice, message_id, "could not be started")
+        assert "it will not run later" in shown
+    finally:
+        PLAN_FAILURES.pop("app21", None)
+    voting.clock[0] += 3 * 86400  # days later, nothing brings it back
+    await coop.ask(coop.carol, f"!approve {proposal_id}", "already closed")
+    await voting.did_not_run(coop.alice, "app21")
+
+
+async def test_a_reason_a_comment_and_a_reminder_on_a_real_homeserver(voting: Voting) -> None:
+    coop, dave = voting.coop, voting.dave
+    message_id, _ = await voting.propose(coop.bob, "!risky app22 -- moving to the new server")
+    proposal = await coop.alice.wait_for(
+        lambda room, e: getattr(e, "event_id", None) == message_id, timeout=10
+    )
+    content = proposal.source["content"]
+    assert content["msgtype"] == "m.text"  # a notice would notify nobody
+    assert "Reason: `moving to the new server`" in content["body"]
+    await coop.alice.send_event(
+        voting.room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "I checked the backups first",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": message_id},
+        },
+    )
+    await coop.alice.react(voting.room, message_id, "👍")
+    await voting.shown(coop.alice, message_id, "Still needed: 1")
+    voting.clock[0] += 1900  # past half of the hour
+
+    def reminder(room: str, event: nio.Event) -> bool:
+        body = str(event.source.get("content", {}).get("body", ""))
+        return room == voting.room and event.sender == coop.bot_id and body.startswith("⏰")
+
+    reminded = (await dave.wait_for(reminder, timeout=30)).source["content"]
+    assert reminded["msgtype"] == "m.text"
+    assert reminded["m.mentions"]["user_ids"] == [dave.user_id]  # alice voted already
+    assert reminded["m.relates_to"]["event_id"] == message_id
+    audit = await coop.ask(coop.alice, "!audit app22", "comment")
+    assert "I checked the backups first" in audit
+    assert "moving to the new server" in audit
