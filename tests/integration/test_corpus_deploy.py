@@ -165,8 +165,7 @@ def test_stand_ins_provide_what_each_recipe_runs(tmp_path: pathlib.Path) -> None
     commands, health tools (busybox's wget shadowed), what mounted entrypoint scripts
     exec (llamenos: node, minio) or call (traefik: the image's /entrypoint.sh), and
     the "$@" of bonfire's script (./bin/bonfire from the image's workdir, /)."""
-    if not bundle_path("bonfire").is_file():
-        pytest.skip(f"the recipe corpus is not on this machine: {bundle_path('bonfire').parent}")
+    assert bundle_path("bonfire").is_file(), f"no recipe corpus at {bundle_path('bonfire').parent}"
     found: dict[str, list[str]] = {}
     for recipe in ("bonfire", "foodsharing-cms", "llamenos", "traefik-legacy", "agora"):
         repo = clone_recipe(recipe, tmp_path)
@@ -203,8 +202,7 @@ async def make_site(
     tmp_path: pathlib.Path,
 ) -> AsyncIterator[Callable[[], Awaitable[Site]]]:
     """A room with a bot whose abra folder is tmp/abra; apps are added with Site.add."""
-    if not bundle_path("bonfire").is_file():
-        pytest.skip(f"the recipe corpus is not on this machine: {bundle_path('bonfire').parent}")
+    assert bundle_path("bonfire").is_file(), f"no recipe corpus at {bundle_path('bonfire').parent}"
     # The overlay network web recipes join, made as before deploying traefik.
     if not docker_client.networks.list(names=["proxy"]):
         docker_client.networks.create("proxy", driver="overlay", attachable=True, scope="swarm")

@@ -29,10 +29,13 @@ JS_DIR = pathlib.Path(__file__).parent.parent / "js"
 SCRIPT = JS_DIR / "element_client.mjs"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(
-    NODE is None or not (JS_DIR / "node_modules" / "matrix-js-sdk").is_dir(),
-    reason="needs node and `npm ci` in tests/js",
-)
+
+@pytest.fixture(autouse=True)
+def _js_client_installed() -> None:
+    # `make test` installs it (`npm ci` in tests/js): a missing client is a failure,
+    # never a quiet skip.
+    assert NODE is not None, "node is not on the PATH"
+    assert (JS_DIR / "node_modules" / "matrix-js-sdk").is_dir(), "run `make js` (npm ci)"
 
 
 @dataclass

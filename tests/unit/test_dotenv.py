@@ -13,7 +13,7 @@ import pytest
 
 from bot.errors import UserError
 from bot.ops.dotenv import DotenvError, Entry, as_dict, parse, read_file
-from tests.harness.corpus import RECIPES, bundle_path, clone_recipe
+from tests.harness.corpus import RECIPES, clone_recipe
 
 # (text, expected key -> value, environ)
 VALUES: list[tuple[str, dict[str, str], dict[str, str]]] = [
@@ -362,8 +362,6 @@ def test_read_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_corpus_env_samples_parse(recipe: str, tmp_path: Path) -> None:
-    if not bundle_path(recipe).is_file():
-        pytest.skip(f"no bundle for {recipe}")
     clone = clone_recipe(recipe, tmp_path)
     samples = sorted(clone.glob(".env*"))
     assert samples, f"{recipe} has no .env sample"
@@ -375,8 +373,6 @@ def test_corpus_env_samples_parse(recipe: str, tmp_path: Path) -> None:
 
 
 def test_corpus_bonfire_chains_compose_files(tmp_path: Path) -> None:
-    if not bundle_path("bonfire").is_file():
-        pytest.skip("no bonfire bundle")
     entries = read_file(clone_recipe("bonfire", tmp_path) / ".env.sample")
     values = as_dict(entries)
     assert values["COMPOSE_FILE"] == "compose.yml:compose.postgres.yml"
@@ -386,8 +382,6 @@ def test_corpus_bonfire_chains_compose_files(tmp_path: Path) -> None:
 
 
 def test_corpus_llamenos_modifiers(tmp_path: Path) -> None:
-    if not bundle_path("llamenos").is_file():
-        pytest.skip("no llamenos bundle")
     entries = read_file(clone_recipe("llamenos", tmp_path) / ".env.sample")
     by_key = {e.key: e for e in entries}
     hmac = by_key["SECRET_HMAC_SECRET_VERSION"]
