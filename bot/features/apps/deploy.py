@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from bot.errors import UserError
+from bot.faults import fault_point
 from bot.features.apps.inventory import Deployed, Inventory
 from bot.labels import chaos_label, timeout_label, version_label
 from bot.ops.abra import AppEnv, read_exports, set_pinned_version
@@ -107,6 +108,7 @@ class Apps(Inventory):
             env = await asyncio.to_thread(self._environment, app, tree)
             files = [tree / name for name in app.compose_files]
             await self._preflight(run, files, env, tree)
+            fault_point("deploy.preflight_done")
             await self._show_plan(run, repo)
             await self._stack_deploy(run, files, env, tree)
         result = await self._converge(run, progress)
@@ -188,12 +190,15 @@ class Apps(Inventory):
             yaml.safe_dump(self._overlay(run.stack, run.config, run.pins, run.target, run.chaos))
         )
         await run.steps.step(f"`docker stack deploy` {run.stack}")
+        fault_point("deploy.overlay_written")
         await run.swarm.deploy(run.stack, [*files, overlay], env, tree)
+        fault_point("deploy.stack_deployed")
         await run.steps.done()
 
     async def _converge(self, run: _Deploy, progress: ProgressSink) -> Convergence:
         run.timeout = self._timeout(run.app, run.config)
         await run.steps.step(f"Waiting for convergence (up to {run.timeout}s)")
+        fault_point("deploy.converging")  # swarm is updating the services by now
 
         async def seen(text: str) -> None:
             await progress.detail(text)

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from bot.errors import StalePlan, UserError
+from bot.faults import fault_point
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import Repository, snapshot_tag
 from bot.features.backups.targets import tree_totals
@@ -223,6 +224,7 @@ class Restores(Repository):
         except BaseException:
             await _shielded(asyncio.to_thread(shutil.rmtree, staging, True))
             raise
+        fault_point("restore.staged")  # restored beside the live data, not swapped in
         staged = staging / dest.relative_to("/")
         if not staged.exists():
             await asyncio.to_thread(shutil.rmtree, staging, True)
@@ -297,6 +299,7 @@ class _RestoreRun:
         await _wait_stopped(swarm, env.stack_name)
         self.state = f"stopped (scaled to 0; was {counts}), data untouched"
         self.done.append(f"✅ scaled to 0 (was {counts})")
+        fault_point("restore.scaled_down")
         if still_as_planned is not None:
             # Stopping took a while: what was voted on must still hold before any
             # data is touched (the job's re-check; it raises if it does not).
@@ -307,7 +310,9 @@ class _RestoreRun:
             self.replaced.append(dest)
             self.state = f"stopped; {index} of {len(self.scope)} path(s) restored"
             self.done.append(f"✅ restored {self._name(dest)}")
+            fault_point("restore.swapped")
         await self._step(f"scaling back to {counts}")
+        fault_point("restore.before_scale_up")
         self.restarted = True
         await swarm.scale(env.stack_name, self.replicas)
         self.state = "restored, starting again"

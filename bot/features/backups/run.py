@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bot.core.records import OPEN_JOB_STATES
 from bot.errors import UserError
+from bot.faults import fault_point
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import PARTIAL, Repository, snapshot_app
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
@@ -140,8 +141,10 @@ class Runs(Repository):
                 if spec.pre_hook:
                     await progress.update(f"{title}: pre-hook in {spec.service}")
                     await run_hook(swarm, env, spec.service, spec.pre_hook, "pre-hook")
+            fault_point("backup.pre_hooks_done")
 
             async def on_progress(p: ResticProgress) -> None:
+                fault_point("backup.restic_running")
                 await progress.update(f"{title}: {progress_line(p)}")
 
             await progress.update(f"{title}: starting restic")
@@ -152,6 +155,7 @@ class Runs(Repository):
                     raise
                 await self._create_repository()
                 summary = await self.restic.backup(target.paths, target.tags, on_progress)
+            fault_point("backup.restic_done")  # the snapshot exists; post-hooks not run
         finally:
             # The post-hook undoes what the pre-hook did (maintenance mode, a lock):
             # it runs whatever happened above.

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 from bot.config import Config
 from bot.core.store import Store
 from bot.errors import StalePlan, UserError
+from bot.faults import fault_point
 from bot.features.apps import Apps, Deployed, deployed_from
 from bot.features.backups import Backups
 from bot.features.upgrades.plan import (
@@ -361,6 +362,7 @@ class Upgrades:
                 ) from None
             snapshot = outcome.snapshot_id
             lines.append(f"✅ Backed up first: snapshot `{snapshot[:8]}`")
+            fault_point("upgrade.backed_up")
         else:
             lines.append(f"ℹ {plan.backup}")
         if still_as_planned is not None:
