@@ -348,5 +348,12 @@ async def test_traefik_legacy_cannot_converge_without_a_docker_socket(
     report = await site.said(f"of {domain} v2.4.8 failed", timeout=120)
     assert "Did not converge" in report, report
     assert "bind source path does not exist: /var/run/docker.sock" in report, report
-    # Whether the failed first deploy's services stay (today: "half-created") or are
-    # removed is the deploy path's business (issue 17 asks for removal): not pinned here.
+    # A failed first deploy leaves nothing behind, and says what it removed.
+    assert "Removed what this first deploy created: services traefik_coop_test_app" in report
+    assert "the app is not deployed (what the deploy created was removed)" in report, report
+    assert site.services(domain) == []
+    assert "configs traefik_coop_test_file_provider_yml_" in report, report
+    owned = {"label": f"com.docker.stack.namespace={stack(domain)}"}
+    assert site.docker.configs.list(filters=owned) == []
+    assert site.docker.networks.list(filters=owned) == []
+    assert site.docker.networks.list(names=["proxy"])  # external: not the stack's

@@ -27,7 +27,7 @@ from bot.features.apps.inventory import Deployed, Inventory
 from bot.labels import chaos_label, timeout_label, version_label
 from bot.ops.abra import AppEnv, read_exports, set_pinned_version
 from bot.ops.recipes import RecipeRepo, parse_version
-from bot.ops.swarm import Convergence, ServiceInfo, Swarm
+from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -226,11 +226,7 @@ class Apps(Inventory):
             after = await swarm.wait_converged(stack, run.timeout)
             return "running the previous version again" if after.ok else "NOT healthy"
         if not run.current.exists:
-            steps.lines.append(
-                f"⚠ This was a first deploy: the stack {stack} exists but is not healthy. "
-                f"`{self.prefix}undeploy {run.app.domain}` removes it (volumes are kept)."
-            )
-            return "half-created"
+            return await self._remove_first(run)
         await steps.step("Rolling back to the previous spec")
         rolled = await swarm.rollback(stack)
         after = await swarm.wait_converged(stack, run.timeout)
@@ -240,6 +236,26 @@ class Apps(Inventory):
             mark="↩" if after.ok else "❌",
         )
         return "running the previous version again" if after.ok else "NOT healthy"
+
+    async def _remove_first(self, run: _Deploy) -> str:
+        """A failed first deploy leaves nothing behind: the services, networks, configs
+        and secrets `docker stack deploy` made (its namespace label) are removed, as
+        `docker stack rm` removes them. The secrets the operator generated are external,
+        unlabelled, and stay; so do volumes (they may hold data already)."""
+        steps, swarm, stack = run.steps, run.swarm, run.stack
+        await steps.step(f"Removing what this first deploy created (stack {stack})")
+        try:
+            parts = await stack_parts(swarm, stack)
+            await swarm.remove(stack)
+        except SwarmError as exc:
+            await steps.done(f"Removing stack {stack} failed: {exc}", mark="❌")
+            steps.lines.append(
+                f"⚠ `{self.prefix}undeploy {run.app.domain}` removes it (volumes are kept)."
+            )
+            return "half-created"
+        await steps.done(f"Removed what this first deploy created: {parts.describe()}", mark="🧹")
+        steps.lines.append("Secrets created before the deploy and volumes are kept.")
+        return "not deployed (what the deploy created was removed)"
 
     # -- helpers of the steps --------------------------------------------------------------
     async def _newest_text(self, repo: RecipeRepo, app: AppEnv) -> str:

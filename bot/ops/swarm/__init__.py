@@ -42,6 +42,7 @@ from bot.ops.swarm.model import (
     TaskInfo,
 )
 from bot.ops.swarm.parse import group, parse_ts, service_info, task_info
+from bot.ops.swarm.parts import StackParts, stack_parts
 
 __all__ = [
     "ACTIVE_STATES",
@@ -52,6 +53,7 @@ __all__ = [
     "Convergence",
     "ConvergenceWatch",
     "ServiceInfo",
+    "StackParts",
     "Status",
     "Swarm",
     "SwarmError",
@@ -62,5 +64,6 @@ __all__ = [
     "group",
     "parse_ts",
     "service_info",
+    "stack_parts",
     "task_info",
 ]
