@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 from bot.core.approvals import Plan
 from bot.core.context import Arg, CommandContext, Option, positive_int
@@ -14,22 +13,13 @@ from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, 
 from bot.features.upgrades import UpgradePlan, is_major_step
 from bot.fmt import utc_time
 from bot.labels import MOVING_STATES, STUCK_STATES
+from bot.redact import log_excerpt, log_file, mask_secrets
 
 group = CommandGroup("apps")
 
 APP = Arg("app", "the app's domain, e.g. cloud.example.coop", type=check_domain)
 VERSION = Arg("version", "a release tag of the recipe", required=False, type=check_version)
 MAX_TAIL = 2000
-# Lines printed as files rather than messages past this size.
-LONG_LOGS = 4000
-_SECRET_LINE = re.compile(
-    r"(?i)\b([A-Z0-9_]*(?:PASS(?:WORD)?|SECRET|TOKEN|KEY|PRIVATE)[A-Z0-9_]*)\s*([=:])\s*(\S+)"
-)
-
-
-def mask_secrets(text: str) -> str:
-    """KEY=value lines whose key sounds secret show `KEY=****`."""
-    return _SECRET_LINE.sub(lambda m: f"{m.group(1)}{m.group(2)}****", text)
 
 
 @group.command(
@@ -155,19 +145,26 @@ async def logs(ctx: CommandContext) -> None:
     env = await apps.find(ctx.args["app"])
     tail = min(ctx.args["tail"], MAX_TAIL)
     raw = await apps.swarm(env.server).logs(env.stack_name, ctx.args["service"], tail)
-    text = mask_secrets(raw)
+    # Masking reads every character of up to MAX_TAIL lines per service: in a thread,
+    # so the bot keeps hearing the room meanwhile.
+    text = await asyncio.to_thread(mask_secrets, raw)
+    del raw
     if not text.strip():
         await ctx.reply(f"No logs for {env.domain}.")
-    elif len(text) > LONG_LOGS:
-        await ctx.services.chat.send_file(
-            ctx.message.room_id,
-            f"{env.stack_name}.log",
-            text.encode(),
-            reply_to=ctx.message.event_id,
-            thread_root=ctx.message.thread_root,
-        )
-    else:
-        await ctx.reply(f"```\n{text.rstrip()}\n```")
+        return
+    shown, note = log_excerpt(text)
+    if note is None:
+        await ctx.reply(f"```\n{shown}\n```")  # container output: inert
+        return
+    await ctx.reply(f"{f"```\n{shown}\n```"}\n{note}")  # container output: inert
+    data = await asyncio.to_thread(log_file, text)
+    await ctx.services.chat.send_file(
+        ctx.message.room_id,
+        f"{env.stack_name}.log",
+        data,
+        reply_to=ctx.message.event_id,
+        thread_root=ctx.message.thread_root,
+    )
 
 
 async def _deploy_target(ctx: CommandContext, env: AppEnv) -> str | None:
