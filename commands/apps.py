@@ -156,7 +156,7 @@ async def logs(ctx: CommandContext) -> None:
     if note is None:
         await ctx.reply(f"```\n{shown}\n```")  # container output: inert
         return
-    await ctx.reply(f"{f"```\n{shown}\n```"}\n{note}")  # container output: inert
+    await ctx.reply(f"```\n{shown}\n```\n{note}")  # container output: inert
     data = await asyncio.to_thread(log_file, text)
     await ctx.services.chat.send_file(
         ctx.message.room_id,
