@@ -75,3 +75,12 @@ def code(text: str) -> str:
     fence = "`" * (longest + 1)
     pad = " " if flat.startswith("`") or flat.endswith("`") else ""
     return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def code_block(text: str) -> str:
+    """Many lines of text from outside (logs, hook output, release notes) as a fenced
+    code block, shown as typed and read as no Markdown. The fence is longer than any
+    backtick run inside, so no line of the text can close it early (CommonMark)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"

@@ -11,7 +11,7 @@ from bot.core.roles import Role
 from bot.errors import UserError
 from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, deployed_from
 from bot.features.upgrades import UpgradePlan, is_major_step
-from bot.fmt import utc_time
+from bot.fmt import code_block, utc_time
 from bot.labels import MOVING_STATES, STUCK_STATES
 from bot.redact import log_excerpt, log_file, mask_secrets
 
@@ -154,9 +154,9 @@ async def logs(ctx: CommandContext) -> None:
         return
     shown, note = log_excerpt(text)
     if note is None:
-        await ctx.reply(f"```\n{shown}\n```")  # container output: inert
+        await ctx.reply(code_block(shown))  # container output: inert
         return
-    await ctx.reply(f"```\n{shown}\n```\n{note}")  # container output: inert
+    await ctx.reply(f"{code_block(shown)}\n{note}")  # container output: inert
     data = await asyncio.to_thread(log_file, text)
     await ctx.services.chat.send_file(
         ctx.message.room_id,

@@ -8,16 +8,39 @@ text that came from members or from apps can never inject markup.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 
-_markdown = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table")
+# No rule makes a link or an image: the bot's own messages use none, so whatever a
+# member, a release note or a log smuggles in (`[x](https://evil)`, `<https://…>`,
+# `![](mxc://…)`, a reference definition) stays visible text. Raw HTML stays escaped.
+_markdown = (
+    MarkdownIt("commonmark", {"html": False, "breaks": True})
+    .enable("table")
+    .disable(["link", "image", "autolink", "reference"])
+)
+# Element turns the text "@room" into a room pill (and older clients notify on it);
+# outside code a word joiner keeps the word readable but no longer that keyword.
+_ROOM_WORD = re.compile(r"@room\b", re.IGNORECASE)
+
+
+def _inert_mentions(state: StateCore) -> None:
+    for block in state.tokens:
+        for token in block.children or ():
+            if token.type == "text":
+                token.content = _ROOM_WORD.sub(lambda m: "@\u2060" + m[0][1:], token.content)
+
+
+_markdown.core.ruler.push("inert_mentions", _inert_mentions)
 
 
 def render_html(markdown: str) -> str:
+    """The formatted_body of a message: links, images and "@room" never come out."""
     return str(_markdown.render(markdown)).strip()
 
 

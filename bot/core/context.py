@@ -34,6 +34,7 @@ from bot.errors import StalePlan, UsageError
 from bot.features.apps import Apps
 from bot.features.backups import Backups
 from bot.features.upgrades import Upgrades
+from bot.fmt import code
 
 Converter = Callable[[str], Any]
 Handler = Callable[["CommandContext"], Awaitable[None]]
@@ -178,15 +179,15 @@ class CommandSpec:
             name, has_value, inline = token[2:].partition("=")
             option = options.get(name)
             if option is None:
-                raise UsageError(f"unknown option --{name}", usage)
+                raise UsageError(f"unknown option {code('--' + name)}", usage)
             if option.flag:
                 if has_value:
-                    raise UsageError(f"--{name} takes no value", usage)
+                    raise UsageError(f"{code('--' + name)} takes no value", usage)
                 values[name] = True
                 continue
             if not has_value:
                 if index >= len(tokens):
-                    raise UsageError(f"--{name} needs a value", usage)
+                    raise UsageError(f"{code('--' + name)} needs a value", usage)
                 inline = tokens[index]
                 index += 1
             values[name] = _convert(f"--{name}", option.type, inline, usage)
@@ -201,11 +202,11 @@ class CommandSpec:
                 raw = positional.pop(0)
             if arg.choices and raw not in arg.choices:
                 raise UsageError(
-                    f"<{arg.name}> must be one of {', '.join(arg.choices)}, not {raw!r}", usage
+                    f"<{arg.name}> must be one of {', '.join(arg.choices)}, not {code(raw)}", usage
                 )
             values[arg.name] = _convert(f"<{arg.name}>", arg.type, raw, usage)
         if positional:
-            raise UsageError(f"unexpected argument {positional[0]!r}", usage)
+            raise UsageError(f"unexpected argument {code(positional[0])}", usage)
         return values
 
 

@@ -19,6 +19,7 @@ from bot.core.context import CommandContext, Services, split_reason
 from bot.core.gate import ApprovalGate
 from bot.core.jobs import JobManager
 from bot.errors import UserError
+from bot.fmt import code
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,12 @@ class Dispatcher:
             services.metrics.commands.labels("?", "unknown").inc()
             suggestions = services.registry.suggest(word)
             hint = (
-                " Did you mean " + " or ".join(f"`{self._prefix}{s}`" for s in suggestions) + "?"
+                " Did you mean " + " or ".join(code(self._prefix + s) for s in suggestions) + "?"
                 if suggestions
                 else ""
             )
             raise UserError(
-                f"Unknown command `{self._prefix}{_shorten(word)}`.{hint} "
+                f"Unknown command {code(self._prefix + _shorten(word))}.{hint} "
                 f"`{self._prefix}help` lists what you can run."
             )
         services.store.audit(

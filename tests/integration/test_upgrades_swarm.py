@@ -352,8 +352,8 @@ async def test_voted_patch_then_a_major_upgrade_needs_the_larger_quorum(
     proposal, body = await site.propose(f"!upgrade {DEMO}", "a major step")
     assert "Steps: 1.0.1+1.0 → 1.1.0+1.1 (minor) → 2.0.0+2.0 (major)" in body, body
     assert "Needs **2** approvals" in body
-    for note in ("> Minor: a newer busybox.", "> BREAKING: the data moves to /srv.",
-                 "> Read this before upgrading."):  # fmt: skip
+    for note in ("Minor: a newer busybox.", "BREAKING: the data moves to /srv.",
+                 "Read this before upgrading."):  # fmt: skip
         assert note in body
     assert "Patch: fixes" not in body  # already deployed
     await site.approve(coop.alice, proposal)

@@ -326,7 +326,7 @@ async def test_usage_error_shows_the_usage_line(make_bot: BotFactory, probe: Pro
     bot = make_bot(probe.group)
     assert await ask(bot, "!poke", OPERATOR) == ["missing <app>\nUsage: `!poke <app>`"]
     assert await ask(bot, "!POKE a b", OPERATOR) == [
-        "unexpected argument 'b'\nUsage: `!poke <app>`"
+        "unexpected argument `b`\nUsage: `!poke <app>`"
     ]
 
 

@@ -112,18 +112,18 @@ def test_choices_and_converters() -> None:
     assert RESTORE.parse("app db 3") == {"app": "app", "what": "db", "count": 3}
     assert RESTORE.parse("app volumes")["count"] == 1
     error = usage_error(RESTORE, "app everything")
-    assert error.problem == "<what> must be one of volumes, db, not 'everything'"
+    assert error.problem == "<what> must be one of volumes, db, not `everything`"
 
 
 @pytest.mark.parametrize(
     ("command", "text", "problem"),
     [
         (DEPLOY, "", "missing <app>"),
-        (DEPLOY, "a --bogus", "unknown option --bogus"),
-        (DEPLOY, "a --bogus=1", "unknown option --bogus"),
-        (DEPLOY, "a --timeout", "--timeout needs a value"),
-        (DEPLOY, "a --force=yes", "--force takes no value"),
-        (DEPLOY, "a 1.0 extra", "unexpected argument 'extra'"),
+        (DEPLOY, "a --bogus", "unknown option `--bogus`"),
+        (DEPLOY, "a --bogus=1", "unknown option `--bogus`"),
+        (DEPLOY, "a --timeout", "`--timeout` needs a value"),
+        (DEPLOY, "a --force=yes", "`--force` takes no value"),
+        (DEPLOY, "a 1.0 extra", "unexpected argument `extra`"),
         (DEPLOY, "a --timeout soon", "--timeout: 'soon' is not a whole number"),
         (DEPLOY, "a --timeout=0", "--timeout: must be 1 or more"),
         (RESTORE, "app db -2", "<count>: must be 1 or more"),

@@ -179,9 +179,9 @@ def test_opted_in_on_any_service() -> None:
 
 def test_excerpt_newest_first_first_lines_escaped_and_cut() -> None:
     notes = [("1.0.1", "\n  Fixes a | pipe.\nMore."), ("1.1.0", ""), ("2.0.0", "BREAKING: db.\n")]
-    assert excerpt(notes) == "2.0.0: BREAKING: db. · 1.0.1: Fixes a \\| pipe."
+    assert excerpt(notes) == "`2.0.0: BREAKING: db. · 1.0.1: Fixes a \\| pipe.`"
     cut = excerpt([("1.0.0", "x" * 200)], limit=20)
-    assert len(cut) == 20 and cut.endswith("…")
+    assert len(cut) == 22 and cut.endswith("…`")  # 20 characters in a code span
     assert excerpt([]) == ""
 
 
@@ -279,9 +279,9 @@ def test_render_report_table_drift_problems_and_new_marks() -> None:
     assert text.splitlines()[0] == (
         "**Upgrade check**: 3 deployed app(s), 2 can be upgraded, 1 with image drift."
     )
-    assert "| a.test | 1.0.0 → **1.0.1** | patch | 1.0.1: Fixes login. |" in text
+    assert "| a.test | 1.0.0 → **1.0.1** | patch | `1.0.1: Fixes login.` |" in text
     assert (
-        "| 🆕 b.test | 1.0.0 → **2.0.0** | ⚠ **major** (breaking) | 2.0.0: BREAKING: db. |" in text
+        "| 🆕 b.test | 1.0.0 → **2.0.0** | ⚠ **major** (breaking) | `2.0.0: BREAKING: db.` |" in text
     )
     assert "c.test |" not in text  # up to date: not a row
     assert (
@@ -313,7 +313,7 @@ def test_plan_summary_lists_steps_plan_and_every_note() -> None:
     assert "1.0.0 → **2.0.0**, a major step (⚠ **major**" in text
     assert "Steps: 1.0.0 → 1.0.1 (patch) → 1.1.0 (minor) → 2.0.0 (major)" in text
     assert "1. Back up first." in text
-    for line in ("**1.0.1**", "> Fix.", "> New feature.", "> Second line.", "> BREAKING."):
+    for line in ("**1.0.1**\n```\nFix.\n```", "```\nNew feature.\nSecond line.\n```"):
         assert line in text
     assert "No release notes" in plan_summary(plan(notes=()))
 
@@ -739,7 +739,7 @@ async def test_upgrade_is_proposed_with_the_major_quorum(
     wire(bot, site)
     (major,) = await ask(bot, "!upgrade a.test")
     assert "Proposal" in major and "Needs **3** approvals" in major
-    assert "> BREAKING: new layout." in major and "> Fixes a bug." in major
+    assert "BREAKING: new layout.\n```" in major and "```\nFixes a bug." in major
     (patch,) = await ask(bot, "!upgrade a.test 1.0.1+1.0")
     assert "Needs **1** approval " in patch
     (row,) = [r for r in bot.store.proposals() if r.text == "!upgrade a.test"]

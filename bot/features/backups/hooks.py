@@ -4,6 +4,7 @@ services (a database dump before a backup, maintenance mode around a restore).""
 from __future__ import annotations
 
 from bot.errors import UserError
+from bot.fmt import code_block
 from bot.ops.abra import AppEnv
 from bot.ops.swarm import Swarm
 
@@ -14,5 +15,5 @@ async def run_hook(swarm: Swarm, env: AppEnv, service: str, command: str, what: 
     if code != 0:
         tail = output.strip()[-500:]
         raise UserError(
-            f"{what} in {service} failed (exit {code})" + (f":\n```\n{tail}\n```" if tail else "")
+            f"{what} in {service} failed (exit {code})" + (":\n" + code_block(tail) if tail else "")
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from bot.features.upgrades.plan import CheckReport, UpgradePlan
+from bot.fmt import code, code_block
 from bot.ops.recipes import StepKind
 
 NOTE_LIMIT = 3000  # characters of one release note shown in a proposal
@@ -19,8 +20,11 @@ def excerpt(notes: Sequence[tuple[str, str]], limit: int = EXCERPT) -> str:
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         if first:
             parts.append(f"{version}: {first}")
-    joined = " · ".join(parts).replace("|", "\\|")
-    return joined if len(joined) <= limit else joined[: limit - 1].rstrip() + "…"
+    joined = " · ".join(parts)
+    joined = joined if len(joined) <= limit else joined[: limit - 1].rstrip() + "…"
+    # Release notes are outside text: a code span (no link, image or mention rides
+    # along), its pipes escaped for the table (GFM drops the backslash in the cell).
+    return code(joined).replace("|", "\\|") if joined else ""
 
 
 def kind_label(kind: StepKind | None) -> str:
@@ -101,7 +105,7 @@ def plan_summary(plan: UpgradePlan) -> str:
                 lines.append(f"… the notes of {more} are in the recipe's release/ folder.")
                 break
             used += len(body)
-            lines += [f"**{version}**", *(f"> {line}" for line in body.splitlines())]
+            lines += [f"**{version}**", code_block(body)]
     else:
         lines += ["", "No release notes for these versions."]
     return "\n".join(lines)
