@@ -216,6 +216,27 @@ async def test_exec_answers_exit_code_and_output(swarm: FakeSwarm | Swarm) -> No
     assert await swarm.exec(STACK, "app", "exit 3") == (3, "")
 
 
+async def test_exec_keeps_only_the_tail_of_a_flood_of_output(
+    dockerd: Dockerd, real_stack: None
+) -> None:
+    """A hook that prints 20 MB (a dump sent to stdout by mistake): the adapter streams
+    it and keeps its last 64 kB, saying how much it left out (real daemon only: the
+    bound is in how docker-py's stream is read)."""
+    real = Swarm(dockerd.host, docker_config=str(dockerd.workdir / "cli-config"))
+    try:
+        flood = "head -c 20000000 /dev/zero | tr '\\0' a; echo; echo END; exit 4"
+        code, output = await real.exec(STACK, "app", flood)
+    finally:
+        await real.close()
+    assert code == 4
+    first, _, rest = output.partition("\n")
+    assert first.startswith("[the first ")
+    dropped = int(first.removeprefix("[the first ").split()[0])
+    assert dropped + len(rest.encode()) == 20_000_000 + 5
+    assert len(rest.encode()) <= 64 * 1024
+    assert rest.endswith("a\nEND\n")
+
+
 # ============================================================================ restic
 
 RESTIC = "/usr/bin/restic" if os.path.exists("/usr/bin/restic") else shutil.which("restic")

@@ -32,7 +32,9 @@ from bot.ops.compose import load_compose
 from bot.ops.process import ProcessTimeout, run_process
 from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
+from bot.ops.swarm.hookexec import exec_bounded
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
+from bot.ops.swarm.nodes import NodeCalls
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
 from bot.ops.swarm.sshdial import SSHDialAdapter, ssh_docker_client
 
@@ -70,7 +72,7 @@ async def _report(on_progress: Callable[[str], Awaitable[None]] | None, line: st
         log.exception("progress callback failed")
 
 
-class Swarm:
+class Swarm(NodeCalls):
     """One swarm manager, reached at `docker_host` (unix://, tcp://, ssh://)."""
 
     def __init__(
@@ -286,7 +288,8 @@ class Swarm:
         timeout: float = 600,  # noqa: ASYNC109 - the bot's API: a budget
     ) -> tuple[int, str]:
         """Run `command` with `sh -c` in a running container of `<stack>_<service>` on
-        this node (the hooks of the backupbot labels); (exit code, output tail).
+        this node (the hooks of the backupbot labels); (exit code, output tail: the last
+        64 kB, bounded while it runs, see hookexec.py).
 
         The command comes from the recipe's labels and runs inside the app's own
         container, as backup-bot-two does; it is passed as an argument list."""
@@ -298,9 +301,7 @@ class Swarm:
             )
             if not running:
                 raise SwarmError(f"no running container of {name} on this node to run a hook in")
-            result = running[0].exec_run(["sh", "-c", command], demux=False)
-            output = (result.output or b"").decode(errors="replace")
-            return int(result.exit_code), output[-2000:]
+            return exec_bounded(running[0], ["sh", "-c", command])
 
         try:
             async with asyncio.timeout(timeout):
