@@ -26,7 +26,7 @@ from bot.core.approvals import Choice, Plan
 from bot.core.chat import Chat, Message
 from bot.core.metrics import Metrics
 from bot.core.progress import Progress
-from bot.core.records import JobState
+from bot.core.records import JobState, job_thread_key
 from bot.core.roles import Role
 from bot.core.scheduler import Schedule
 from bot.core.store import Store
@@ -376,8 +376,16 @@ class CommandContext:
                 self.message.reply_target,
                 self.message.thread_root,
                 self.services.config.jobs.progress_interval,
+                on_posted=self._remember_thread,
             )
         return self._progress
+
+    def _remember_thread(self, event_id: str) -> None:
+        """Where this job's thread is (the thread it was asked in, else its progress
+        message's), kept for the message a restart after a crash sends there."""
+        if self.job is not None:
+            thread = self.message.thread_root or event_id
+            self.services.store.put(job_thread_key(self.job.id), thread)
 
     async def report_failure(self, markdown: str) -> None:
         """Failures end the progress message if there is one, else they are a reply."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from bot.core.chat import Chat
 
@@ -22,7 +23,11 @@ class Progress:
         reply_to: str | None,
         thread_root: str | None,
         interval: float,
+        on_posted: Callable[[str], None] | None = None,
     ) -> None:
+        # on_posted(event_id): told once the message exists, so the store can keep where
+        # the job's thread is (a crash recovery message goes there).
+        self._on_posted = on_posted
         self._chat = chat
         self._room_id = room_id
         self._reply_to = reply_to
@@ -90,6 +95,8 @@ class Progress:
                 self._event_id = await self._chat.send(
                     self._room_id, text, reply_to=self._reply_to, thread_root=self._thread_root
                 )
+                if self._on_posted is not None:
+                    self._on_posted(self._event_id)
             else:
                 await self._chat.edit(self._room_id, self._event_id, text)
             self._shown = text

@@ -25,6 +25,12 @@ class JobState(StrEnum):
 OPEN_JOB_STATES = (JobState.WAITING, JobState.RUNNING)
 
 
+def job_thread_key(job_id: int) -> str:
+    """The store key (kv) of the thread a job reports in: set once its progress
+    message exists, read after a crash to tell that thread what became of it."""
+    return f"job.{job_id}.thread"
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: int

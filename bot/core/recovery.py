@@ -1,78 +1,136 @@
-"""After a crash: tell each room about the jobs the last run left open, with what the
-bot finds now and the command that puts it right. Nothing is re-run by itself: a
-deploy or restore cut short is a decision for a person, who now has the facts."""
+"""After a crash: tell each room about the jobs the last run left open, in the job's own
+thread, with what the bot finds now and the command that puts it right.
+
+Two things are finished rather than only told, because finishing them is safe
+whatever the dead job had reached: a deploy (upgrade, rollback) that had started is
+waited for (swarm carries an update on by itself; the job still owed the verdict), and
+a restore that had touched the app scales it back to its replica counts (an app left
+at 0 is down; the checkpoint says which data it now runs on and where the rest is).
+Nothing is deployed, restored or unlocked again by itself: that stays a decision for
+a person, who now has the facts.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from bot.core.context import Services
-from bot.core.records import JobRow
+from bot.core.records import JobRow, job_thread_key
 from bot.errors import UserError
+from bot.features.apps.resume import resume_deploy
+from bot.features.backups.resume import resume_restore
 from bot.fmt import code, utc_time
 
 log = logging.getLogger(__name__)
 
+DEPLOYS = ("deploy", "upgrade", "rollback")
+
 # What was left half-done by a job of each kind, and what to check.
 _AFTERMATH = {
-    "restore": "A restore cut short may have left the app's services scaled to 0 and its "
-    "old data set aside next to each volume (`*.coopbot-old-*` folders in the volume's "
-    "directory).",
-    "deploy": "Swarm goes on with a deploy by itself: the app may have finished it, or "
-    "rolled back.",
-    "upgrade": "Swarm goes on with a deploy by itself: the app may have finished the "
-    "upgrade, or rolled back. A backup taken first is in `{prefix}snapshots {app}`.",
-    "rollback": "Swarm goes on with a deploy by itself: the rollback may have finished.",
-    "backup": "restic may have left a lock in the repository; `{prefix}backup check` "
-    "reports it (the bot never removes one by itself).",
+    "restore": "The restore had not touched the app yet (it was not scaled down): its "
+    "data and services are as they were.",
+    "upgrade": "A backup taken first, if any, is listed by `{prefix}snapshots {app}`.",
+    "backup": "restic may have left a lock in the repository (the bot never removes one "
+    "by itself): `{prefix}backup check` reports it. If the app has a backup pre-hook "
+    "(maintenance mode, a dump), its post-hook may not have run.",
 }
 
 
 async def tell_interrupted(
     jobs: list[JobRow], services: Services, ready: Callable[[], Awaitable[bool]]
 ) -> None:
-    """Once the chat can report, one message per interrupted job, as a reply to the
-    command that started it."""
+    """Once the chat can report, one message per interrupted job in its thread (or as
+    a reply to the command that started it); what is safe to finish is finished, and
+    the message is edited with how that ended."""
     if not jobs:
         return
     while not await ready():  # noqa: ASYNC110 (a predicate, not an event)
         await asyncio.sleep(0.2)
     for job in jobs:
         try:
-            await services.chat.send(
-                job.room_id,
-                await _describe(job, services),
-                reply_to=job.event_id or None,
-                mentions=[job.sender] if job.sender.startswith("@") else [],
-                notify=True,
-            )
+            await _tell(job, services)
         except Exception:
             log.exception("could not tell the room about interrupted job #%s", job.id)
 
 
-async def _describe(job: JobRow, services: Services) -> str:
-    prefix = services.prefix
-    lines = [
+async def _tell(job: JobRow, services: Services) -> None:
+    thread = services.store.get(job_thread_key(job.id))
+    head = _head(job)
+    finishing = _finishing(job, services)
+    first = head + ([finishing[0]] if finishing else [await _app_now(job, services)])
+    event_id = await services.chat.send(
+        job.room_id,
+        "\n".join(first),
+        reply_to=None if thread else job.event_id or None,
+        thread_root=thread or None,
+        mentions=[job.sender] if job.sender.startswith("@") else [],
+        notify=True,
+    )
+    if not finishing:
+        return
+    outcome = await finishing[1]()
+    await services.chat.edit(
+        job.room_id, event_id, "\n".join([*head, outcome, *_next(job, services)])
+    )
+
+
+def _head(job: JobRow) -> list[str]:
+    return [
         f"⚠ Job #{job.id} ({code(job.text)}) was interrupted: the bot stopped while it "
         f"was {'running' if job.started_at else 'waiting'} (asked {utc_time(job.created_at)})."
     ]
+
+
+def _finishing(job: JobRow, services: Services) -> tuple[str, Callable[[], Awaitable[str]]] | None:
+    """What is finished now for this job: (the line said meanwhile, the work that
+    returns how it ended); None when nothing is."""
+    if job.app is None or job.started_at is None:
+        return None
+    if job.command in DEPLOYS:
+        return (
+            f"⏳ Waiting for {job.app} to converge, as the job would have…",
+            partial(resume_deploy, services.apps, job.app),
+        )
+    if job.command == "restore" and services.backups is not None:
+        return (
+            f"⏳ Looking at what the restore left of {job.app}…",
+            partial(_restore, job.app, services),
+        )
+    return None
+
+
+async def _restore(app: str, services: Services) -> str:
+    assert services.backups is not None
+    done = await resume_restore(services.backups, services.store, app, services.prefix)
+    if done is not None:
+        return done
+    return await _app_now_text(app, services) + "\n" + _AFTERMATH["restore"]
+
+
+def _next(job: JobRow, services: Services) -> list[str]:
+    prefix, lines = services.prefix, []
+    aftermath = _AFTERMATH.get(job.command)
+    if aftermath and not (job.command == "restore" and job.started_at):
+        lines.append(aftermath.format(prefix=prefix, app=job.app))
     if job.app is not None:
-        lines.append(await _app_now(job.app, services))
-        aftermath = _AFTERMATH.get(job.command)
-        if aftermath:
-            lines.append(aftermath.format(prefix=prefix, app=job.app))
         lines.append(
             f"Check with `{prefix}status {job.app}`; if it is still wanted, send "
             f"{code(job.text)} again."
         )
     else:
         lines.append(f"If it is still wanted, send {code(job.text)} again.")
-    return "\n".join(lines)
+    return lines
 
 
-async def _app_now(app: str, services: Services) -> str:
+async def _app_now(job: JobRow, services: Services) -> str:
+    now = await _app_now_text(job.app, services) if job.app is not None else ""
+    return "\n".join([now, *_next(job, services)]).strip()
+
+
+async def _app_now_text(app: str, services: Services) -> str:
     try:
         env = await services.apps.find(app)
         deployed = await services.apps.deployed(env)

@@ -21,6 +21,7 @@ from bot.errors import StalePlan, UserError
 from bot.faults import fault_point
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import Repository, snapshot_tag
+from bot.features.backups.resume import save_checkpoint
 from bot.features.backups.targets import tree_totals
 from bot.fmt import human_bytes, utc_time
 from bot.ops.abra import AppEnv
@@ -169,6 +170,7 @@ class Restores(Repository):
             await run.stop_swap_and_start(still_as_planned)
         except BaseException as e:  # a cancel or the job's timeout too: never left at 0
             report = await run.recover(e)
+            run.checkpoint(None)  # ended here: recovered and reported
             if isinstance(e, StalePlan):  # the vote no longer holds: the job marks it
                 raise StalePlan(report) from None
             if isinstance(e, (UserError, OSError)):
@@ -176,6 +178,7 @@ class Restores(Repository):
             if tell is not None:
                 await _shielded(tell(report))
             raise
+        run.checkpoint(None)
         for dest in scope:  # the app runs on the restored data: the old copy can go
             root = self.config.volumes_root / self._volume_dir(dest) / f"{ASIDE_DIR}{run.token}"
             await asyncio.to_thread(shutil.rmtree, root, True)
@@ -272,6 +275,23 @@ class _RestoreRun:
     def _name(self, dest: Path) -> str:
         return _volume_of(dest, self.owner.config.volumes_root)
 
+    def checkpoint(self, step: str | None) -> None:
+        """What a restart after a crash needs (resume.py): None once the restore ended."""
+        root = self.owner.config.volumes_root
+        dirs = sorted({root / self.owner._volume_dir(d) for d in self.scope})
+        state = {
+            "step": step,
+            "server": self.env.server,
+            "stack": self.env.stack_name,
+            "snapshot": self.snap.short_id,
+            "replicas": self.replicas,
+            "scope": [self._name(d) for d in self.scope],
+            "replaced": [self._name(d) for d in self.replaced],
+            "aside": [str(d / f"{ASIDE_DIR}{self.token}") for d in dirs],
+            "staging": [str(d / f"{RESTORE_DIR}{self.token}") for d in dirs],
+        }
+        save_checkpoint(self.owner.store, self.env.domain, state if step else None)
+
     async def prepare(self) -> None:
         services = await self.swarm.services(self.env.stack_name)
         self.specs = backup_specs({s.short_name: s.labels for s in services})
@@ -295,6 +315,7 @@ class _RestoreRun:
         await self._hooks("pre")
         await self._step(f"scaling {', '.join(self.replicas) or 'nothing'} to 0")
         self.state, self.stopping = "being scaled to 0", True
+        self.checkpoint("scaling to 0")
         await swarm.scale(env.stack_name, {name: 0 for name in self.replicas})
         await _wait_stopped(swarm, env.stack_name)
         self.state = f"stopped (scaled to 0; was {counts}), data untouched"
@@ -310,10 +331,12 @@ class _RestoreRun:
             self.replaced.append(dest)
             self.state = f"stopped; {index} of {len(self.scope)} path(s) restored"
             self.done.append(f"✅ restored {self._name(dest)}")
+            self.checkpoint(f"{index} of {len(self.scope)} path(s) swapped in")
             fault_point("restore.swapped")
         await self._step(f"scaling back to {counts}")
         fault_point("restore.before_scale_up")
         self.restarted = True
+        self.checkpoint("scaling back up")
         await swarm.scale(env.stack_name, self.replicas)
         self.state = "restored, starting again"
         result = await swarm.wait_converged(env.stack_name, timeout=float(env.timeout or 300))
