@@ -379,6 +379,9 @@ class BackupsConfig(_Section):
     max_age: Duration = 36 * 3600.0  # alert when an app's newest good backup is older
     # How long a backup waits for a stack that is mid-update to settle.
     settle_timeout: Duration = 600.0
+    # A backup whose data shrank by more than this share of the app's accepted size is
+    # a ⚠ and pauses that app's retention until `!backup accept <app>` (0.5: half gone).
+    size_drop_alert: Annotated[float, Field(gt=0, le=1)] = 0.5
     restic: str = "restic"  # the binary
 
     @field_validator("password_file", "env_file", mode="after")

@@ -64,8 +64,11 @@ backup_family = group.family(
     "backup",
     help="Back up an app now; `all` backs up every labelled app, `check` verifies the "
     "repository, `drill` restores the newest snapshots into a temporary folder and compares "
-    "them, `prune` applies the retention policy.",
-    args=(Arg("target", "an app's domain, or all, check, drill, prune", type=check_domain),),
+    "them, `prune` applies the retention policy, `accept <app>` resumes an app's retention "
+    "after a suspect backup.",
+    args=(
+        Arg("target", "an app's domain, or all, check, drill, prune, accept", type=check_domain),
+    ),
     role=Role.OPERATOR,
     lock_arg="target",
     timeout=6 * 3600,  # a first backup of a big volume takes long; progress shows it
@@ -116,6 +119,17 @@ async def backup_drill(ctx: CommandContext) -> None:
 async def backup_prune(ctx: CommandContext) -> None:
     backups = _backups(ctx)
     await ctx.progress.finish(await backups.retention(ctx.progress, ctx.services.jobs.app_lock))
+
+
+@backup_family.sub(
+    "accept",
+    help="After a suspect backup (no files, a big size drop, a silent dump hook): take "
+    "the app's newest backup as its normal size and resume its retention.",
+    args=(Arg("app", "the app's domain", type=check_domain),),
+    example="backup accept cloud.example.coop",
+)
+async def backup_accept(ctx: CommandContext) -> None:
+    await ctx.progress.finish(_backups(ctx).accept(ctx.args["app"], ctx.sender))
 
 
 @backup_family.sub(
@@ -191,18 +205,23 @@ async def backups_command(ctx: CommandContext) -> None:
     backups = _backups(ctx)
     states, problems = await backups.states()
     max_age = backups.config.max_age
-    stale = sorted(s.app for s in states if s.stale(max_age) or s.last_failed or s.incomplete)
+    stale = sorted(
+        s.app for s in states if s.stale(max_age) or s.last_failed or s.incomplete or s.paused
+    )
     if ctx.sender == SCHEDULER:
         # The hourly age check: speak only when the set of apps in trouble changed.
         before = ctx.services.store.get_json(AGE_ALERT_KEY) or []
         ctx.services.store.put_json(AGE_ALERT_KEY, stale)
         if not stale or stale == before:
             return
-    lines = ["| app | newest snapshot | age | size | |", "|---|---|---|---|---|"]
+    lines = [
+        "| app | newest snapshot | age | size | repository | |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in states:
         if s.newest is None:
             never = "⚠️ no complete snapshot" if s.incomplete else "⚠️ never backed up"
-            lines.append(f"| {s.app} | none | | | {never} |")
+            lines.append(f"| {s.app} | none | | | {s.repository} | {never} |")
             continue
         flags = []
         if s.stale(max_age):
@@ -211,11 +230,13 @@ async def backups_command(ctx: CommandContext) -> None:
             flags.append("⚠️ last run failed: " + s.last_failed.splitlines()[0][:120])
         if s.incomplete:
             flags.append("⚠️ last snapshot incomplete: " + s.incomplete[:120])
+        if s.paused:
+            flags.append("⏸ retention paused, " + s.paused[:300])
         size = human_bytes(s.size) if s.size is not None else "?"
         when = utc_time(s.newest.time)
         age = human_age(s.age or 0)
         lines.append(
-            f"| {s.app} | `{s.newest.short_id}` {when} | {age} | {size} | "
+            f"| {s.app} | `{s.newest.short_id}` {when} | {age} | {size} | {s.repository} | "
             f"{'; '.join(flags) or '✅'} |"
         )
     if not states:

@@ -375,6 +375,8 @@ class FakeRestic:
         await asyncio.sleep(0)
 
     async def version(self) -> tuple[int, int, int]:
+        self.stats_bytes: dict[str, int] = {}  # first tag -> raw-data bytes
+        self.stats_error: ResticError | None = None
         await self._call("version")
         return (0, 14, 0)
 
@@ -448,6 +450,12 @@ class FakeRestic:
         if self.check_error is not None:
             raise self.check_error
         return "no errors were found"
+
+    async def stats(self, tags: list[str]) -> int:
+        await self._call("stats")
+        if self.stats_error is not None:
+            raise self.stats_error
+        return self.stats_bytes.get(tags[0], 0)
 
 
 @dataclass

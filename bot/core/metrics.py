@@ -48,3 +48,16 @@ class Metrics:
             ["app"],
             registry=self.registry,
         )
+        # App label values are domains: no credentials, no repository URL.
+        self.backup_repository_bytes = Gauge(
+            "coopbot_backup_repository_bytes",
+            "Repository data each app's snapshots reference (restic stats, raw-data)",
+            ["app"],
+            registry=self.registry,
+        )
+        self.backup_retention_paused = Gauge(
+            "coopbot_backup_retention_paused",
+            "1 while an app's retention waits for !backup accept after a suspect backup",
+            ["app"],
+            registry=self.registry,
+        )

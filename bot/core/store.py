@@ -98,6 +98,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE proposals ADD COLUMN run_at REAL;
     ALTER TABLE proposals ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0;
     """,
+    # Backups that hold data: each run's pre-hook output size and the app's repository
+    # size (restic stats), and per app the accepted baseline and a retention pause.
+    """
+    ALTER TABLE backups ADD COLUMN hook_bytes INTEGER;
+    ALTER TABLE backups ADD COLUMN repo_bytes INTEGER;
+    CREATE TABLE backup_health (
+        app TEXT PRIMARY KEY, files INTEGER, bytes INTEGER, hook_bytes INTEGER,
+        paused TEXT, paused_at REAL, updated_at REAL NOT NULL, updated_by TEXT);
+    """,
 ]
 
 # Seen event ids older than this are forgotten: by then the sync token and the
@@ -407,6 +416,8 @@ class Store:
             "data_added",
             "total_bytes",
             "detail",
+            "hook_bytes",
+            "repo_bytes",
         }
         unknown = set(fields) - allowed
         if unknown:
@@ -436,6 +447,28 @@ class Store:
         for row in self._db.execute(newest.format("WHERE result IN ('ok', 'warning')")):
             result[row["app"]]["good"] = dict(row)
         return result
+
+    def set_backup_repo_bytes(self, run_id: int, repo_bytes: int) -> None:
+        self._db.execute("UPDATE backups SET repo_bytes = ? WHERE id = ?", (repo_bytes, run_id))
+
+    def backup_health(self, app: str) -> dict[str, Any] | None:
+        """The app's accepted baseline (files, bytes, hook_bytes) and retention pause."""
+        row = self._db.execute("SELECT * FROM backup_health WHERE app = ?", (app,)).fetchone()
+        return None if row is None else dict(row)
+
+    def set_backup_health(self, app: str, **fields: Any) -> None:
+        """Insert or update the app's row; `fields` are columns of `backup_health`."""
+        allowed = {"files", "bytes", "hook_bytes", "paused", "paused_at", "updated_by"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown backup_health fields: {sorted(set(fields) - allowed)}")
+        fields["updated_at"] = time.time()
+        columns = ["app", *fields]
+        self._db.execute(
+            f"INSERT INTO backup_health ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)}) ON CONFLICT (app) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in fields),
+            (app, *fields.values()),
+        )
 
     # -- incidents (the swarm watch) ----------------------------------------
     def open_incident(

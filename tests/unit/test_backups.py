@@ -1213,9 +1213,9 @@ async def test_scheduled_age_check_speaks_only_when_the_stale_set_changes(
     assert text.splitlines()[:5] == [
         f"🚨 {PINGED} backups need attention: a.test.",
         "",
-        "| app | newest snapshot | age | size | |",
-        "|---|---|---|---|---|",
-        "| a.test | none | | | ⚠️ never backed up |",
+        "| app | newest snapshot | age | size | repository | |",
+        "|---|---|---|---|---|---|",
+        "| a.test | none | | | ? | ⚠️ never backed up |",
     ]
     assert bot.store.get_json(AGE_ALERT_KEY) == ["a.test"]
     assert await scheduled(bot, "backups") == []  # the same apps: said already
@@ -1230,7 +1230,7 @@ async def test_scheduled_age_check_speaks_only_when_the_stale_set_changes(
     assert await scheduled(bot, "backups") == []
     # A member asking always gets the table, and it does not reset the alert.
     (table,) = await ask(bot, "!backups", VIEWER)
-    assert table.startswith("| app | newest snapshot | age | size | |")
+    assert table.startswith("| app | newest snapshot | age | size | repository | |")
     assert "🚨" not in table
     assert bot.store.get_json(AGE_ALERT_KEY) == ["a.test", "b.test"]
     assert await scheduled(bot, "backups") == []
@@ -1246,15 +1246,19 @@ async def test_backups_table_for_members(make_bot: BotFactory, tmp_path: Path) -
         snap("a1111111", "a.test", datetime.now(UTC) - timedelta(hours=2)),
         snap("b1111111", "b.test", when),
     ]
-    bot.store.add_backup("a.test", OPERATOR, "ok", snapshot_id="a1111111", total_bytes=3 * 1024)
+    run = bot.store.add_backup(
+        "a.test", OPERATOR, "ok", snapshot_id="a1111111", total_bytes=3 * 1024
+    )
+    bot.store.set_backup_repo_bytes(run, 2048)
     (text,) = await ask(bot, "!backups", VIEWER)
     lines = text.splitlines()
     assert re.fullmatch(
-        r"\| a\.test \| `a1111111` \d{4}-\d\d-\d\d \d\d:\d\d UTC \| 2h \| 3\.0 KiB \| ✅ \|",
+        r"\| a\.test \| `a1111111` \d{4}-\d\d-\d\d \d\d:\d\d UTC \| 2h \| 3\.0 KiB "
+        r"\| 2\.0 KiB \| ✅ \|",
         lines[2],
     )
     assert lines[3].startswith("| b.test | `b1111111` 2024-01-01 03:30 UTC | ")
-    assert lines[3].endswith(" | ? | ⚠️ older than 1d |")
+    assert lines[3].endswith(" | ? | ? | ⚠️ older than 1d |")
 
 
 async def test_backups_table_when_there_is_nothing(make_bot: BotFactory, tmp_path: Path) -> None:

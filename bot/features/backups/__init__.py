@@ -16,7 +16,9 @@ from pathlib import Path
 from bot.config import BackupsConfig
 from bot.core.metrics import Metrics
 from bot.core.store import Store
+from bot.errors import UserError
 from bot.features.apps import Apps
+from bot.features.backups import health
 from bot.features.backups.repository import (
     AppBackupState,
     restic_environment,
@@ -73,3 +75,13 @@ class Backups(Restores, Runs):
         self._repo_ready = False
         self._repo_created = False
         self._repo_lock = asyncio.Lock()  # two first uses at once must not both init
+
+    def accept(self, app: str, actor: str) -> str:
+        """`!backup accept`: the app's newest run is its normal size; retention resumes."""
+        try:
+            text = health.accept(self.store, app, actor)
+        except LookupError:
+            raise UserError(f"{app} has no recorded backup with a snapshot to accept.") from None
+        if self._metrics is not None:
+            self._metrics.backup_retention_paused.labels(app).set(0)
+        return text

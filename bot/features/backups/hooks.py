@@ -9,11 +9,13 @@ from bot.ops.abra import AppEnv
 from bot.ops.swarm import Swarm
 
 
-async def run_hook(swarm: Swarm, env: AppEnv, service: str, command: str, what: str) -> None:
-    """Run `command` in a task of `service`; UserError with the output's tail if it fails."""
+async def run_hook(swarm: Swarm, env: AppEnv, service: str, command: str, what: str) -> int:
+    """Run `command` in a task of `service`; UserError with the output's tail if it fails.
+    Returns the output's size in bytes: a dump hook that printed nothing is suspect."""
     code, output = await swarm.exec(env.stack_name, service, command)
     if code != 0:
         tail = output.strip()[-500:]
         raise UserError(
             f"{what} in {service} failed (exit {code})" + (":\n" + code_block(tail) if tail else "")
         )
+    return len(output.encode())

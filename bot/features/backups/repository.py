@@ -17,6 +17,7 @@ from pathlib import Path
 from bot.core.metrics import Metrics
 from bot.core.store import Store
 from bot.errors import UserError
+from bot.features.backups import health
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, Targets
 from bot.ops.abra import AppEnv
 from bot.ops.dotenv import as_dict, read_file
@@ -42,6 +43,9 @@ class AppBackupState:
     # The newest run made an incomplete snapshot (restic exit 3: unreadable files):
     # its first warning. Such a snapshot is never the "newest good" one.
     incomplete: str | None = None
+    # Retention waits for `!backup accept` after a suspect backup: why (health.py).
+    paused: str | None = None
+    repository: str = "?"  # the app's repository size and growth (restic stats)
 
     def stale(self, max_age: float) -> bool:
         return self.age is None or self.age > max_age
@@ -142,7 +146,10 @@ class Repository(Targets):
     def retention_paused(self, app: str) -> str | None:
         """Why retention leaves this app alone, or None. After an incomplete backup it
         waits for a clean one: forgetting by count could drop the last whole snapshots
-        and keep only incomplete ones."""
+        and keep only incomplete ones. After a suspect one (empty, shrunk: health.py)
+        it waits for a person to accept the new size."""
+        if (why := health.paused(self.store, app)) is not None:
+            return "its backups look like data went missing, until `backup accept`: " + why
         for row in self.store.backups(app, limit=500):  # newest first
             if row["result"] in GOOD_RESULTS:
                 return None
@@ -194,5 +201,7 @@ class Repository(Targets):
             if good and found and good_id and found.id.startswith(good_id):
                 size = good["total_bytes"]
             age = now - found.time.timestamp() if found else None
-            states.append(AppBackupState(name, found, size, failed, age, incomplete))
+            paused = health.paused(self.store, name)
+            repo = health.growth_text(*health.growth(self.store, name, now))
+            states.append(AppBackupState(name, found, size, failed, age, incomplete, paused, repo))
         return states, problems

@@ -22,6 +22,7 @@ from pathlib import Path
 from bot.core.records import OPEN_JOB_STATES
 from bot.errors import UserError
 from bot.faults import fault_point
+from bot.features.backups import health
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import PARTIAL, Repository, snapshot_app
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
@@ -135,12 +136,14 @@ class Runs(Repository):
         title = f"💾 Backing up **{env.domain}**"
         started = time.time()
         hooks_failed: list[str] = []
+        hook_bytes: int | None = None  # the pre-hooks' output (a dump printed?)
         summary = None
         try:
             for spec in target.specs:
                 if spec.pre_hook:
                     await progress.update(f"{title}: pre-hook in {spec.service}")
-                    await run_hook(swarm, env, spec.service, spec.pre_hook, "pre-hook")
+                    out = await run_hook(swarm, env, spec.service, spec.pre_hook, "pre-hook")
+                    hook_bytes = (hook_bytes or 0) + out
             fault_point("backup.pre_hooks_done")
 
             async def on_progress(p: ResticProgress) -> None:
@@ -169,8 +172,13 @@ class Runs(Repository):
         # Unreadable files (restic exit 3) make an incomplete snapshot: recorded, shown
         # with ⚠, but not a good backup (max_age, the metric, the drill, retention).
         incomplete = bool(summary.warnings)
-        result = PARTIAL if incomplete else "warning" if warnings else "ok"
-        self.store.add_backup(
+        sizes = health.summary_sizes(summary, hook_bytes)
+        drop = self.config.size_drop_alert
+        suspect = [] if incomplete else health.judge(self.store, env.domain, sizes, drop, actor)
+        warnings += suspect
+        result = PARTIAL if incomplete else health.SUSPECT if suspect else None
+        result = result or ("warning" if warnings else "ok")
+        run_id = self.store.add_backup(
             env.domain,
             actor,
             result,
@@ -183,11 +191,14 @@ class Runs(Repository):
             files_unmodified=summary.files_unmodified,
             data_added=summary.data_added,
             total_bytes=summary.total_bytes_processed,
+            hook_bytes=hook_bytes,
             detail="\n".join(warnings)[:2000] or None,
         )
+        tag = APP_TAG + env.domain
+        await health.measure(self.restic, self.store, self._metrics, env.domain, tag, run_id)
         if self._metrics is not None:
             self._metrics.backups.labels(result).inc()
-            if not incomplete:
+            if not incomplete and not suspect:
                 self._metrics.backup_last_good.labels(env.domain).set(time.time())
         mark = "⚠️" if warnings else "✅"
         lines = [
@@ -203,6 +214,7 @@ class Runs(Repository):
                 " **Incomplete**: not counted as a good backup; retention of this app "
                 "waits for a clean one."
             )
+        lines[0] += health.note(self.store, env.domain, suspect) or ""
         lines += [f"  - ⚠️ {w}" for w in warnings[:20]]
         if len(warnings) > 20:
             lines.append(f"  - … and {len(warnings) - 20} more")

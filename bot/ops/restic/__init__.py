@@ -18,6 +18,7 @@ from bot.ops.restic.json import (
     parse_ls,
     parse_ls_line,
     parse_snapshots,
+    parse_stats,
     parse_version,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "parse_ls",
     "parse_ls_line",
     "parse_snapshots",
+    "parse_stats",
     "parse_version",
 ]

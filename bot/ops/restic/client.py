@@ -62,8 +62,10 @@ from bot.ops.restic.json import (
     parse_lock_message,
     parse_ls_line,
     parse_snapshots,
+    parse_stats,
     parse_version,
 )
+from bot.redact import redact_url, scrub_credentials
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,6 @@ _RESERVED_ENV = frozenset(
     }
 )
 _SECRET_KEY_RE = re.compile(r"SECRET|PASSWORD|TOKEN|KEY", re.IGNORECASE)
-_URL_CREDENTIALS_RE = re.compile(r"(://[^/@\s:]*:)[^/@\s]+@")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SNAPSHOT_ID_RE = re.compile(r"^(?:[0-9a-f]{4,64}|latest)$")
 _LOCK_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -100,8 +101,9 @@ _SUBSET_RE = re.compile(r"^(?:\d+/\d+|\d+(?:\.\d+)?%|\d+[kKmMgGtT]?)$")
 
 
 def mask_url(text: str) -> str:
-    """Hide the password in `scheme://user:password@host` (rest:, s3 endpoints, ...)."""
-    return _URL_CREDENTIALS_RE.sub(r"\1***@", text)
+    """Hide the password in `scheme://user:password@host` (rest:, s3 endpoints, ...)
+    anywhere in `text`: the one scrubber of bot/redact.py."""
+    return scrub_credentials(text)
 
 
 def check_tag(tag: str) -> str:
@@ -165,8 +167,9 @@ class Restic:
 
     @property
     def display(self) -> str:
-        """The repository as it may be shown: URL credentials masked."""
-        return mask_url(self.repository)
+        """The repository as it may be shown (rooms, logs, audit, check): its password
+        and secret query parameters removed (bot.redact.redact_url)."""
+        return redact_url(self.repository)
 
     def _mask(self, text: str) -> str:
         text = mask_url(text.replace(self.repository, self.display))
@@ -381,6 +384,17 @@ class Restic:
         if res.code != 0:
             raise await self._failure("snapshots", res)
         return parse_snapshots("\n".join(res.stdout))
+
+    async def stats(self, tags: list[str]) -> int:
+        """Bytes of repository data the snapshots having all `tags` reference, each blob
+        once (`--mode raw-data`): what those snapshots cost in the repository."""
+        if not tags:
+            raise ValueError("stats needs tags: this is a per-app figure")
+        args = ["stats", "--json", "--no-lock", "--mode=raw-data"]
+        res = await self._run([*args, "--tag=" + ",".join(check_tag(t) for t in tags)])
+        if res.code != 0:
+            raise await self._failure("stats", res)
+        return parse_stats("\n".join(res.stdout))
 
     async def restore(self, snapshot_id: str, target: Path, include: Sequence[str] = ()) -> None:
         """Restore a snapshot (id, short id or `latest`) under `target`: a path P backed

@@ -16,6 +16,8 @@ Facts checked on Debian's restic 0.14.0:
   `seconds_remaining` only appears once restic can estimate it.
 - `snapshots --json` prints one array; `tags` is absent when a snapshot has none.
 - `ls --json` prints the snapshot first, then one node per line (`size` only on files).
+- `stats --json --mode raw-data --tag T` prints one object; `total_size` is the size of
+  the blobs those snapshots reference, each counted once (0 and exit 0 when none match).
 - `forget --json` prints one array of groups with `keep` and `remove` (null when empty).
   All keep values 0 prints nothing and removes nothing.
 - A lock held elsewhere: "repository is already locked ... by PID n on host by user",
@@ -249,6 +251,14 @@ def parse_forget(text: str) -> list[str]:
             for snap in group.get("remove") or []:
                 removed.append(str(snap["id"]))
     return removed
+
+
+def parse_stats(text: str) -> int:
+    """`restic stats --json` -> `total_size` in bytes (0 when no snapshot matched)."""
+    data = _json_object(text.strip().splitlines()[-1] if text.strip() else "")
+    if data is None:
+        raise ResticError("restic stats printed something that is not a JSON object")
+    return _int(data.get("total_size"))
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
