@@ -1,11 +1,23 @@
 """What members can do: one module per family. Each module declares a CommandGroup."""
 
 from bot.core.registry import CommandGroup
-from commands import approvals, apps, audit, backup, create, help, incidents, jobs, upgrade
+from commands import (
+    approvals,
+    apps,
+    audit,
+    backup,
+    create,
+    help,
+    incidents,
+    jobs,
+    nodes,
+    upgrade,
+)
 
 GROUPS: list[CommandGroup] = [
     help.group,
     apps.group,
+    nodes.group,
     create.group,
     jobs.group,
     approvals.group,

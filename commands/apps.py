@@ -10,6 +10,7 @@ from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
 from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, deployed_from
+from bot.features.nodes import Nodes
 from bot.features.upgrades import UpgradePlan, is_major_step
 from bot.fmt import code_block, utc_time
 from bot.labels import MOVING_STATES, STUCK_STATES
@@ -117,6 +118,8 @@ async def status(ctx: CommandContext) -> None:
             )
             for error in service.recent_errors[:3]:
                 lines.append(f"  - ⚠ {error}")
+        # Where each task runs, and services that would lose their volume by moving.
+        lines += await Nodes(apps, list(ctx.services.config.servers)).status_lines(env)
     history = ctx.services.store.deploys(env.domain, limit=1)
     if history:
         last = history[0]

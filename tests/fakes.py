@@ -18,7 +18,17 @@ from bot.ops.abra import AppEnv
 from bot.ops.recipes import RecipeRepo
 from bot.ops.restic import BackupSummary, ResticError, Snapshot
 from bot.ops.restic import Progress as ResticProgress
-from bot.ops.swarm import Convergence, ServiceInfo, SwarmError
+from bot.ops.swarm import (
+    Convergence,
+    NodeInfo,
+    Placement,
+    ServiceInfo,
+    Stranded,
+    SwarmError,
+    compose_placements,
+    find_node,
+    stranded,
+)
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -218,6 +228,36 @@ class FakeSwarm:
     asked: list[str] = field(default_factory=list)  # refs registry_digest was asked for
     in_flight: int = 0
     most_in_flight: int = 0
+    node_list: list[NodeInfo] = field(default_factory=list)  # a single-node swarm if empty
+    placement_list: list[Placement] = field(default_factory=list)
+    availability_set: list[tuple[str, str]] = field(default_factory=list)  # (node, availability)
+
+    async def nodes(self) -> list[NodeInfo]:
+        return list(self.node_list)
+
+    async def placements(self, stack: str | None = None) -> list[Placement]:
+        return [p for p in self.placement_list if stack is None or p.stack == stack]
+
+    async def set_availability(self, name: str, availability: str) -> NodeInfo:
+        node = find_node(self.node_list, name)
+        if node is None:
+            raise SwarmError(f"no node {name!r} in this swarm")
+        self.availability_set.append((node.hostname, availability))
+        new = dataclasses.replace(node, availability=availability)
+        self.node_list = [new if n.id == node.id else n for n in self.node_list]
+        if availability == "drain":  # its tasks move to the first other node
+            other = next(n.id for n in self.node_list if n.id != node.id)
+            self.placement_list = [
+                dataclasses.replace(p, nodes=tuple(other if i == node.id else i for i in p.nodes))
+                for p in self.placement_list
+            ]
+        return new
+
+    async def stranded_by(self, config: dict[str, Any], stack: str) -> list[Stranded]:
+        if len(self.node_list) < 2:
+            return []
+        current = {p.service: p.nodes for p in await self.placements(stack)}
+        return stranded(compose_placements(config, stack), self.node_list, current)
 
     async def stacks(self) -> dict[str, list[ServiceInfo]]:
         if self.unreachable:

@@ -165,6 +165,9 @@ class Apps(Inventory):
         run.config = await self._check_compose(run.swarm, files, env, tree, problems, run.warnings)
         await self._check_secrets(run, problems)
         run.pins = await self._check_images(run, problems)
+        # A node-local volume on a service that may move: data left behind (no problem
+        # on a single node, where nothing can move).
+        run.warnings += [s.describe() for s in await run.swarm.stranded_by(run.config, run.stack)]
         if problems:
             raise UserError(
                 f"Pre-flight failed for {run.app.domain}; nothing was created:\n"

@@ -43,6 +43,15 @@ from bot.ops.swarm.model import (
 )
 from bot.ops.swarm.parse import group, parse_ts, service_info, task_info
 from bot.ops.swarm.parts import StackParts, stack_parts
+from bot.ops.swarm.placement import (
+    NodeInfo,
+    Placement,
+    Stranded,
+    compose_placements,
+    eligible,
+    find_node,
+    stranded,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -52,18 +61,25 @@ __all__ = [
     "RECENT_ERRORS",
     "Convergence",
     "ConvergenceWatch",
+    "NodeInfo",
+    "Placement",
     "ServiceInfo",
     "StackParts",
     "Status",
+    "Stranded",
     "Swarm",
     "SwarmError",
     "TaskInfo",
     "UpdateState",
+    "compose_placements",
     "describe_pending",
+    "eligible",
     "evaluate",
+    "find_node",
     "group",
     "parse_ts",
     "service_info",
     "stack_parts",
+    "stranded",
     "task_info",
 ]

@@ -34,6 +34,7 @@ from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
 from bot.ops.swarm.hookexec import exec_bounded
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
+from bot.ops.swarm.nodes import NodeCalls
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
 from bot.ops.swarm.sshdial import SSHDialAdapter, ssh_docker_client
 
@@ -71,7 +72,7 @@ async def _report(on_progress: Callable[[str], Awaitable[None]] | None, line: st
         log.exception("progress callback failed")
 
 
-class Swarm:
+class Swarm(NodeCalls):
     """One swarm manager, reached at `docker_host` (unix://, tcp://, ssh://)."""
 
     def __init__(
