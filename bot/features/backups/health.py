@@ -41,7 +41,7 @@ class Sizes:
     hook_bytes: int | None = None  # None: the app has no pre-hook
 
     def text(self) -> str:
-        hook = "" if self.hook_bytes is None else f", pre-hook printed {self.hook_bytes} B"
+        hook = f", pre-hook printed {self.hook_bytes} B" if self.hook_bytes else ""
         return f"{self.files} files, {human_bytes(self.bytes)}{hook}"
 
 
