@@ -119,6 +119,12 @@ def _authority(text: str) -> str:
     return "".join(out)
 
 
+def scrub_credentials(text: str) -> str:
+    """Free text (an error message, a log line) with the password of every
+    `scheme://user:password@host` in it hidden; see redact_url for a repository string."""
+    return _authority(text)
+
+
 def redact_url(repository: str) -> str:
     """A repository string (restic's `rest:`, `s3:`, `sftp:`, `b2:`, `azure:`, rclone
     or a plain URL) with any password in `user:password@` and any secret query
