@@ -35,18 +35,21 @@ from bot.core.web import Hooks, serve
 from bot.errors import AlreadyRunning
 from bot.features.apps import Apps
 from bot.features.backups import Backups, restic_environment
+from bot.features.self_app import SelfApp, own_hostname
 from bot.features.upgrades import Upgrades
 from bot.features.watch import Reporter, Watch
 from bot.ops.pings import Pings
 from bot.ops.recipes import Recipes
 from bot.ops.restic import Restic
 from bot.ops.swarm import Swarm
+from bot.ops.swarm.own import stack_of_container
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 6 * 3600.0  # seconds between prunes of the seen-events table
 # How long a supervised loop waits after a failure before it starts again.
 RESTART_DELAY = 5.0
+SELF_DETECT_TIMEOUT = 15.0  # seconds for finding the bot's own app at start
 
 
 def build_chat(
@@ -158,6 +161,7 @@ class Bot:
         self.swarms = swarms if swarms is not None else build_swarms(config)
         self.recipes = Recipes(config.abra_dir / "recipes")
         apps = Apps(config, self.store, self.swarms, self.recipes)
+        self.self_app = apps.self_app = SelfApp(self.store, self.chat, config.self_app)
         backups = None
         if config.backups is not None:
             restic = restic or build_restic(config.backups, config.data_dir)
@@ -234,6 +238,10 @@ class Bot:
         group: when the chat loop ends, the other two are cancelled with it."""
         instance = hold_data_dir(self.config.data_dir)  # one bot per data folder
         interrupted = self.store.interrupt_unfinished_jobs()
+        # An upgrade of itself that restarted the bot is reported as such, not "interrupted".
+        back = self.self_app.coming_back()
+        interrupted = SelfApp.not_interrupted(interrupted, back)
+        await self._detect_self()
         for job in interrupted:
             log.warning("job #%s (%s) was interrupted by the last stop", job.id, job.text)
             self.store.audit(
@@ -263,6 +271,9 @@ class Bot:
                         supervised("housekeeping", self._housekeeping), name="housekeeping"
                     ),
                 ]
+                if back is not None:
+                    report = self.self_app.report_back(back, self.services.apps, self.can_report)
+                    extra.append(group.create_task(report, name="self-upgrade"))
                 if self.watch is not None:
                     extra.append(group.create_task(supervised("watch", self.watch.run)))
                 if self.config.pings.bot:
@@ -278,6 +289,31 @@ class Bot:
         finally:
             await self.close()
             instance.close()  # closing the file releases the lock
+
+    async def _detect_self(self) -> None:
+        """Which app this bot runs as, unless configured: asked once at start, of the
+        daemons on a local socket (the one its container runs on), within a bound."""
+        if self.self_app.domain is not None:
+            return
+        local = [
+            swarm
+            for name, swarm in self.swarms.items()
+            if (server := self.config.servers.get(name)) is not None
+            and server.docker_host.startswith("unix://")
+        ]
+
+        async def own_stack() -> str | None:
+            for swarm in local:
+                if found := await stack_of_container(swarm, own_hostname()):
+                    return found
+            return None
+
+        try:
+            async with asyncio.timeout(SELF_DETECT_TIMEOUT):
+                envs, _ = await self.services.apps.inventory()
+                await self.self_app.detect(envs, own_stack)
+        except TimeoutError:
+            log.warning("which app this bot runs as: no answer in %.0f s", SELF_DETECT_TIMEOUT)
 
     async def _housekeeping(self) -> None:
         """The seen-events table is pruned now and every few hours, not only at start:

@@ -376,6 +376,9 @@ class BackupsConfig(_Section):
     check_schedule: Cron | None = "0 5 * * 0"  # restic check with a read-data subset
     check_read_data_subset: Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$|^\d+/\d+$")] = "5%"
     drill_schedule: Cron | None = "0 6 1 * *"  # restore drill into a temporary folder
+    # Where the drill restores (a temporary folder in it, removed afterwards); its free
+    # space is checked against the snapshot's size first. Unset: the bot's data_dir.
+    drill_dir: Path | None = None
     max_age: Duration = 36 * 3600.0  # alert when an app's newest good backup is older
     # How long a backup waits for a stack that is mid-update to settle.
     settle_timeout: Duration = 600.0
@@ -418,6 +421,9 @@ class Config(_Section):
     abra_dir: Annotated[Path, Field(validate_default=True)] = Path("~/.abra")
     # One entry per swarm, named like its folder under abra_dir/servers.
     servers: dict[ServerName, ServerConfig] = {}
+    # The app (its domain in abra) this bot runs as: never undeployed by it, its upgrades
+    # announced and reported after the restart. Unset: found from its own container.
+    self_app: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] | None = None
     access: AccessConfig = AccessConfig()
     web: WebConfig = WebConfig()
     jobs: JobsConfig = JobsConfig()

@@ -332,6 +332,8 @@ async def rollback(ctx: CommandContext) -> None:
 async def _undeploy_plan(ctx: CommandContext) -> Plan:
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
+    if apps.self_app is not None:  # refused before any vote (and again when it runs)
+        apps.self_app.refuse_undeploy(env.domain)
     deployed = await apps.deployed(env)
     if not deployed.exists:
         raise UserError(f"{env.domain} is not deployed.")

@@ -326,6 +326,7 @@ class FakeApps:
     deploys: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, version, action)
     deploy_fails: str | None = None  # the error, or None for success
     deploy_changes_spec: bool = True  # a failed deploy that got as far as the swarm
+    self_app: Any = None  # the bot's own app (bot/features/self_app.py), like Apps
 
     async def inventory(self) -> tuple[list[AppEnv], list[str]]:
         return list(self.envs), []

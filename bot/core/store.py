@@ -107,6 +107,14 @@ MIGRATIONS: list[str] = [
         app TEXT PRIMARY KEY, files INTEGER, bytes INTEGER, hook_bytes INTEGER,
         paused TEXT, paused_at REAL, updated_at REAL NOT NULL, updated_by TEXT);
     """,
+    # An upgrade of the bot's own app restarts the bot mid-job: what the next start
+    # reports, in which thread (bot/features/self_app.py).
+    """
+    CREATE TABLE self_upgrades (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, job_id INTEGER,
+        room_id TEXT, thread TEXT, target TEXT NOT NULL, previous TEXT, actor TEXT NOT NULL,
+        at REAL NOT NULL, reported_at REAL, result TEXT);
+    """,
 ]
 
 # Seen event ids older than this are forgotten: by then the sync token and the
@@ -516,6 +524,31 @@ class Store:
         """Incidents held for the digest (open or closed since), oldest first."""
         rows = self._db.execute("SELECT * FROM incidents WHERE held = ? ORDER BY id", (Held.HELD,))
         return [_incident_row(r) for r in rows]
+
+    # -- upgrades of the bot's own app ----------------------------------------
+    def add_self_upgrade(self, **fields: Any) -> int:
+        """app, job_id, room_id, thread, target, previous, actor."""
+        names = ", ".join(fields)
+        cursor = self._db.execute(
+            f"INSERT INTO self_upgrades ({names}, at) VALUES "  # noqa: S608 (our own keys)
+            f"({', '.join('?' for _ in fields)}, ?)",
+            (*fields.values(), time.time()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def pending_self_upgrade(self) -> dict[str, Any] | None:
+        """The newest self-upgrade not yet reported, if any."""
+        row = self._db.execute(
+            "SELECT * FROM self_upgrades WHERE reported_at IS NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else dict(row)
+
+    def close_self_upgrades(self, result: str) -> None:
+        """Every pending one is settled by this report (an older one was superseded)."""
+        self._db.execute(
+            "UPDATE self_upgrades SET reported_at = ?, result = ? WHERE reported_at IS NULL",
+            (time.time(), result),
+        )
 
     # -- webhook deliveries -------------------------------------------------
     def seen_delivery(self, hook: str, delivery: str) -> bool:

@@ -43,6 +43,7 @@ def test_migrates_an_empty_database(tmp_path: Path) -> None:
         "incidents",  # the swarm watch (issue 15)
         "hook_deliveries",
         "backup_health",  # backups that hold data (issue 15)
+        "self_upgrades",  # the bot's upgrade of itself (issue 14)
     }
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

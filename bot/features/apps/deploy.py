@@ -24,6 +24,7 @@ import yaml
 from bot.errors import UserError
 from bot.faults import fault_point
 from bot.features.apps.inventory import Deployed, Inventory
+from bot.features.self_app import SelfApp
 from bot.labels import chaos_label, timeout_label, version_label
 from bot.ops.abra import AppEnv, read_exports, set_pinned_version
 from bot.ops.recipes import RecipeRepo, parse_version
@@ -82,6 +83,9 @@ class _Deploy:
 class Apps(Inventory):
     """Inventory and actions over every configured server."""
 
+    # The bot's own app (bot/app.py sets it): never undeployed, its upgrade announced.
+    self_app: SelfApp | None = None
+
     async def deploy(
         self,
         app: AppEnv,
@@ -110,6 +114,8 @@ class Apps(Inventory):
             await self._preflight(run, files, env, tree)
             fault_point("deploy.preflight_done")
             await self._show_plan(run, repo)
+            if self.self_app is not None:  # the stack deploy may restart this very bot
+                await self.self_app.before_deploy(app, target, current.version, actor, job_id)
             await self._stack_deploy(run, files, env, tree)
         result = await self._converge(run, progress)
         if result.ok:
@@ -414,6 +420,8 @@ class Apps(Inventory):
 
     # -- undeploy ----------------------------------------------------------------------
     async def undeploy(self, app: AppEnv, progress: ProgressSink, actor: str) -> str:
+        if self.self_app is not None:  # again at execution time, whoever asked
+            self.self_app.refuse_undeploy(app.domain)
         steps = Steps(progress, f"**Undeploy {app.domain}** on {app.server}")
         await steps.step(f"Removing stack {app.stack_name}")
         volumes = await self.swarm(app.server).remove(app.stack_name)
