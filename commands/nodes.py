@@ -36,7 +36,7 @@ async def _node_plan(ctx: CommandContext) -> Plan:
     )
     # The node's id and availability now: if either changed before the vote ended, the
     # vote is stale and nothing is done.
-    return Plan(plan.summary, fingerprint=plan.fingerprint)
+    return Plan(plan.summary, fingerprint=plan.fingerprint, needs_vote=plan.needed)
 
 
 @group.command(

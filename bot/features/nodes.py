@@ -42,10 +42,11 @@ class AvailabilityPlan:
     availability: str
     summary: str  # markdown
     fingerprint: str  # what the vote stands on: the node and its availability now
+    needed: bool = True  # False: the node is so already (nothing to vote on)
 
 
 def _node_line(node: NodeInfo, apps: Sequence[str]) -> str:
-    role = "manager (leader)" if node.leader else node.role
+    role = "manager, leader" if node.leader else node.role
     labels = ", ".join(code(f"{k}={v}") for k, v in sorted(node.labels.items())) or "none"
     mark = "✅" if node.state == "ready" and node.availability == "active" else "⚠"
     running = ", ".join(apps) or "nothing"
@@ -126,8 +127,12 @@ class Nodes:
         if node is None:
             known = ", ".join(code(n.hostname) for n in nodes)
             raise UserError(f"No node {code(name)} on {server}; its nodes: {known}.")
+        fingerprint = f"{node.id}:{node.availability}"
         if node.availability == availability:
-            raise UserError(f"{code(node.hostname)} is already {availability}.")
+            # Not an error: when the vote's plan is checked again, a changed fingerprint
+            # makes the proposal stale ("nothing ran"), which is what happened.
+            summary = f"{code(node.hostname)} on {server} is already {availability}."
+            return AvailabilityPlan(node, availability, summary, fingerprint, needed=False)
         apps = _apps_by_node(placements, await self._domains(server)).get(node.id, [])
         if availability == "drain":
             summary = (
@@ -146,7 +151,6 @@ class Nodes:
                 f"on {server} {availability}: swarm may schedule new tasks there "
                 "(running tasks are not moved back by themselves)."
             )
-        fingerprint = f"{node.id}:{node.availability}"
         return AvailabilityPlan(node, availability, summary, fingerprint)
 
     async def set_availability(

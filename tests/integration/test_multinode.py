@@ -3,10 +3,24 @@ namespace, tests/harness/multinode.py): the harness itself, and the bot on it.""
 
 from __future__ import annotations
 
+import pathlib
+import re
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import pytest
+
+from bot.ops.swarm import Swarm
+from tests.harness.bot import BotRunner
+from tests.harness.coop import Coop, make_coop
 from tests.harness.fixtures_multinode import multinode  # noqa: F401
+from tests.harness.member import MemberFactory
 from tests.harness.multinode import HOSTNAMES, MultiNodeSwarm
+from tests.harness.recipes import make_app_env
+from tests.harness.synapse import Synapse
 
 
 def wait_running(swarm: MultiNodeSwarm, service: str, count: int, timeout: float = 60) -> list[str]:
@@ -70,3 +84,199 @@ def test_three_nodes_and_an_overlay_between_workers(multinode: MultiNodeSwarm) -
             assert res.returncode == 0, res.stdout + res.stderr
     finally:
         m.cli("service", "rm", "pinger")
+
+
+# ---------------------------------------------------------------- the bot on three nodes
+
+PINNED = "pinned.coop.test"  # pinned to mn-worker-1 by hostname
+LOOSE = "loose.coop.test"  # a local volume and no constraint: may move
+PINNED_STACK, LOOSE_STACK = PINNED.replace(".", "_"), LOOSE.replace(".", "_")
+
+
+def app_compose(constraint: str | None) -> str:
+    placement = f"      placement: {{constraints: ['{constraint}']}}\n" if constraint else ""
+    return f"""version: "3.8"
+services:
+  app:
+    image: local/busybox:1.0
+    command: sleep 3600
+    stop_grace_period: 1s
+    volumes: [data:/data]
+    deploy:
+      endpoint_mode: dnsrr
+{placement}      labels:
+        - "coop-cloud.${{STACK_NAME}}.version=1.0.0+1.0"
+        - "backupbot.backup=true"
+        - "backupbot.backup.pre-hook=echo pre >> /data/hooks.log"
+        - "backupbot.backup.post-hook=echo post >> /data/hooks.log"
+volumes:
+  data:
+"""
+
+
+def stack_deploy(swarm: MultiNodeSwarm, tmp: pathlib.Path, stack: str, text: str) -> None:
+    path = tmp / f"{stack}.yml"
+    path.write_text(text)
+    swarm.manager.cli("stack", "deploy", "-c", str(path), stack, env={"STACK_NAME": stack})
+
+
+@pytest.fixture(scope="module")
+def stacks(
+    multinode: MultiNodeSwarm,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MultiNodeSwarm]:
+    tmp = tmp_path_factory.mktemp("stacks")
+    stack_deploy(multinode, tmp, PINNED_STACK, app_compose("node.hostname == mn-worker-1"))
+    stack_deploy(multinode, tmp, LOOSE_STACK, app_compose("node.role == worker"))
+    assert wait_running(multinode, f"{PINNED_STACK}_app", 1) == ["mn-worker-1"]
+    wait_running(multinode, f"{LOOSE_STACK}_app", 1)
+    yield multinode
+    for stack in (PINNED_STACK, LOOSE_STACK):
+        multinode.manager.cli("stack", "rm", stack, check=False)
+
+
+@dataclass
+class Site:
+    coop: Coop
+    runner: BotRunner
+    swarm: MultiNodeSwarm
+    tmp: pathlib.Path
+
+    @property
+    def room(self) -> str:
+        return self.coop.room
+
+    async def said(self, text: str, timeout: float = 120) -> str:  # noqa: ASYNC109
+        reply = await self.coop.bob.wait_for_reply(self.room, self.coop.bot_id, text, timeout)
+        content = reply.source["content"]
+        return str(content.get("m.new_content", content)["body"])
+
+    async def voted(self, command: str, done: str, timeout: float = 150) -> tuple[str, str]:  # noqa: ASYNC109
+        """(the proposal's text, the final report) of a risky command bob asks for and
+        alice approves."""
+        body = await self.coop.ask(self.coop.bob, command, "Proposal `")
+        proposal = re.search(r"Proposal `(\w+)`", body)
+        assert proposal, body
+        await self.coop.ask(self.coop.alice, f"!approve {proposal.group(1)}", "Counted")
+        return body, await self.said(done, timeout)
+
+
+@pytest.fixture
+async def site(
+    synapse: Synapse,
+    make_member: MemberFactory,
+    stacks: MultiNodeSwarm,
+    tmp_path: pathlib.Path,
+) -> AsyncIterator[Site]:
+    abra = tmp_path / "abra"
+    for domain in (PINNED, LOOSE):
+        make_app_env(abra, "default", domain, "files")
+    password = tmp_path / "restic-password"
+    password.write_text("correct horse battery staple\n")
+    coop = await make_coop(synapse, make_member, tmp_path)
+    sections: dict[str, Any] = {
+        "abra_dir": str(abra),
+        "servers": {"default": {"docker_host": stacks.manager.host}},
+        "approvals": {"required": 1},
+        "jobs": {"progress_interval": "0.5s"},
+        "access": {"admins": [coop.alice.user_id]},
+        "upgrades": {"check_schedule": None},
+        "backups": {
+            "repository": str(tmp_path / "repo"),
+            "password_file": str(password),
+            # The bot runs beside the manager: its volumes are the ones it can read.
+            "volumes_root": str(stacks.manager.volumes_root),
+            "settle_timeout": "3s",
+        },
+    }
+    s = Site(coop, coop.runner(sections), stacks, tmp_path)
+    await s.runner.start()
+    try:
+        yield s
+    finally:
+        await s.runner.stop()
+
+
+async def test_nodes_and_the_node_of_each_task_in_status(site: Site) -> None:
+    coop = site.coop
+    loose_on = wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0]
+    body = await coop.ask(coop.carol, "!nodes", "3 node(s)")  # a viewer may ask
+    lines = {line.split("`")[1]: line for line in body.splitlines() if line.startswith("- ")}
+    assert set(lines) == set(HOSTNAMES), body
+    assert "(manager, leader): active, ready, engine `20.10" in lines["mn-manager"]
+    assert "runs nothing" in lines["mn-manager"]
+    assert "worker): active, ready" in lines["mn-worker-1"]
+    assert "`coopbot.test.disk=ssd`" in lines["mn-worker-1"]
+    assert "`coopbot.test.name=mn-worker-2`" in lines["mn-worker-2"]
+    assert f"address `{site.swarm.workers[0].address}`" in lines["mn-worker-1"]
+    assert PINNED in lines["mn-worker-1"]
+    assert LOOSE in lines[loose_on]
+    # The loose app may move between the workers: named, with the pin for where it is.
+    assert f"`node.hostname == {loose_on}`" in body
+    assert body.count("could lose data") == 1
+
+    status = await coop.ask(coop.carol, f"!status {PINNED}", "Nodes:")
+    assert "- app: `mn-worker-1`" in status
+    assert "⚠" not in status.split("Nodes:")[1]  # pinned: no warning
+    status = await coop.ask(coop.carol, f"!status {LOOSE}", "Nodes:")
+    assert f"- app: `{loose_on}`" in status
+    assert f"{LOOSE_STACK}_data" in status
+    assert f"`node.hostname == {loose_on}`" in status
+
+
+async def test_deploy_preflight_names_the_unpinned_volume(stacks: MultiNodeSwarm) -> None:
+    """What the deploy pre-flight asks the real adapter, on the compose file rendered
+    as `docker stack deploy` would send it."""
+    swarm = Swarm(stacks.manager.host)
+    try:
+        loose_on = wait_running(stacks, f"{LOOSE_STACK}_app", 1)[0]
+        folder = pathlib.Path(tempfile.mkdtemp())
+        for constraint, expected in (
+            (None, 1),
+            ("node.role == worker", 1),
+            ("node.labels.coopbot.test.disk == ssd", 0),  # only mn-worker-1 has it
+            ("node.hostname == mn-worker-2", 0),
+        ):
+            (folder / "compose.yml").write_text(app_compose(constraint))
+            config = await swarm.config(
+                [folder / "compose.yml"], {"STACK_NAME": LOOSE_STACK}, folder
+            )
+            found = await swarm.stranded_by(config, LOOSE_STACK)
+            assert len(found) == expected, (constraint, found)
+            if found:
+                assert found[0].volumes == (f"{LOOSE_STACK}_data",)
+                assert found[0].pin == f"node.hostname == {loose_on}"  # where it runs now
+    finally:
+        await swarm.close()
+
+
+async def test_drain_and_reactivate_a_worker_by_vote(site: Site) -> None:
+    coop, m = site.coop, site.swarm.manager
+    loose_on = wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0]
+    other = "mn-worker-2" if loose_on == "mn-worker-1" else "mn-worker-1"
+    try:
+        # Bob (operator) may not drain alone: a vote, with the plan's consequences.
+        body, report = await site.voted(f"!node drain {loose_on}", "drained")
+        assert f"Drain node `{loose_on}`" in body
+        assert LOOSE in body
+        assert "empty volume" in body  # the loose app's data stays behind
+        assert f"`{loose_on}` on default is drained: no task runs there" in report
+        out = m.cli("node", "inspect", loose_on, "--format", "{{.Spec.Availability}}").stdout
+        assert out.strip() == "drain"
+        assert wait_running(site.swarm, f"{LOOSE_STACK}_app", 1) == [other]
+        if loose_on == "mn-worker-1":  # pinned there: nowhere else to go
+            nodes = await coop.ask(coop.carol, "!nodes", "3 node(s)")
+            assert f"`{loose_on}` (worker): drain, ready" in nodes
+        # A stale plan: the node changed (re-activated by hand) before the vote ended.
+        body = await coop.ask(coop.bob, f"!node active {loose_on}", "Proposal `")
+        m.cli("node", "update", "--availability=active", loose_on)
+        proposal = re.search(r"Proposal `(\w+)`", body)
+        assert proposal, body
+        await coop.ask(coop.alice, f"!approve {proposal.group(1)}", "Counted")
+        await site.said(f"Proposal `{proposal.group(1)}` is stale")
+        m.cli("node", "update", "--availability=drain", loose_on)
+        body, report = await site.voted(f"!node active {loose_on}", "is active")
+        assert "drain now" in body
+        assert f"`{loose_on}` on default is active" in report
+    finally:
+        m.cli("node", "update", "--availability=active", loose_on, check=False)

@@ -207,7 +207,7 @@ async def test_listing_shows_each_node_and_what_runs_there() -> None:
     lines = text.splitlines()
     assert lines[0] == "**default**: 3 node(s)"
     assert lines[1].startswith(
-        "- ✅ `manager` (manager (leader)): active, ready, engine `20.10.24`"
+        "- ✅ `manager` (manager, leader): active, ready, engine `20.10.24`"
     )
     assert "runs nothing" in lines[1]
     assert "labels `disk=ssd`; runs files.coop.test" in lines[2]
@@ -234,8 +234,9 @@ async def test_drain_plan_and_run() -> None:
     report = await nodes.set_availability(None, "worker-1", "drain", wait=1)
     assert report == "✅ `worker-1` on default is drained: no task runs there."
     assert swarm.availability_set == [("worker-1", "drain")]
-    with pytest.raises(UserError, match="already drain"):
-        await nodes.plan_availability(None, "worker-1", "drain")
+    same = await nodes.plan_availability(None, "worker-1", "drain")
+    assert not same.needed
+    assert same.summary == "`worker-1` on default is already drain."
     plan = await nodes.plan_availability("default", "worker-1", "active")
     assert plan.fingerprint == "id-worker-1:drain"
     assert "active" in plan.summary
