@@ -206,9 +206,7 @@ async def test_listing_shows_each_node_and_what_runs_there() -> None:
     text = await nodes.listing()
     lines = text.splitlines()
     assert lines[0] == "**default**: 3 node(s)"
-    assert lines[1].startswith(
-        "- ✅ `manager` (manager, leader): active, ready, engine `20.10.24`"
-    )
+    assert lines[1].startswith("- ✅ `manager` (manager, leader): active, ready, engine `20.10.24`")
     assert "runs nothing" in lines[1]
     assert "labels `disk=ssd`; runs files.coop.test" in lines[2]
     assert lines[3].endswith("runs other.coop.test")
