@@ -25,6 +25,7 @@ from bot.faults import fault_point
 from bot.features.backups import health
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.repository import PARTIAL, Repository, snapshot_app
+from bot.features.backups.space import check_room
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.fmt import human_age, human_bytes
 from bot.labels import MOVING_STATES, STUCK_STATES
@@ -298,8 +299,10 @@ class Runs(Repository):
         listing = await self.restic.ls(snap.id)
         want_files = sum(1 for _, kind, _ in listing if kind == "file")
         want_size = sum(size for _, kind, size in listing if kind == "file")
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "drill-", self._data_dir))
+        place = self.config.drill_dir or self._data_dir
+        await asyncio.to_thread(place.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(check_room, place, want_size)  # refuses before writing
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "drill-", place))
         try:
             started = time.monotonic()
             await self.restic.restore(snap.id, folder)
