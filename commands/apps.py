@@ -198,7 +198,20 @@ def _major_note(plan: UpgradePlan | None) -> str:
     )
 
 
+DRY_RUN = Option("dry-run", "show the plan only: nothing is proposed or changed", flag=True)
+
+
+def _dry_run(ctx: CommandContext) -> Plan | None:
+    """A dry run needs no vote: it runs at once, as a job, and only shows the plan."""
+    if not ctx.args.get("dry-run"):
+        return None
+    return Plan(f"Dry run of `{ctx.spec.name}`", fingerprint="dry-run", needs_vote=False)
+
+
 async def _deploy_plan(ctx: CommandContext) -> Plan:
+    dry = _dry_run(ctx)
+    if dry is not None:
+        return dry
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
     deployed = await apps.deployed(env)
@@ -210,6 +223,8 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
             f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → the recipe's "
             f"commit **{commit[:8]}** (chaos) on {env.server}."
         )
+        if deployed.exists:  # a proposal: it shows the plan the deploy will show
+            summary += "\n\n" + await apps.plan(env, chaos=True)
         return Plan(
             summary,
             fingerprint=f"{state}|chaos@{commit}",
@@ -222,11 +237,14 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
         f"Deploy **{env.domain}**: {deployed.version or 'not deployed'} → **{target or '?'}** "
         f"on {env.server}.{_major_note(major)}"
     )
+    needs_vote = deployed.exists and deployed.version != target
+    if needs_vote and target:  # a proposal: it shows the plan the deploy will show
+        summary += "\n\n" + await apps.plan(env, target)
     return Plan(
         summary,
         fingerprint=f"{state}|{target}",
         policy="major_upgrade" if major else None,
-        needs_vote=deployed.exists and deployed.version != target,
+        needs_vote=needs_vote,
         pins={"version": target} if target else {},
     )
 
@@ -237,7 +255,10 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
     "A first deploy or a redeploy runs at once; a version change needs a vote, and a major "
     "step the major_upgrade quorum and a backup first.",
     args=(APP, VERSION),
-    options=(Option("chaos", "deploy the recipe's current commit, labelled chaos", flag=True),),
+    options=(
+        Option("chaos", "deploy the recipe's current commit, labelled chaos", flag=True),
+        DRY_RUN,
+    ),
     role=Role.OPERATOR,
     vote_policy="deploy_version_change",
     lock_arg="app",
@@ -247,6 +268,11 @@ async def _deploy_plan(ctx: CommandContext) -> Plan:
 async def deploy(ctx: CommandContext) -> None:
     apps = ctx.services.apps
     env = await apps.find(ctx.args["app"])
+    if ctx.args.get("dry-run"):
+        version = None if ctx.args["chaos"] else await _deploy_target(ctx, env)
+        text = await apps.plan(env, version, chaos=bool(ctx.args["chaos"]))
+        await ctx.progress.finish(f"**Dry run**: nothing was proposed or changed.\n\n{text}")
+        return
     if ctx.args["chaos"]:
         report = await apps.deploy(
             env,

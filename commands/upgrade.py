@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.core.access import SCHEDULER
 from bot.core.approvals import Plan
-from bot.core.context import Arg, CommandContext
+from bot.core.context import Arg, CommandContext, Option
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.errors import UserError
@@ -49,13 +49,15 @@ async def upgrades_command(ctx: CommandContext) -> None:
             await ctx.control.run_scheduled(f"upgrade {domain} {version}")
 
 
-async def _prepare(ctx: CommandContext) -> UpgradePlan:
+async def _prepare(ctx: CommandContext, *, changes: bool = False) -> UpgradePlan:
     env = await ctx.services.apps.find(ctx.args["app"])
-    return await _upgrades(ctx).prepare(env, ctx.args["version"], ctx.prefix)
+    return await _upgrades(ctx).prepare(env, ctx.args["version"], ctx.prefix, changes=changes)
 
 
 async def _upgrade_plan(ctx: CommandContext) -> Plan:
-    plan = await _prepare(ctx)
+    if ctx.args.get("dry-run"):  # runs at once, as a job, and only shows the plan
+        return Plan("Dry run of `upgrade`", fingerprint="dry-run", needs_vote=False)
+    plan = await _prepare(ctx, changes=ctx.sender != SCHEDULER)  # a proposal shows it
     needs_vote = True
     if ctx.sender == SCHEDULER:
         # The scheduler never opens proposals: it upgrades without a vote, or not at all.
@@ -81,6 +83,7 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     help="Upgrade an app to a newer release (default: the newest), after a vote: backup "
     "first, deploy, roll back if it fails. A major step needs the major_upgrade quorum.",
     args=(APP, VERSION),
+    options=(Option("dry-run", "show the plan only: nothing is proposed or changed", flag=True),),
     role=Role.OPERATOR,
     vote_policy="upgrade",
     lock_arg="app",
@@ -90,6 +93,10 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
 async def upgrade(ctx: CommandContext) -> None:
     # The job checked the plan still holds after its lock wait (CommandContext.recheck),
     # and runs with the voted version pinned: this is the move members voted for.
+    if ctx.args.get("dry-run"):
+        shown = plan_summary(await _prepare(ctx, changes=True))
+        await ctx.progress.finish(f"**Dry run**: nothing was proposed or changed.\n\n{shown}")
+        return
     plan = await _prepare(ctx)
     report = await _upgrades(ctx).upgrade(
         plan,

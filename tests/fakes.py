@@ -347,6 +347,11 @@ class FakeApps:
         services = await self.swarm(env.server).services(env.stack_name)
         return deployed_from(env.stack_name, services)
 
+    async def plan(self, env: AppEnv, version: str | None = None, *, chaos: bool = False) -> str:
+        """Apps.plan's text, as far as a fake knows it (the move, not the specs)."""
+        current = (await self.deployed(env)).version
+        return f"📋 Plan: {current or 'not deployed'} → **{'chaos' if chaos else version}**"
+
     async def deploy(
         self,
         env: AppEnv,
@@ -410,14 +415,14 @@ class FakeRestic:
         self.restored: list[tuple[str, Path, list[str]]] = []
         self.forgotten: list[list[str]] = []
         self.forget_removes: dict[str, list[str]] = {}
+        self.stats_bytes: dict[str, int] = {}  # first tag -> raw-data bytes
+        self.stats_error: ResticError | None = None
 
     async def _call(self, name: str) -> None:
         self.calls.append(name)
         await asyncio.sleep(0)
 
     async def version(self) -> tuple[int, int, int]:
-        self.stats_bytes: dict[str, int] = {}  # first tag -> raw-data bytes
-        self.stats_error: ResticError | None = None
         await self._call("version")
         return (0, 14, 0)
 
@@ -486,17 +491,17 @@ class FakeRestic:
     async def prune(self) -> None:
         await self._call("prune")
 
-    async def check(self, read_data_subset: str | None = None) -> str:
-        await self._call(f"check {read_data_subset}")
-        if self.check_error is not None:
-            raise self.check_error
-        return "no errors were found"
-
     async def stats(self, tags: list[str]) -> int:
         await self._call("stats")
         if self.stats_error is not None:
             raise self.stats_error
         return self.stats_bytes.get(tags[0], 0)
+
+    async def check(self, read_data_subset: str | None = None) -> str:
+        await self._call(f"check {read_data_subset}")
+        if self.check_error is not None:
+            raise self.check_error
+        return "no errors were found"
 
 
 @dataclass

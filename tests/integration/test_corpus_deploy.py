@@ -37,6 +37,7 @@ from tests.harness.recipes import git
 from tests.harness.synapse import Synapse
 
 BONFIRE_OLD, BONFIRE_NEW = "1.0.0+1.0.5-social-amd64", "2.0.0+1.0.5-social-amd64"
+BONFIRE_LATEST = "2.0.1+1.0.6-social-amd64"
 
 
 def stack(domain: str) -> str:
@@ -144,6 +145,14 @@ class Site:
             filters={"label": f"com.docker.stack.namespace={stack(domain)}"}
         )
         return sorted(s.name.removeprefix(f"{stack(domain)}_") for s in found)
+
+
+def spec_versions(site: Site, domain: str) -> dict[str, int]:
+    """Each service's spec version: any deploy, update or rollback raises it."""
+    found = site.docker.services.list(
+        filters={"label": f"com.docker.stack.namespace={stack(domain)}"}
+    )
+    return {s.name: s.attrs["Version"]["Index"] for s in found}
 
 
 def expected_services(site: Site, recipe: str, domain: str, version: str | None) -> list[str]:
@@ -316,8 +325,39 @@ async def test_bonfire_deploys_a_release_and_upgrades_to_the_next_with_its_notes
     assert services == ["app", "db"]
     await status_shows_every_service(site, domain, services)
 
+    # Dry runs change nothing and propose nothing. The operator rotates a secret (its
+    # version bumped in the .env, the new one generated): the plan names the bump.
+    env_file = site.abra / "servers" / "default" / f"{domain}.env"
+    rotated = site.env_text(domain).replace(
+        "SECRET_SEEDS_PW_VERSION=v1", "SECRET_SEEDS_PW_VERSION=v2"
+    )
+    env_file.write_text(rotated)
+    await coop.ask(coop.bob, f"!secrets {domain} generate", "Created 1")
+    specs = spec_versions(site, domain)
+    bump = f"`{stack(domain)}_seeds_pw_v1` → `{stack(domain)}_seeds_pw_v2`"
+    await coop.bob.send(site.room, f"!upgrade {domain} {BONFIRE_NEW} --dry-run")
+    dry = await site.said("Dry run", f"Upgrade **{domain}**", "📋 Plan:", timeout=60)
+    plan = dry[dry.index("📋 Plan:") :].split("\n\n")[0]  # the changes, up to the notes
+    assert f"📋 Plan: {BONFIRE_OLD} → **{BONFIRE_NEW}**" in plan, dry
+    assert "  - `app`: image `bonfirenetworks/bonfire:1.0.5-social-amd64` (unchanged)" in plan
+    assert f"    - secrets: {bump}" in plan, plan
+    assert "  - unchanged: `db`" in plan, plan
+    assert f"  - notes `{BONFIRE_NEW}`: `Mailisearch search backend was removed" in plan, plan
+    await coop.bob.send(site.room, f"!deploy {domain} {BONFIRE_LATEST} --dry-run")
+    dry_deploy = await site.said("Dry run", "📋 Plan:", f"→ **{BONFIRE_LATEST}**", timeout=60)
+    assert (
+        "`bonfirenetworks/bonfire:1.0.5-social-amd64` → `bonfirenetworks/bonfire:1.0.6"
+        in dry_deploy
+    )
+    # Every problem at once, and still nothing proposed: 1.0.6 has no stand-in here.
+    assert "❌ Pre-flight would fail:" in dry_deploy, dry_deploy
+    assert "image bonfirenetworks/bonfire:1.0.6-social-amd64 of service app" in dry_deploy
+    assert spec_versions(site, domain) == specs
+    await coop.ask(coop.bob, "!proposals", "No proposal is open.")
+
     proposal, body = await site.propose(f"!upgrade {domain} {BONFIRE_NEW}", "major")
     assert "Mailisearch search backend was removed" in body, body
+    assert plan.strip() in body, body  # the one plan text, in the proposal too
     await site.approve(coop.alice, proposal)
     report = await site.said(f"{domain} runs {BONFIRE_NEW}")
     assert f"⬆ **Upgrade {domain}**: {BONFIRE_OLD} → {BONFIRE_NEW}" in report, report

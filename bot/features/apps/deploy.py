@@ -23,12 +23,13 @@ import yaml
 
 from bot.errors import UserError
 from bot.faults import fault_point
+from bot.features.apps.changes import diff, render_changes, target_specs
 from bot.features.apps.inventory import Deployed, Inventory
 from bot.features.self_app import SelfApp
 from bot.labels import chaos_label, timeout_label, version_label
 from bot.ops.abra import AppEnv, read_exports, set_pinned_version
 from bot.ops.recipes import RecipeRepo, parse_version
-from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts
+from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts, stack_specs
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -182,14 +183,44 @@ class Apps(Inventory):
         await run.steps.done()
 
     async def _show_plan(self, run: _Deploy, repo: RecipeRepo) -> None:
+        run.steps.lines.append(await self._plan_text(run, repo))
+
+    async def _plan_text(self, run: _Deploy, repo: RecipeRepo) -> str:
+        """The one plan text (changes.py): what `--dry-run` shows, what a proposal for a
+        version change holds and what the deploy's progress message then says."""
         notes = (
-            await asyncio.to_thread(repo.release_notes, run.current.version, run.target)
+            # Batched: one `git cat-file --batch` for every note, not GitPython per tag.
+            await repo.release_notes_async(run.current.version, run.target)
             if not run.chaos and parse_version(run.target)
             else []
         )
-        plan = self._plan_lines(run.current, run.target, run.config, run.pins, notes)
-        run.steps.lines.append("📋 " + plan)
-        run.steps.lines += [f"⚠ {warning}" for warning in run.warnings]
+        before = await stack_specs(run.swarm, run.stack) if run.current.exists else {}
+        changes = diff(before, target_specs(run.stack, run.config, run.pins))
+        return render_changes(run.current.version, run.target, changes, notes, run.warnings)
+
+    async def plan(self, app: AppEnv, version: str | None = None, *, chaos: bool = False) -> str:
+        """The plan of deploying `version` (as `deploy` would resolve it), computed the
+        way the deploy computes it, with nothing created: a checkout, the rendered
+        compose, the pre-flight checks and the running specs. Pre-flight problems are
+        listed under the plan instead of stopping it (a dry run shows them all)."""
+        repo = await asyncio.to_thread(self.recipe, app.recipe)
+        current = await self.deployed(app)
+        target, checkout = await self._target(app, repo, version, chaos)
+        steps = Steps(_Silent(), "")
+        run = _Deploy(app, self.swarm(app.server), steps, current, target, chaos, "plan")
+        problems: list[str] = []
+        async with _entered(checkout) as tree:
+            env = await asyncio.to_thread(self._environment, app, tree)
+            files = [tree / name for name in app.compose_files]
+            run.config = await self._check_compose(
+                run.swarm, files, env, tree, problems, run.warnings
+            )
+            await self._check_secrets(run, problems)
+            run.pins = await self._check_images(run, problems)
+            text = await self._plan_text(run, repo)
+        if problems:
+            text += "\n❌ Pre-flight would fail:\n" + "\n".join(f"- {p}" for p in problems)
+        return text
 
     async def _stack_deploy(
         self, run: _Deploy, files: list[Path], env: dict[str, str], tree: Path
@@ -366,26 +397,6 @@ class Apps(Inventory):
         return app.timeout or DEFAULT_TIMEOUT
 
     @staticmethod
-    def _plan_lines(
-        current: Deployed,
-        target: str,
-        config: dict[str, Any],
-        pins: dict[str, str],
-        notes: list[tuple[str, str]],
-    ) -> str:
-        lines = [f"Plan: {current.version or 'not deployed'} → **{target}**"]
-        running = {s.short_name: s.image for s in current.services}
-        for name, service in sorted((config.get("services") or {}).items()):
-            image = pins.get(name) or service.get("image", "?")
-            if running.get(name) != image:
-                lines.append(f"  - {name}: {running.get(name, 'new')} → {image}")
-        for version, text in notes:
-            lines.append(
-                f"  - notes {version}: {text.strip().splitlines()[0] if text.strip() else ''}"
-            )
-        return "\n".join(lines)
-
-    @staticmethod
     def _replicas(services: list[ServiceInfo]) -> str:
         def desired(service: ServiceInfo) -> str:
             return "global" if service.replicas_desired is None else str(service.replicas_desired)
@@ -431,6 +442,24 @@ class Apps(Inventory):
         )
         kept = ", ".join(f"`{v}`" for v in volumes) or "none"
         return steps.render() + f"\n\nVolumes kept: {kept}."
+
+
+class _Silent:
+    """The progress of a plan computed without a job (nothing is shown as it goes)."""
+
+    event_id: str | None = None
+
+    async def update(self, markdown: str) -> None:
+        return None
+
+    async def finish(self, markdown: str) -> None:
+        return None
+
+    async def detail(self, markdown: str) -> str:
+        return ""
+
+    async def settle(self) -> None:
+        return None
 
 
 @contextlib.asynccontextmanager

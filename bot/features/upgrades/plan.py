@@ -83,6 +83,7 @@ class UpgradePlan:
     autoupdate: bool
     backup: str  # what happens about a backup first, one line
     will_back_up: bool = False
+    changes: str = ""  # the deploy's plan (Apps.plan), when it was asked for
 
     @property
     def fingerprint(self) -> str:

@@ -92,6 +92,8 @@ def plan_summary(plan: UpgradePlan) -> str:
         f"2. Deploy {plan.target.text} and wait until it runs.",
         "3. If it fails: roll the code back, and name the snapshot that restores the data.",
     ]
+    if plan.changes:  # the very text the deploy shows (bot/features/apps/changes.py)
+        lines += ["", plan.changes]
     if plan.notes:
         lines += ["", "Release notes:"]
         used = 0

@@ -251,9 +251,12 @@ class Upgrades:
         return todo
 
     # -- upgrading -------------------------------------------------------------------------
-    async def prepare(self, env: AppEnv, version: str | None, prefix: str = "!") -> UpgradePlan:
+    async def prepare(
+        self, env: AppEnv, version: str | None, prefix: str = "!", *, changes: bool = False
+    ) -> UpgradePlan:
         """What `!upgrade` would do; UserError for anything that is not an upgrade.
-        `prefix`: the command prefix, for the hints."""
+        `prefix`: the command prefix, for the hints; `changes`: with the deploy's plan
+        (a checkout and a render: for proposals and dry runs, not for the run itself)."""
         current = await self.apps.deployed(env)
         if not current.exists:
             raise UserError(
@@ -266,38 +269,35 @@ class Upgrades:
                 f"release; `{prefix}deploy {env.domain} <version>` deploys one."
             )
 
-        def read() -> tuple[list[Version], Version, list[tuple[str, str]]]:
-            repo = self.apps.recipe(env.recipe)
-            try:
-                versions = repo.versions()
-                if version is not None:
-                    target = repo.version(version)  # unknown versions stop here
-                else:
-                    newest = newest_release(release, versions)
-                    if newest is None:
-                        raise UserError(
-                            f"{env.domain} already runs {release.text}, the newest release of "
-                            f"{env.recipe}."
-                        )
-                    target = newest
-                kind = step_kind(release, target)
-                if kind == "same":
-                    raise UserError(
-                        f"{env.domain} already runs {target.text}; `{prefix}deploy {env.domain}` "
-                        "redeploys it."
-                    )
-                if kind == "downgrade":
-                    raise UserError(
-                        f"{target.text} is older than {release.text}, which {env.domain} runs: "
-                        f"that is not an upgrade. `{prefix}rollback {env.domain} {target.text}` "
-                        "goes back (with a vote)."
-                    )
-                return versions, target, repo.release_notes(release.text, target.text)
-            finally:
-                repo.close()
-
-        versions, target, notes = await asyncio.to_thread(read)
+        # The batched reads (one `git for-each-ref`, one `git cat-file --batch`), not
+        # GitPython per tag: no Python git work under the GIL while others wait.
+        repo = await asyncio.to_thread(self.apps.recipe, env.recipe)
+        refs = await repo.refs()
+        versions = refs.versions
+        if version is not None:
+            target = refs.version(version)  # unknown versions stop here
+        else:
+            newest = newest_release(release, versions)
+            if newest is None:
+                raise UserError(
+                    f"{env.domain} already runs {release.text}, the newest release of {env.recipe}."
+                )
+            target = newest
+        kind = step_kind(release, target)
+        if kind == "same":
+            raise UserError(
+                f"{env.domain} already runs {target.text}; `{prefix}deploy {env.domain}` "
+                "redeploys it."
+            )
+        if kind == "downgrade":
+            raise UserError(
+                f"{target.text} is older than {release.text}, which {env.domain} runs: "
+                f"that is not an upgrade. `{prefix}rollback {env.domain} {target.text}` "
+                "goes back (with a vote)."
+            )
+        notes = await repo.release_notes_async(release.text, target.text, refs)
         will_back_up, backup = await self._backup_intent(env)
+        plan_text = await self.apps.plan(env, target.text) if changes else ""
         return UpgradePlan(
             env,
             release,
@@ -308,6 +308,7 @@ class Upgrades:
             opted_in(env.stack_name, current.services),
             backup,
             will_back_up,
+            plan_text,
         )
 
     async def _backup_intent(self, env: AppEnv) -> tuple[bool, str]:

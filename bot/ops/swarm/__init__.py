@@ -42,7 +42,7 @@ from bot.ops.swarm.model import (
     TaskInfo,
 )
 from bot.ops.swarm.parse import group, parse_ts, service_info, task_info
-from bot.ops.swarm.parts import StackParts, stack_parts
+from bot.ops.swarm.parts import SpecSummary, StackParts, spec_summary, stack_parts, stack_specs
 from bot.ops.swarm.placement import (
     NodeInfo,
     Placement,
@@ -64,6 +64,7 @@ __all__ = [
     "NodeInfo",
     "Placement",
     "ServiceInfo",
+    "SpecSummary",
     "StackParts",
     "Status",
     "Stranded",
@@ -79,7 +80,9 @@ __all__ = [
     "group",
     "parse_ts",
     "service_info",
+    "spec_summary",
     "stack_parts",
+    "stack_specs",
     "stranded",
     "task_info",
 ]

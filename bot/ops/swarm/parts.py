@@ -63,3 +63,39 @@ async def stack_parts(swarm: Swarm, stack: str) -> StackParts:
 
 def _names(objects: list[dict[str, Any]] | None, name: Any) -> tuple[str, ...]:
     return tuple(sorted(str(name(o)) for o in objects or []))
+
+
+@dataclass(frozen=True)
+class SpecSummary:
+    """What a plan compares of one service: its image, the NAMES of its environment
+    variables (never their values), and the swarm names of its secrets, configs and
+    named volumes."""
+
+    image: str
+    env_keys: frozenset[str] = frozenset()
+    secrets: frozenset[str] = frozenset()
+    configs: frozenset[str] = frozenset()
+    volumes: frozenset[str] = frozenset()
+
+
+def spec_summary(spec: dict[str, Any]) -> SpecSummary:
+    """A service's Spec (the SDK's JSON) as a SpecSummary."""
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    return SpecSummary(
+        image=str(container.get("Image", "")),
+        env_keys=frozenset(str(e).split("=", 1)[0] for e in container.get("Env") or []),
+        secrets=frozenset(str(s["SecretName"]) for s in container.get("Secrets") or []),
+        configs=frozenset(str(c["ConfigName"]) for c in container.get("Configs") or []),
+        volumes=frozenset(
+            str(m["Source"])
+            for m in container.get("Mounts") or []
+            if m.get("Type", "volume") == "volume" and m.get("Source")
+        ),
+    )
+
+
+async def stack_specs(swarm: Swarm, stack: str) -> dict[str, SpecSummary]:
+    """Per service of the stack (short name): its current spec, summarised."""
+    label = {"label": namespace_filter(check_stack(stack))}
+    raw = await swarm._sdk(lambda c: c.api.services(filters=label))
+    return {str(s["Spec"]["Name"]).removeprefix(f"{stack}_"): spec_summary(s["Spec"]) for s in raw}
