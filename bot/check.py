@@ -17,6 +17,7 @@ Result = tuple[bool, str]
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # The whole Matrix probe (login, aliases, keys) ends within this, answered or not.
 MATRIX_BUDGET = 60.0
+STORE_FILE = "coopbot.sqlite"  # the bot's store in data_dir, as bot/app.py opens it
 
 
 async def check(config: Config) -> int:
@@ -46,6 +47,10 @@ async def check(config: Config) -> int:
                     f"{MATRIX_BUDGET:.0f} s (is the URL right, and reachable from here?)",
                 )
             )
+        # What the running bot saw and the probe cannot: members it could not decrypt.
+        from bot.ops.matrix_undecrypted import recorded_problems
+
+        results += [(False, p) for p in recorded_problems(config.data_dir / STORE_FILE)]
     if config.servers:
         for name, server in config.servers.items():
             results.append(await _check_docker(server.docker_host, name))

@@ -45,20 +45,13 @@ from nio import (
 from nio.api import RelationshipType
 
 from bot.config import MatrixConfig
-from bot.core.chat import (
-    ROOM_MENTION,
-    ChatEvent,
-    EventHandler,
-    Membership,
-    Message,
-    Reaction,
-    Redaction,
-    render_html,
-)
+from bot.core.chat import ChatEvent, EventHandler, Membership, Message, Reaction, Redaction
 from bot.core.metrics import Metrics
 from bot.core.store import Store
 from bot.errors import CoopbotError
+from bot.ops.matrix_content import mentions_of, notice, reaction, relate
 from bot.ops.matrix_identity import Identity
+from bot.ops.matrix_undecrypted import Undecrypted
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +130,7 @@ class MatrixChat:
                 recovery_key_file=config.recovery_key_file,
                 password=config.password.get_secret_value() if config.password else None,
             )
+        self.undecrypted = Undecrypted(store)  # members the bot cannot hear
         self._allowed: set[str] = set()
         self._home: str | None = None  # the first configured room, once resolved
         self._creators: dict[str, asyncio.Future[frozenset[str]]] = {}
@@ -231,8 +225,10 @@ class MatrixChat:
 
     def problems(self) -> list[str]:
         """What keeps members from using the bot although it syncs (for /healthz):
-        an unsigned device is invisible to Element in encrypted rooms (MSC4153)."""
-        return self.identity.problems() if self.identity is not None else []
+        an unsigned device is invisible to Element in encrypted rooms (MSC4153), and
+        a member whose messages it cannot decrypt is not heard."""
+        signed = self.identity.problems() if self.identity is not None else []
+        return signed + self.undecrypted.problems()
 
     # -- receiving ---------------------------------------------------------------
     async def run(self, on_event: EventHandler) -> None:
@@ -330,6 +326,7 @@ class MatrixChat:
                     await self._deliver(incoming, on_event)
                 elif incoming is not None:
                     await on_event(incoming)  # votes count whenever they were cast
+        await self.undecrypted.request_keys(self.client)
         # Saved only after every command in this batch was recorded and handed on.
         self._store.put(SYNC_TOKEN_KEY, response.next_batch)
 
@@ -381,16 +378,20 @@ class MatrixChat:
             if not self._store.mark_seen(event.event_id, room_id):
                 return None
             if isinstance(event, ReactionEvent):
-                return _reaction(room_id, event)
+                return reaction(room_id, event)
             # Room v11+ moved `redacts` into the content.
             redacts = event.source.get("content", {}).get("redacts") or event.redacts
             return Redaction(room_id, event.event_id, event.sender, redacts)
         if isinstance(event, MegolmEvent):
-            log.warning("cannot decrypt %s from %s in %s", event.event_id, event.sender, room_id)
+            # Sessions from before the bot joined were never meant for it: not counted.
+            if joined_at is None or event.server_timestamp >= joined_at:
+                self.undecrypted.saw(room_id, event)
             return None
         # RoomMessageNotice is a different class: other bots' notices never reach here.
         if not isinstance(event, RoomMessageText):
             return None
+        if event.decrypted:
+            self.undecrypted.decrypted(event.sender)
         content: dict[str, Any] = event.source.get("content", {})
         relates = content.get("m.relates_to") or {}
         if relates.get("rel_type") == "m.replace" or "m.new_content" in content:
@@ -443,13 +444,13 @@ class MatrixChat:
         mentions: Sequence[str] = (),
         notify: bool = False,
     ) -> str:
-        content = _notice(markdown, mentions)
+        content = notice(markdown, mentions)
         if notify:
             # The default push rule .m.rule.suppress_notices silences every m.notice;
             # m.text with exactly these m.mentions pings those people and nobody else.
             content["msgtype"] = "m.text"
-            content["m.mentions"] = _mentions(mentions)
-        _relate(content, reply_to, thread_root)
+            content["m.mentions"] = mentions_of(mentions)
+        relate(content, reply_to, thread_root)
         return await self._send(room_id, "m.room.message", content)
 
     async def send_file(
@@ -483,11 +484,11 @@ class MatrixChat:
             content["file"] = {**keys, "url": response.content_uri}
         else:
             content["url"] = response.content_uri
-        _relate(content, reply_to, thread_root)
+        relate(content, reply_to, thread_root)
         return await self._send(room_id, "m.room.message", content)
 
     async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
-        new = _notice(markdown, ())  # empty m.mentions: an edit must not ping again
+        new = notice(markdown, ())  # empty m.mentions: an edit must not ping again
         content = {
             **new,
             "body": "* " + new["body"],
@@ -534,7 +535,7 @@ class MatrixChat:
                 room_id, event_id, RelationshipType.annotation, "m.reaction"
             ):
                 if isinstance(event, ReactionEvent) and event.sender != self.user_id:
-                    found.append(_reaction(room_id, event))
+                    found.append(reaction(room_id, event))
         except AttributeError:  # nio's iterator meets an error response
             raise MatrixError(f"cannot read the reactions to {event_id} in {room_id}") from None
         return found
@@ -562,39 +563,3 @@ class MatrixChat:
                 creators.add(event["sender"])
                 creators.update(event.get("content", {}).get("additional_creators", []))
         return frozenset(creators)
-
-
-def _reaction(room_id: str, event: ReactionEvent) -> Reaction:
-    return Reaction(
-        room_id, event.event_id, event.sender, event.reacts_to, event.key, event.server_timestamp
-    )
-
-
-def _relate(content: dict[str, Any], reply_to: str | None, thread_root: str | None) -> None:
-    if thread_root is not None:
-        content["m.relates_to"] = {
-            "rel_type": "m.thread",
-            "event_id": thread_root,
-            "is_falling_back": reply_to is None,
-            "m.in_reply_to": {"event_id": reply_to or thread_root},
-        }
-    elif reply_to is not None:
-        content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
-
-
-def _notice(markdown: str, mentions: Sequence[str]) -> dict[str, Any]:
-    return {
-        "msgtype": "m.notice",
-        "body": markdown,
-        "format": "org.matrix.custom.html",
-        "formatted_body": render_html(markdown),
-        "m.mentions": _mentions(mentions) if mentions else {},
-    }
-
-
-def _mentions(mentions: Sequence[str]) -> dict[str, Any]:
-    """m.mentions for these user ids; ROOM_MENTION among them mentions the whole room."""
-    out: dict[str, Any] = {"user_ids": [m for m in mentions if m != ROOM_MENTION]}
-    if ROOM_MENTION in mentions:
-        out["room"] = True
-    return out

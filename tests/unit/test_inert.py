@@ -13,7 +13,7 @@ from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from bot.features.upgrades.render import excerpt
 from bot.fmt import code, code_block
-from bot.ops.matrix import _notice
+from bot.ops.matrix_content import notice as _notice
 from tests.unit.helpers import ADMIN, BotFactory, chat_of, drain, message
 
 # What a member (or a release note, or a log line) might type to smuggle markup in.
