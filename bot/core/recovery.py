@@ -21,7 +21,7 @@ from bot.core.context import Services
 from bot.core.records import JobRow, job_thread_key
 from bot.errors import UserError
 from bot.features.apps.resume import resume_deploy
-from bot.features.backups.resume import resume_restore
+from bot.features.backups.resume import backup_report, resume_restore
 from bot.fmt import code, utc_time
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,11 @@ def _finishing(job: JobRow, services: Services) -> tuple[str, Callable[[], Await
             f"⏳ Waiting for {job.app} to converge, as the job would have…",
             partial(resume_deploy, services.apps, job.app),
         )
+    if job.command == "backup" and services.backups is not None:
+        return (
+            "⏳ Looking at the restic repository…",
+            partial(backup_report, services.backups, job.app, job.started_at, services.prefix),
+        )
     if job.command == "restore" and services.backups is not None:
         return (
             f"⏳ Looking at what the restore left of {job.app}…",
@@ -113,7 +118,8 @@ async def _restore(app: str, services: Services) -> str:
 def _next(job: JobRow, services: Services) -> list[str]:
     prefix, lines = services.prefix, []
     aftermath = _AFTERMATH.get(job.command)
-    if aftermath and not (job.command == "restore" and job.started_at):
+    told = job.started_at is not None and job.command in ("restore", "backup")
+    if aftermath and not told:
         lines.append(aftermath.format(prefix=prefix, app=job.app))
     if job.app is not None:
         lines.append(

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from typing import Any
+
+import yaml
 
 from bot.app import Bot
 from bot.config import Config, parse_config
@@ -14,6 +23,7 @@ from bot.core.context import Arg, positive_int
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
 from commands import GROUPS
+from tests.harness.dockerd import free_port
 
 # Commands that exist only in tests: a long job and an echo with a marker.
 test_commands = CommandGroup("test")
@@ -72,7 +82,7 @@ async def _risky(ctx: Any) -> None:
     await ctx.reply(f"risky ran on {ctx.args['app']}")
 
 
-def bot_config(
+def raw_bot_config(
     homeserver: str,
     user_id: str,
     password: str,
@@ -80,8 +90,9 @@ def bot_config(
     data_dir: pathlib.Path,
     sections: dict[str, Any] | None = None,
     **matrix: Any,
-) -> Config:
-    raw: dict[str, Any] = {
+) -> dict[str, Any]:
+    """The config as a YAML file holds it (for a bot in its own process)."""
+    return {
         "matrix": {
             "homeserver": homeserver,
             "user_id": user_id,
@@ -93,6 +104,18 @@ def bot_config(
         "data_dir": str(data_dir),
         **(sections or {}),
     }
+
+
+def bot_config(
+    homeserver: str,
+    user_id: str,
+    password: str,
+    rooms: list[str],
+    data_dir: pathlib.Path,
+    sections: dict[str, Any] | None = None,
+    **matrix: Any,
+) -> Config:
+    raw = raw_bot_config(homeserver, user_id, password, rooms, data_dir, sections, **matrix)
     return parse_config(raw, data_dir.parent)
 
 
@@ -127,3 +150,93 @@ class BotRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class BotProcess:
+    """The bot as `python -m bot run` in a process of its own: what a SIGKILL (a fault
+    point, tests/faults) can hit. `env`: extra environment (COOPBOT_FAULT=...), given
+    to every start, and `start(env=)` adds some for one start only. The config gets a
+    /healthz listener on a free port: started means /healthz answers 200."""
+
+    def __init__(
+        self, raw: dict[str, Any], workdir: pathlib.Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.raw = {**raw, "web": {**raw.get("web", {}), "listen": f"127.0.0.1:{self.port}"}}
+        self.env = dict(env or {})
+        self.log_path = workdir / "bot.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def spawn(self, env: dict[str, str] | None = None) -> None:
+        """Start the process; does not wait for it (see `start`)."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.yaml"
+        config.write_text(yaml.safe_dump(self.raw))
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bot", "run", "--config", str(config)],
+                cwd=str(self.workdir),
+                env={**os.environ, **self.env, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # pytest's Ctrl-C must not reach it directly
+            )
+
+    async def start(self, env: dict[str, str] | None = None, timeout: float = 60) -> None:  # noqa: ASYNC109
+        self.spawn(env)
+        await self.healthy(timeout)
+
+    async def healthy(self, timeout: float = 60) -> None:  # noqa: ASYNC109
+        """Wait until /healthz says 200 (syncing); raise with the log if it died."""
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(self._healthz):
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the bot exited {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bot was not healthy in {timeout}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.2)
+
+    def _healthz(self) -> bool:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    async def died(self, timeout: float = 120) -> int:  # noqa: ASYNC109
+        """Wait for the process to end by itself (a fault point); its return code."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bot still runs after {timeout}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+        return code
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGINT (a clean stop), then SIGKILL if it hangs; idempotent."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

@@ -12,12 +12,17 @@ says which data the app now runs on and where the rest is kept. Nothing is delet
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from bot.core.store import Store
 from bot.errors import UserError
-from bot.features.backups.targets import Targets
+from bot.features.backups.repository import Repository
+from bot.features.backups.targets import APP_TAG, Targets
+from bot.fmt import utc_time
+from bot.ops.restic import ResticError
 
 CHECKPOINT = "restore.checkpoint."  # store kv, + the app's domain; one restore per app
 
@@ -70,3 +75,58 @@ async def resume_restore(owner: Targets, store: Store, domain: str, prefix: str)
 
 def _existing(paths: list[str]) -> list[str]:
     return [p for p in paths if Path(p).exists()]
+
+
+async def backup_report(owner: Repository, domain: str, since: float, prefix: str) -> str:
+    """After a backup cut short: what the repository holds now (read-only). Whether a
+    snapshot of the app was made since the job started, and every lock in it, named
+    and left in place: the bot never unlocks by itself (a live restic may hold it)."""
+    try:
+        snaps = [s for s in await owner._snapshots(APP_TAG + domain) if s.time.timestamp() >= since]
+        locks = await _locks(owner)
+    except UserError as exc:
+        return f"The repository could not be read: {exc}"
+    lines = [
+        f"Repository: snapshot {', '.join(f'`{s.short_id}`' for s in snaps)} of {domain} was "
+        "made by this job (restic finished; the job did not record it)."
+        if snaps
+        else f"Repository: no snapshot of {domain} was made by this job."
+    ]
+    for lock in locks:
+        here = lock["hostname"] == socket.gethostname()
+        gone = here and not await asyncio.to_thread(_alive, int(lock["pid"]))
+        holder = f"pid {lock['pid']} on {lock['hostname']}" + (
+            ", which is gone: a stale lock" if gone else ""
+        )
+        lines.append(
+            f"🔒 restic lock `{str(lock['id'])[:8]}` ({holder}, since {utc_time(lock['time'])}) is "
+            f"left in place: the bot never removes one. Once nothing uses the repository "
+            f"(`{prefix}backup check` reports locks), `restic unlock` removes it."
+        )
+    if not locks:
+        lines.append("The repository holds no lock.")
+    lines.append(
+        "If the app has a backup pre-hook (maintenance mode, a dump), its post-hook did not "
+        "run after a stop during the backup: check the app."
+    )
+    return "\n".join(lines)
+
+
+async def _locks(owner: Repository) -> list[dict[str, Any]]:
+    """A repository that was never created has no locks (`list locks` fails there)."""
+    try:
+        return await owner.restic.locks()
+    except ResticError as exc:
+        if exc.kind == "no_repository":
+            return []
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
