@@ -36,6 +36,7 @@ from typing import Literal
 import git
 
 from bot.errors import UserError
+from bot.ops.git_errors import git_message
 from bot.ops.gitbatch import (
     REFS_FORMAT,
     RefsMark,
@@ -258,7 +259,7 @@ class RecipeRepo:
         )
         if status != 0:
             detail = str(err).strip() or f"exit status {status}"
-            raise RecipeError(f"recipe {self.name}: git {args[0]} failed: {detail}")
+            raise RecipeError(git_message(self.name, args[0], detail))
         return str(out)
 
     # --- versions -----------------------------------------------------------
@@ -328,7 +329,7 @@ class RecipeRepo:
             raise RecipeError(f"recipe {self.name}: cannot run git: {exc}") from None
         if result.returncode != 0:
             detail = result.stderr.strip() or f"exit status {result.returncode}"
-            raise RecipeError(f"recipe {self.name}: git {args[0]} failed: {detail}")
+            raise RecipeError(git_message(self.name, args[0], detail))
         return result.stdout, result.stdout_truncated
 
     async def refs(self) -> RecipeRefs:
