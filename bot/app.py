@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
@@ -32,6 +32,7 @@ from bot.core.registry import CommandGroup, Registry
 from bot.core.scheduler import Schedule, Scheduler, tasks_from
 from bot.core.store import Store
 from bot.core.web import Hooks, serve
+from bot.core.windows import Windows
 from bot.errors import AlreadyRunning
 from bot.features.apps import Apps
 from bot.features.backups import Backups, restic_environment
@@ -124,6 +125,19 @@ def hold_data_dir(data_dir: Path) -> TextIO:
     return handle
 
 
+def build_windows(
+    config: Config, store: Store, chat: Chat, apps: Apps, zone: tzinfo, clock: Callable[[], float]
+) -> Windows | None:
+    """The servers' maintenance windows; None when no server has one."""
+    if not any(server.window for server in config.servers.values()):
+        return None
+
+    async def server_of(domain: str) -> str | None:
+        return (await apps.find(domain)).server
+
+    return Windows(config, store, chat, server_of, zone, clock)
+
+
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """Run a long-lived loop until cancelled; a failure is logged and the loop
     starts again, so one failed message edit never stops proposals expiring."""
@@ -194,6 +208,7 @@ class Bot:
             upgrades=Upgrades(config, apps, self.store, backups),
             schedule=schedule,
             backups=backups,
+            windows=build_windows(config, self.store, self.chat, apps, schedule.zone, clock),
         )
         self.dispatcher = Dispatcher(
             self.services, self.jobs, authoriser, clock=clock, sweep_interval=sweep_interval
@@ -276,6 +291,9 @@ class Bot:
                     extra.append(group.create_task(report, name="self-upgrade"))
                 if self.watch is not None:
                     extra.append(group.create_task(supervised("watch", self.watch.run)))
+                if (windows := self.services.windows) is not None:  # queued auto-patches
+                    due = lambda: windows.run_due(self.dispatcher.run_scheduled)  # noqa: E731
+                    extra.append(group.create_task(supervised("windows", due)))
                 if self.config.pings.bot:
                     beat = lambda: self.deadman.heartbeat(self.config.pings.bot_interval)  # noqa: E731
                     extra.append(group.create_task(supervised("heartbeat", beat)))

@@ -280,6 +280,12 @@ class ServerConfig(_Section):
     docker_host: Annotated[str, Field(pattern=r"^(unix|ssh|tcp)://\S+$")] = (
         "unix:///var/run/docker.sock"
     )
+    # Maintenance window: a crontab line whose matching minutes are the window, in the
+    # configured timezone ("* 2-4 * * 6,0": Sat and Sun 02:00-04:59). Approved upgrades
+    # and auto-patches of this server's apps wait for it. None: any time.
+    window: Cron | None = None
+    # The room this server's incidents go to (the swarm watch); None: the main room.
+    room: str | None = None
 
 
 RoleName = Literal["viewer", "operator", "admin"]

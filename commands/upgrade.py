@@ -59,6 +59,11 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
         return Plan("Dry run of `upgrade`", fingerprint="dry-run", needs_vote=False)
     plan = await _prepare(ctx, changes=ctx.sender != SCHEDULER)  # a proposal shows it
     needs_vote = True
+    summary = plan_summary(plan)
+    if ctx.args.get("now"):
+        summary += "\n\n" + _break_glass(
+            ctx, "major_upgrade" if plan.kind == "major" else "upgrade"
+        )
     if ctx.sender == SCHEDULER:
         # The scheduler never opens proposals: it upgrades without a vote, or not at all.
         why = auto_refusal(plan, ctx.services.config.upgrades.auto_patch)
@@ -68,8 +73,9 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
                 f"`{ctx.prefix}upgrade {plan.env.domain} {plan.target.text}` asks for a vote."
             )
         needs_vote = False
+        await _window_or_queue(ctx, plan.env.domain, plan.target.text)
     return Plan(
-        plan_summary(plan),
+        summary,
         fingerprint=plan.fingerprint,
         policy="major_upgrade" if plan.kind == "major" else None,
         needs_vote=needs_vote,
@@ -78,12 +84,49 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     )
 
 
+def _break_glass(ctx: CommandContext, policy_name: str) -> str:
+    """`--now` skips the server's maintenance window: the break-glass rule of the
+    policy (it must allow it; an admin asks, with a reason). The plan says so."""
+    if not ctx.services.config.approvals.policy(policy_name).break_glass:
+        raise UserError(
+            f"`--now` needs break-glass, which the {policy_name} policy does not allow "
+            f"(approvals.policies.{policy_name}.break_glass). Nothing was done."
+        )
+    if ctx.role < Role.ADMIN or not ctx.reason:
+        raise UserError(
+            "`--now` (break-glass) is for an admin who says why: "
+            f"`{ctx.prefix}upgrade {ctx.args['app']} --now -- the hole is exploited`. "
+            "Nothing was done."
+        )
+    return (
+        f"⚡ **--now** (break-glass, by {ctx.sender}): once approved it runs at once, "
+        "outside the server's maintenance window if need be."
+    )
+
+
+async def _window_or_queue(ctx: CommandContext, domain: str, version: str) -> None:
+    """A scheduled auto-patch outside the app's server window is queued to its start."""
+    windows = ctx.services.windows
+    outside = await windows.outside(domain) if windows else None
+    if windows is None or outside is None:
+        return
+    server, opens = outside
+    queued = windows.defer(f"upgrade {domain} {version}", opens)
+    raise UserError(
+        f"Not upgraded now: {domain} is outside {windows.describe(server, opens)}. "
+        + ("The auto-patch is queued for then." if queued else "It is queued for then already.")
+    )
+
+
 @group.command(
     "upgrade",
     help="Upgrade an app to a newer release (default: the newest), after a vote: backup "
     "first, deploy, roll back if it fails. A major step needs the major_upgrade quorum.",
     args=(APP, VERSION),
-    options=(Option("dry-run", "show the plan only: nothing is proposed or changed", flag=True),),
+    options=(
+        Option("dry-run", "show the plan only: nothing is proposed or changed", flag=True),
+        Option("now", "once approved, run outside the maintenance window (break-glass)", flag=True),
+    ),
     role=Role.OPERATOR,
     vote_policy="upgrade",
     lock_arg="app",

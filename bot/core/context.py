@@ -30,6 +30,7 @@ from bot.core.records import JobState, job_thread_key
 from bot.core.roles import Role
 from bot.core.scheduler import Schedule
 from bot.core.store import Store
+from bot.core.windows import Windows
 from bot.errors import StalePlan, UsageError
 from bot.features.apps import Apps
 from bot.features.backups import Backups
@@ -293,6 +294,7 @@ class Services:
     upgrades: Upgrades
     schedule: Schedule
     backups: Backups | None = None  # None without a backups: section
+    windows: Windows | None = None  # maintenance windows (bot/core/windows.py)
 
     @property
     def prefix(self) -> str:

@@ -27,6 +27,7 @@ from bot.core.context import CommandContext, Control, Services, split_reason
 from bot.core.proposal_text import people, render, summary_line
 from bot.core.records import ProposalRow, StoredPlan, VoteRow
 from bot.core.roles import Role
+from bot.core.windows import delay_only
 from bot.errors import StalePlan, UserError
 from bot.fmt import code, utc_time
 
@@ -375,12 +376,15 @@ class ApprovalGate:
             self._audit(row, "expired", f"{row.id}: {row.text}; approved too late to run")
             await self._show(row, self._text(row, policy, expired, None))
             return
-        if policy.delay and (row.run_at is None or now < row.run_at):
-            await self._hold(row, policy, tally, now)
+        when = services.windows.run_at if services.windows else delay_only  # delay, window
+        if (run_at := await when(row, now, policy.delay)) is not None:
+            await self._hold(row, policy, tally, now, run_at)
             return
         await self._start(row, policy, tally, now)
 
-    async def _hold(self, row: ProposalRow, policy: Policy, tally: Tally, now: float) -> None:
+    async def _hold(
+        self, row: ProposalRow, policy: Policy, tally: Tally, now: float, run_at: float
+    ) -> None:
         """An approved proposal under a delay waits, still open: an eligible 👎 in that
         time rejects it (veto or not), and the sweeper starts it when the time comes."""
         services = self._services
@@ -390,8 +394,9 @@ class ApprovalGate:
             self._audit(row, "rejected", f"{row.id}: {row.text}; stopped during its delay")
             await self._show(row, self._text(row, policy, rejected, None))
             return
-        if row.run_at is None:
-            run_at = min(now + policy.delay, row.expires_at)
+        if row.run_at != run_at:
+            row = services.store.proposal(row.id) or row  # a window may extend the expiry
+            run_at = min(run_at, row.expires_at)
             services.store.set_proposal_run_at(row.id, run_at)
             row = services.store.proposal(row.id) or row
             self._audit(row, "approved", f"{row.id}: {row.text}; runs at {utc_time(run_at)}")

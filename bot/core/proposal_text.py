@@ -39,7 +39,8 @@ def render(
     if state is State.OPEN and row.run_at is not None:
         lines.append(
             f"⏳ **Approved** by {people(tally.approvers)}; runs at {utc_time(row.run_at)} "
-            f"(the {row.policy} policy's delay). An eligible 👎 until then stops it."
+            f"(the {row.policy} policy's delay or the server's maintenance window). "
+            "An eligible 👎 until then stops it."
         )
     elif state is State.OPEN:
         lines.append(

@@ -278,6 +278,11 @@ class Store:
     def set_proposal_run_at(self, proposal_id: str, run_at: float | None) -> None:
         self._db.execute("UPDATE proposals SET run_at = ? WHERE id = ?", (run_at, proposal_id))
 
+    def set_proposal_expires_at(self, proposal_id: str, expires_at: float) -> None:
+        self._db.execute(
+            "UPDATE proposals SET expires_at = ? WHERE id = ?", (expires_at, proposal_id)
+        )
+
     def set_proposal_reminded(self, proposal_id: str) -> None:
         self._db.execute("UPDATE proposals SET reminded = 1 WHERE id = ?", (proposal_id,))
 
