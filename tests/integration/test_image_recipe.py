@@ -16,6 +16,7 @@ import pathlib
 import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import docker
 import nio
@@ -24,10 +25,11 @@ import yaml
 
 from bot import __version__
 from bot.ops.swarm import Swarm
-from tests.harness.coop import BOT_PASSWORD, make_coop
+from tests.harness.coop import BOT_PASSWORD, Coop, make_coop
 from tests.harness.dockerd import Dockerd, free_port
 from tests.harness.image import CACHE, REPO, build
-from tests.harness.member import MemberFactory
+from tests.harness.member import Member, MemberFactory
+from tests.harness.recipes import commit_files, git, make_recipe
 from tests.harness.synapse import Synapse
 
 RECIPE = REPO / "recipe"
@@ -105,6 +107,77 @@ async def _container(client: docker.DockerClient, timeout: float = 120) -> Any: 
     raise TimeoutError("the bot's container never ran")
 
 
+DOMAIN = "coopbot.test"  # its stack is STACK
+UPGRADE = "1.0.1+0.1.0"  # the recipe release the bot upgrades itself to
+
+
+def _recipe_repo(abra: pathlib.Path) -> pathlib.Path:
+    """abra/recipes/coopbot: this repo's recipe/ as its first release, as a co-op would
+    clone it, and a second release that changes the service (so the update restarts it)."""
+    files = {
+        str(path.relative_to(RECIPE)): path.read_text()
+        for path in sorted(RECIPE.rglob("*"))
+        if path.is_file()
+    }
+    (first,) = (p.name for p in (RECIPE / "release").iterdir())
+    repo = make_recipe(abra / "recipes", "coopbot", [(first, files)])
+    compose = files["compose.yml"].replace(f".version={first}", f".version={UPGRADE}")
+    compose = compose.replace("LOG_LEVEL=${LOG_LEVEL:-INFO}", "LOG_LEVEL=${LOG_LEVEL:-DEBUG}")
+    assert compose != files["compose.yml"]
+    commit_files(
+        repo,
+        {"compose.yml": compose, f"release/{UPGRADE}": "Logs at DEBUG by default.\n"},
+        f"release {UPGRADE}",
+    )
+    git(repo, "tag", UPGRADE)
+    return repo
+
+
+def _write_app_env(abra: pathlib.Path, values: dict[str, str]) -> None:
+    """abra/servers/test/coopbot.test.env, as `abra app new coopbot` and an admin make it
+    (values in single quotes: the JSON lists hold double quotes)."""
+    folder = abra / "servers" / "test"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["TYPE=coopbot", f"DOMAIN={DOMAIN}", 'COMPOSE_FILE="compose.yml:compose.host.yml"']
+    lines += [f"{key}='{value}'" for key, value in values.items()]
+    (folder / f"{DOMAIN}.env").write_text("\n".join(lines) + "\n")
+
+
+async def _devices(admin: Member, user_id: str) -> dict[str, str]:
+    """The user's devices as the homeserver has them (admin API): id -> display name."""
+    found = await admin.api("GET", f"/_synapse/admin/v2/users/{quote(user_id)}/devices")
+    return {device["device_id"]: device.get("display_name") or "" for device in found["devices"]}
+
+
+async def _replies_to(member: Member, room: str, sender: str, event_id: str) -> list[str]:
+    """Bodies of `sender`'s messages in `room` that reply to `event_id` (from the server)."""
+    page = await member.api(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room)}/messages?dir=b&limit=500"
+    )
+    return [
+        str(event["content"].get("body", ""))
+        for event in page["chunk"]
+        if event["sender"] == sender
+        and (event["content"].get("m.relates_to") or {}).get("m.in_reply_to", {}).get("event_id")
+        == event_id
+    ]
+
+
+async def _in_thread(coop: Coop, root: str, contains: str, timeout: float) -> nio.Event:  # noqa: ASYNC109
+    def said(room: str, event: nio.Event) -> bool:
+        content = event.source.get("content", {})
+        relates = content.get("m.relates_to") or {}
+        return (
+            room == coop.room
+            and event.sender == coop.bot_id
+            and relates.get("rel_type") == "m.thread"
+            and relates.get("event_id") == root
+            and contains in str(content.get("body", ""))
+        )
+
+    return await coop.bob.wait_for(said, timeout)
+
+
 async def test_recipe_deploys_and_the_bot_answers_in_its_room(
     image: str,
     dockerd: Dockerd,
@@ -114,14 +187,13 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
     tmp_path: pathlib.Path,
 ) -> None:
     coop = await make_coop(synapse, make_member, tmp_path)
-    (tmp_path / "abra/servers/test").mkdir(parents=True)
+    server_admin = await make_member(admin=True)
+    abra = tmp_path / "abra"
+    _recipe_repo(abra)
     for name, value in (("matrix_password", BOT_PASSWORD), ("restic_password", "restic-pw")):
         docker_client.secrets.create(name=f"{STACK}_{name}_v1", data=value.encode())
-    web_port = free_port()
-    env = {
-        # as abra exports them: the .env, abra.sh, STACK_NAME
-        "STACK_NAME": STACK,
-        **_abra_exports(),
+    values = {
+        # the app's .env (the same values the bot deploys itself with later)
         "SECRET_MATRIX_PASSWORD_VERSION": "v1",
         "SECRET_RESTIC_PASSWORD_VERSION": "v1",
         "MATRIX_HOMESERVER": synapse.url,
@@ -129,12 +201,17 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         "MATRIX_ROOMS": json.dumps([coop.room]),
         "MATRIX_ENCRYPTION": "false",
         "ADMINS": json.dumps([coop.alice.user_id]),
+        "OPERATORS": json.dumps([coop.bob.user_id]),
+        "APPROVALS_REQUIRED": "1",
         "SERVER": "test",
-        "ABRA_DIR": str(tmp_path / "abra"),
+        "ABRA_DIR": str(abra),
         "DOCKER_SOCKET": str(dockerd.socket),
         "DOCKER_VOLUMES": str(dockerd.data_root / "volumes"),
-        "WEB_PORT": str(web_port),
+        "WEB_PORT": str(free_port()),
     }
+    _write_app_env(abra, values)
+    # as abra exports them: the .env, abra.sh, STACK_NAME
+    env = {"STACK_NAME": STACK, "DOMAIN": DOMAIN, **_abra_exports(), **values}
     compose = ["-c", str(RECIPE / "compose.yml"), "-c", str(RECIPE / "compose.host.yml")]
     try:
         t0 = time.monotonic()
@@ -153,9 +230,10 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
             await coop.alice.wait_for(joined, timeout=150)
         except TimeoutError as e:
             raise AssertionError(_diagnose(dockerd)) from e
-        pong = await coop.ask(coop.alice, "!ping", f"pong (coopbot {__version__})", 30)
+        first_ping = await coop.alice.send(coop.room, "!ping")
+        pong = await coop.alice.wait_for_reply(coop.room, coop.bot_id, "pong", 30)
         _figures(deploy_to_first_pong_s=time.monotonic() - t0)
-        assert "pong" in pong
+        assert f"pong (coopbot {__version__})" in pong.body
         container = await _container(docker_client)
         checked = await asyncio.to_thread(container.exec_run, ["coopbot", "check"])
         output = checked.output.decode(errors="replace")
@@ -168,10 +246,59 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         labels = docker_client.services.get(f"{STACK}_app").attrs["Spec"]["Labels"]
         assert labels[f"coop-cloud.{STACK}.version"].endswith(f"+{__version__}")
         assert labels["backupbot.backup"] == "true"
-        # A restarted bot (same data volume) answers again, also what was said while it
-        # was down (its catch-up).
+
+        # It never undeploys itself (the recipe's config names it: self_app).
+        refused = await coop.ask(coop.bob, f"!undeploy {DOMAIN}", "will not undeploy myself")
+        assert "Proposal" not in refused
+
+        # It backs up its own data volume: the pre-hook's consistent SQLite copies and
+        # the store itself are in the snapshot, in the recipe's restic repository.
+        await coop.bob.send(coop.room, f"!backup {DOMAIN}")
+        report = await coop.bob.wait_for_reply(coop.room, coop.bot_id, "snapshot `", 180)
+        assert DOMAIN in report.body, report.body
+        listing = await asyncio.to_thread(
+            container.exec_run,
+            ["restic", "ls", "latest", "--json"],
+            environment={
+                "RESTIC_REPOSITORY": "/backups/restic",
+                "RESTIC_PASSWORD_FILE": "/run/secrets/restic_password",
+            },
+        )
+        paths = listing.output.decode(errors="replace")
+        assert listing.exit_code == 0, paths
+        assert "/coopbot.sqlite" in paths, paths
+        assert "/.backup/coopbot.sqlite" in paths, paths  # the pre-hook's copy
+
+        # A restarted bot (same data volume) keeps its device and its sync position: it
+        # answers again, also what was said while it was down (its catch-up), and never
+        # answers an old command twice.
+        devices = await _devices(server_admin, coop.bot_id)
+        assert devices, devices
         dockerd.cli("service", "update", "--force", "--detach", f"{STACK}_app", timeout=120)
-        pong = await coop.ask(coop.alice, "!ping", "pong", timeout=120)
+        await coop.ask(coop.alice, "!ping", "pong", timeout=120)
+        assert await _devices(server_admin, coop.bot_id) == devices
+        assert len(await _replies_to(coop.alice, coop.room, coop.bot_id, first_ping)) == 1
+
+        # It upgrades itself: announced in the job's thread before the restart, and
+        # reported there by the restarted bot (not as an interrupted job).
+        await coop.bob.send(coop.room, f"!deploy {DOMAIN} {UPGRADE}")
+        proposal = await coop.bob.wait_for_reply(coop.room, coop.bot_id, "Proposal `", 60)
+        found = re.search(r"Proposal `(\w+)`", proposal.body)
+        assert found, proposal.body
+        await coop.ask(coop.alice, f"!approve {found.group(1)}", "Counted")
+        # A voted job reports in the proposal's thread.
+        thread = proposal.event_id
+        await _in_thread(coop, thread, f"Upgrading myself to **{UPGRADE}**", 120)
+        t1 = time.monotonic()
+        back = await _in_thread(coop, thread, "I'm back", 300)
+        _figures(self_upgrade_to_report_s=time.monotonic() - t1)
+        body = back.source["content"]["body"]
+        assert f"I'm back: {DOMAIN} runs **{UPGRADE}**, converged" in body, body
+        labels = docker_client.services.get(f"{STACK}_app").attrs["Spec"]["Labels"]
+        assert labels[f"coop-cloud.{STACK}.version"] == UPGRADE
+        assert await _devices(server_admin, coop.bot_id) == devices
+        said = await _replies_to(coop.alice, coop.room, coop.bot_id, thread)
+        assert not [b for b in said if "interrupted" in b], said
     finally:
         await Swarm(dockerd.host).remove(STACK)
         for secret in docker_client.secrets.list(filters={"name": STACK}):
