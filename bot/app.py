@@ -69,6 +69,14 @@ def build_swarm(docker_host: str) -> Swarm:
     return Swarm(docker_host)
 
 
+def build_node_swarms(config: Config) -> dict[str, dict[str, Swarm]]:
+    """Per server, the nodes' own docker endpoints (servers.<name>.nodes), for hooks."""
+    return {
+        name: {node: build_swarm(host) for node, host in server.nodes.items()}
+        for name, server in config.servers.items()
+    }
+
+
 def build_swarms(config: Config) -> dict[str, Swarm]:
     """One docker adapter per configured server."""
     return {name: build_swarm(server.docker_host) for name, server in config.servers.items()}
@@ -173,6 +181,7 @@ class Bot:
         self.metrics = Metrics()
         self.chat = chat or build_chat(config, self.store, self.metrics, console_as)
         self.swarms = swarms if swarms is not None else build_swarms(config)
+        self.node_swarms = build_node_swarms(config)
         self.recipes = Recipes(config.abra_dir / "recipes")
         apps = Apps(config, self.store, self.swarms, self.recipes)
         self.self_app = apps.self_app = SelfApp(self.store, self.chat, config.self_app)
@@ -186,6 +195,7 @@ class Bot:
                 restic,
                 data_dir=config.data_dir,
                 metrics=self.metrics,
+                node_swarms=self.node_swarms,
             )
         access = Access(config.access, self.chat)
         authoriser = Authoriser(access, self.store, self.metrics, prefix)
@@ -397,5 +407,8 @@ class Bot:
             await asyncio.shield(close())
         for swarm in self.swarms.values():
             await swarm.close()
+        for nodes in self.node_swarms.values():
+            for swarm in nodes.values():
+                await swarm.close()
         await asyncio.to_thread(self.recipes.close)
         self.store.close()

@@ -286,6 +286,9 @@ class ServerConfig(_Section):
     window: Cron | None = None
     # The room this server's incidents go to (the swarm watch); None: the main room.
     room: str | None = None
+    # A swarm of several nodes: each worker's own docker endpoint by its hostname, for
+    # the backup hooks of apps running there (`exec` does not go through a manager).
+    nodes: dict[str, Annotated[str, Field(pattern=r"^(unix|ssh|tcp)://\S+$")]] = {}
 
 
 RoleName = Literal["viewer", "operator", "admin"]
@@ -392,6 +395,9 @@ class BackupsConfig(_Section):
     # a ⚠ and pauses that app's retention until `!backup accept <app>` (0.5: half gone).
     size_drop_alert: Annotated[float, Field(gt=0, le=1)] = 0.5
     restic: str = "restic"  # the binary
+    # An image with restic and sh (the bot's own), run as a one-off task on the node
+    # that holds an app's volumes when that is not the bot's node; None: refused.
+    remote_image: str | None = None
 
     @field_validator("password_file", "env_file", mode="after")
     @classmethod

@@ -13,7 +13,7 @@ from bot.core.roles import Role
 from bot.errors import UserError
 from bot.features.apps import AppEnv, check_domain
 from bot.features.backups import Backups, snapshot_tag
-from bot.fmt import human_age, human_bytes, utc_time
+from bot.fmt import code, human_age, human_bytes, utc_time
 
 group = CommandGroup("backups")
 
@@ -235,6 +235,9 @@ async def backups_command(ctx: CommandContext) -> None:
         size = human_bytes(s.size) if s.size is not None else "?"
         when = utc_time(s.newest.time)
         age = human_age(s.age or 0)
+        # On a swarm of several nodes: the node its data was read from (remote.py).
+        node = next((t[5:] for t in s.newest.tags if t.startswith("node=")), None)
+        when += f" from node {code(node)}" if node else ""
         lines.append(
             f"| {s.app} | `{s.newest.short_id}` {when} | {age} | {size} | {s.repository} | "
             f"{'; '.join(flags) or '✅'} |"

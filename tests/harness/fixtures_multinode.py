@@ -24,6 +24,7 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeSwa
     try:
         swarm.start()
         swarm.import_image("local/busybox:1.0")
+        swarm.import_restic_image()
         yield swarm
     finally:
         swarm.stop()

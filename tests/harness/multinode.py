@@ -26,12 +26,13 @@ import fcntl
 import io
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.harness.dockerd import DOCKERD, Dockerd
+from tests.harness.dockerd import BUSYBOX, DOCKER, DOCKERD, Dockerd
 
 PREFIX = "coopbot-mn-"
 BRIDGE_NS = PREFIX + "br"
@@ -40,6 +41,7 @@ LOCK = Path(tempfile.gettempdir()) / "coopbot-test-multinode.lock"
 LOCK_WAIT = 1800.0
 HOSTNAMES = ("mn-manager", "mn-worker-1", "mn-worker-2")
 SWARM_PORT = 2377
+RESTIC_IMAGE = "local/restic:1.0"
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -217,6 +219,48 @@ class MultiNodeSwarm:
     def import_image(self, ref: str = "local/busybox:1.0") -> None:
         for node in self.nodes:
             node.import_image(ref)
+
+    def import_restic_image(self, ref: str = RESTIC_IMAGE) -> None:
+        """busybox plus the host's restic (and the libc it links) on every node: what
+        the bot's own image offers a one-off backup task (restic and sh)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in ("bin", "lib", "lib64", "tmp", "root", "etc", "usr", "usr/bin"):
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
+                tar.addfile(info)
+            tar.add(BUSYBOX, arcname="bin/busybox")
+            for applet in ("sh", "cat", "ls", "sleep", "echo"):
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "/bin/busybox"
+                tar.addfile(info)
+            restic = shutil.which("restic") or "/usr/bin/restic"
+            tar.add(restic, arcname="usr/bin/restic")
+            # ldd's "=> /path" and bare "/path" lines: the libraries and the loader.
+            ldd = subprocess.run(["ldd", restic], capture_output=True, text=True).stdout
+            for word in ldd.split():
+                if word.startswith("/") and Path(word).exists():
+                    tar.add(str(Path(word).resolve()), arcname=word.lstrip("/"))
+        for node in self.nodes:
+            subprocess.run(
+                [
+                    DOCKER,
+                    "-H",
+                    node.host,
+                    "import",
+                    "--change",
+                    'CMD ["/bin/sh"]',
+                    "--change",
+                    "ENV PATH=/usr/bin:/bin",
+                    "-",
+                    ref,
+                ],
+                env=node.cli_env,
+                input=buf.getvalue(),
+                capture_output=True,
+                check=True,
+                timeout=120,
+            )
 
     def stop(self) -> None:
         try:

@@ -3,6 +3,8 @@ namespace, tests/harness/multinode.py): the harness itself, and the bot on it.""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 import re
 import tempfile
@@ -13,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from bot.ops.restic import Restic
 from bot.ops.swarm import Swarm
 from tests.harness.bot import BotRunner
 from tests.harness.coop import Coop, make_coop
 from tests.harness.fixtures_multinode import multinode  # noqa: F401
 from tests.harness.member import MemberFactory
-from tests.harness.multinode import HOSTNAMES, MultiNodeSwarm
+from tests.harness.multinode import HOSTNAMES, RESTIC_IMAGE, MultiNodeSwarm, Node
 from tests.harness.recipes import make_app_env
 from tests.harness.synapse import Synapse
 
@@ -187,8 +190,11 @@ async def site(
             # The bot runs beside the manager: its volumes are the ones it can read.
             "volumes_root": str(stacks.manager.volumes_root),
             "settle_timeout": "3s",
+            "remote_image": RESTIC_IMAGE,
         },
     }
+    # Each worker's own daemon, for the hooks of apps running there.
+    sections["servers"]["default"]["nodes"] = {w.hostname: w.host for w in stacks.workers}
     s = Site(coop, coop.runner(sections), stacks, tmp_path)
     await s.runner.start()
     try:
@@ -280,3 +286,68 @@ async def test_drain_and_reactivate_a_worker_by_vote(site: Site) -> None:
         assert f"`{loose_on}` on default is active" in report
     finally:
         m.cli("node", "update", "--availability=active", loose_on, check=False)
+
+
+def volume(node: Node, stack: str, name: str = "data") -> pathlib.Path:
+    return node.volumes_root / f"{stack}_{name}" / "_data"
+
+
+def sha(path: pathlib.Path) -> dict[str, str]:
+    """Every file under path (relative name -> sha256 or link target)."""
+    result = {}
+    for folder, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            full = pathlib.Path(folder, name)
+            key = str(full.relative_to(path))
+            if full.is_symlink():
+                result[key] = "link:" + os.readlink(full)
+            elif full.is_file():
+                result[key] = hashlib.sha256(full.read_bytes()).hexdigest()
+    return result
+
+
+def site_restic(site: Site) -> Restic:
+    return Restic(
+        str(site.tmp / "repo"), site.tmp / "restic-password", cache_dir=site.tmp / "cache"
+    )
+
+
+async def test_an_app_pinned_to_a_worker_is_backed_up_from_the_workers_volume(
+    site: Site,
+) -> None:
+    coop, worker = site.coop, site.swarm.node("mn-worker-1")
+    data = volume(worker, PINNED_STACK)
+    (data / "hooks.log").unlink(missing_ok=True)
+    (data / "a.txt").write_text("alpha on the worker\n")
+    (data / "sub").mkdir(exist_ok=True)
+    (data / "sub" / "b.bin").write_bytes(os.urandom(200_000))
+    # The manager has no such volume: a backup read there would be empty or fail.
+    assert not volume(site.swarm.manager, PINNED_STACK).exists()
+
+    await coop.bob.send(site.room, f"!backup {PINNED}")
+    report = await site.said("snapshot `", timeout=180)
+    assert "✅" in report, report
+    # The hooks ran in the app's container on the worker, around restic.
+    assert (data / "hooks.log").read_text() == "pre\npost\n"
+    repo = site_restic(site)
+    (snap,) = await repo.snapshots()
+    assert snap.hostname == "mn-worker-1"
+    assert "node=mn-worker-1" in snap.tags
+    assert f"app={PINNED}" in snap.tags
+    # The same paths a backup on the bot's node would have (volumes_root on the manager).
+    assert snap.paths == [str(volume(site.swarm.manager, PINNED_STACK))]
+    restored = site.tmp / "restored"
+    await repo.restore(snap.id, restored)
+    got = sha(restored / str(volume(site.swarm.manager, PINNED_STACK)).lstrip("/"))
+    want = sha(data)
+    want["hooks.log"] = hashlib.sha256(b"pre\n").hexdigest()  # read between the hooks
+    assert got == want
+    # Nothing is left behind on the swarm: no one-off service, no secret.
+    m = site.swarm.manager
+    assert "coopbot-backup" not in m.cli("service", "ls", "--format", "{{.Name}}").stdout
+    assert "coopbot-backup" not in m.cli("secret", "ls", "--format", "{{.Name}}").stdout
+
+    table = await coop.ask(coop.carol, "!backups", PINNED)
+    row = next(line for line in table.splitlines() if line.startswith(f"| {PINNED} "))
+    assert snap.short_id in row
+    assert "from node `mn-worker-1`" in row

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from bot.config import BackupsConfig
@@ -29,6 +30,7 @@ from bot.features.backups.restore import Restores, _in_stack_volume, restore_sco
 from bot.features.backups.run import BackupOutcome, Runs, progress_line
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.ops.restic import Restic
+from bot.ops.swarm import Swarm
 
 __all__ = [
     "APP_TAG",
@@ -59,6 +61,7 @@ class Backups(Restores, Runs):
         *,
         data_dir: Path | None = None,
         metrics: Metrics | None = None,
+        node_swarms: Mapping[str, Mapping[str, Swarm]] | None = None,
     ) -> None:
         self.config = config
         self.apps = apps
@@ -66,6 +69,7 @@ class Backups(Restores, Runs):
         self._data_dir = data_dir or Path(tempfile.gettempdir())
         self.restic = restic
         self._metrics = metrics
+        self.node_swarms = node_swarms or {}  # hooks on other nodes (remote.py)
         if metrics is not None:  # known after a restart too, not only after the next run
             for app, runs in store.last_backups().items():
                 good = runs["good"]

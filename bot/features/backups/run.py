@@ -24,7 +24,8 @@ from bot.errors import UserError
 from bot.faults import fault_point
 from bot.features.backups import health
 from bot.features.backups.hooks import run_hook
-from bot.features.backups.repository import PARTIAL, Repository, snapshot_app
+from bot.features.backups.remote import Remote
+from bot.features.backups.repository import PARTIAL, snapshot_app
 from bot.features.backups.space import check_room
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.fmt import human_age, human_bytes
@@ -62,7 +63,7 @@ class BackupOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-class Runs(Repository):
+class Runs(Remote):
     """The part of `Backups` that makes snapshots and keeps the repository healthy."""
 
     async def wait_settled(
@@ -133,7 +134,7 @@ class Runs(Repository):
         self, target: BackupTarget, progress: StatusSink, actor: str
     ) -> BackupOutcome:
         env = target.env
-        swarm = self.apps.swarm(env.server)
+        swarm = self.hook_swarm(target)  # the node's own daemon when the data is elsewhere
         title = f"💾 Backing up **{env.domain}**"
         started = time.time()
         hooks_failed: list[str] = []
@@ -153,12 +154,12 @@ class Runs(Repository):
 
             await progress.update(f"{title}: starting restic")
             try:
-                summary = await self.restic.backup(target.paths, target.tags, on_progress)
+                summary = await self.restic_backup(target, on_progress)
             except ResticError as e:
                 if e.kind != "no_repository":
                     raise
                 await self._create_repository()
-                summary = await self.restic.backup(target.paths, target.tags, on_progress)
+                summary = await self.restic_backup(target, on_progress)
             fault_point("backup.restic_done")  # the snapshot exists; post-hooks not run
         finally:
             # The post-hook undoes what the pre-hook did (maintenance mode, a lock):

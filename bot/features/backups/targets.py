@@ -24,6 +24,16 @@ COOPBOT_TAG = "coopbot"
 
 
 @dataclass(frozen=True)
+class Location:
+    """The node an app's volumes are on, on a swarm of several nodes (remote.py)."""
+
+    node_id: str
+    hostname: str
+    volumes: tuple[str, ...]  # the stack's volumes there, short names
+    remote: bool  # not the node whose volumes_root the bot reads
+
+
+@dataclass(frozen=True)
 class BackupTarget:
     """What one app's backup covers, read from its running stack."""
 
@@ -33,6 +43,7 @@ class BackupTarget:
     version: str | None
     services: list[ServiceInfo]
     warnings: list[str]
+    location: Location | None = None  # None: a single-node swarm
 
     @property
     def tags(self) -> list[str]:
@@ -59,6 +70,10 @@ class Targets:
 
     config: BackupsConfig
     apps: Apps
+
+    async def locate(self, env: AppEnv) -> Location | None:
+        """Where the app's volumes are; None: on the bot's node (remote.py overrides)."""
+        return None
 
     async def has_labels(self, env: AppEnv) -> bool:
         services = await self.apps.swarm(env.server).services(env.stack_name)
@@ -97,6 +112,9 @@ class Targets:
             for v in await swarm.volumes(env.stack_name)
             if v.startswith(prefix) and len(v) > len(prefix)
         ]
+        where = await self.locate(env)
+        if where is not None and where.remote:  # the manager does not list them
+            volumes = list(where.volumes)
         warnings = [w for spec in specs for w in spec.warnings]
         paths: list[Path] = []
         root = self.config.volumes_root
@@ -109,7 +127,9 @@ class Targets:
             except ValueError as e:
                 raise UserError(f"{env.domain}: {e}") from None
         paths = list(dict.fromkeys(paths))
-        missing = [p for p in paths if not p.exists()]
+        # On another node the paths are the mount points restic sees there.
+        remote = where is not None and where.remote
+        missing = [] if remote else [p for p in paths if not p.exists()]
         if missing:
             raise UserError(
                 f"{env.domain}: cannot see {', '.join(map(str, missing))}; is "
@@ -118,7 +138,7 @@ class Targets:
         if not paths:
             raise UserError(f"{env.domain}: every volume is skipped by its labels.")
         deployed = deployed_from(env.stack_name, services)  # no second listing
-        return BackupTarget(env, specs, paths, deployed.version, services, warnings)
+        return BackupTarget(env, specs, paths, deployed.version, services, warnings, where)
 
     async def _deprecated(self, env: AppEnv, swarm: Swarm, spec: BackupSpec) -> list[Path]:
         """backupbot.backup.path names paths inside the labelled container: map them

@@ -35,6 +35,7 @@ from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
 from bot.ops.swarm.hookexec import exec_bounded
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
 from bot.ops.swarm.nodes import NodeCalls
+from bot.ops.swarm.oneoff import OneOffCalls
 from bot.ops.swarm.parse import check_stack, container_spec, group, iso, service_info, split_ref
 from bot.ops.swarm.sshdial import SSHDialAdapter, ssh_docker_client
 
@@ -72,7 +73,7 @@ async def _report(on_progress: Callable[[str], Awaitable[None]] | None, line: st
         log.exception("progress callback failed")
 
 
-class Swarm(NodeCalls):
+class Swarm(NodeCalls, OneOffCalls):
     """One swarm manager, reached at `docker_host` (unix://, tcp://, ssh://)."""
 
     def __init__(

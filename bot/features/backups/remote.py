@@ -1,0 +1,192 @@
+"""Backups where the volume lives, on a swarm of several nodes.
+
+A named volume of the local driver exists on one node only: the one its task runs on.
+The bot reads `backups.volumes_root` on its own node; for an app whose data is on
+another node, restic runs there instead, as a one-off swarm task (bot/ops/swarm/
+oneoff.py): placed on that node by id, each volume mounted read-only at the very path
+it would have under volumes_root (so snapshots look the same wherever they were made,
+and restores and `!snapshots` need no second scheme), the repository and password
+handed in as swarm secrets (removed afterwards), restic's `--json` lines read back
+from the task's logs. The image is `backups.remote_image` (the bot's own image has
+restic and a shell).
+
+- Which node holds a volume: the node of the running task that mounts it (the manager
+  answers; swarm has no cluster-wide volume list). One snapshot reads one node: an app
+  whose volumes are spread over several nodes is refused with that reason.
+- Hooks (backupbot pre/post) run in the labelled service's container on its node,
+  through that node's own docker endpoint (`servers.<name>.nodes`; `exec` does not go
+  through a manager). An app with hooks on a node without one is refused before anything
+  runs: a backup without its pre-hook (a database dump) would be reported as good.
+- Every snapshot of a multi-node swarm carries the tag `node=<hostname>`: `!backups`
+  shows where the data was read from.
+- A local repository path is bind-mounted at the same path: it must be shared storage
+  that node sees (s3:, sftp:, rest: repositories need nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+
+from bot.errors import UserError
+from bot.features.backups.repository import Repository, restic_environment
+from bot.features.backups.targets import BackupTarget, Location
+from bot.ops.abra import AppEnv
+from bot.ops.restic import BackupSummary, ResticError, parse_backup_line
+from bot.ops.restic import Progress as ResticProgress
+from bot.ops.swarm import Swarm, SwarmError
+from bot.ops.swarm.oneoff import OneOffMount
+
+NODE_TAG = "node="
+
+
+def _is_local_repository(repository: str) -> bool:
+    # restic's backends are "<scheme>:..."; anything else is a path.
+    return repository.startswith("/") or ":" not in repository.split("/", 1)[0]
+
+
+class Remote(Repository):
+    """The part of `Backups` that finds the node of an app's data and backs it up there."""
+
+    node_swarms: Mapping[str, Mapping[str, Swarm]]  # server -> node hostname -> its daemon
+
+    async def locate(self, env: AppEnv) -> Location | None:
+        """Where the app's volumes are, on a swarm of several nodes; None on a single
+        node (the bot reads its own volumes_root, as before)."""
+        swarm = self.apps.swarm(env.server)
+        nodes = await swarm.nodes()
+        if len(nodes) < 2:
+            return None
+        own = str(((await swarm.info()).get("Swarm") or {}).get("NodeID", ""))
+        prefix = env.stack_name + "_"
+        holders: dict[str, set[str]] = {}
+        for p in await swarm.placements(env.stack_name):
+            for volume in p.local_volumes:
+                if volume.startswith(prefix):
+                    holders.setdefault(volume, set()).update(p.nodes)
+        names = {n.id: n.hostname for n in nodes}
+        where = {node for held in holders.values() for node in held}
+        if len(where) > 1:
+            spread = ", ".join(
+                f"{v} on {', '.join(sorted(names.get(n, n) for n in held))}"
+                for v, held in sorted(holders.items())
+            )
+            raise UserError(
+                f"{env.domain} is not backed up: its volumes are on several nodes ({spread}); "
+                "a snapshot reads one node. Pin its services to one node."
+            )
+        node = next(iter(where), own)  # no running task: the copy on the bot's node
+        volumes = tuple(sorted(v[len(prefix) :] for v in holders if v[len(prefix) :]))
+        return Location(node, names.get(node, node), volumes, remote=node != own)
+
+    def hook_swarm(self, target: BackupTarget) -> Swarm:
+        where = target.location
+        if where is None or not where.remote:
+            return self.apps.swarm(target.env.server)
+        found = self.node_swarms.get(target.env.server, {}).get(where.hostname)
+        if found is None:
+            raise UserError(
+                f"{target.env.domain} is not backed up: its hooks must run on "
+                f"{where.hostname}, and servers.{target.env.server}.nodes names no docker "
+                "endpoint for it (exec does not go through the manager)."
+            )
+        return found
+
+    async def restic_backup(
+        self,
+        target: BackupTarget,
+        on_progress: Callable[[ResticProgress], Awaitable[None]],
+    ) -> BackupSummary:
+        where = target.location
+        tags = target.tags if where is None else [*target.tags, NODE_TAG + where.hostname]
+        if where is None or not where.remote:
+            return await self.restic.backup(target.paths, tags, on_progress)
+        return await self._remote_backup(target, where, tags, on_progress)
+
+    async def _ensure_repository(self) -> None:
+        try:
+            await self.restic.snapshots(["coopbot-never-a-tag"])
+        except ResticError as e:
+            if e.kind != "no_repository":
+                raise
+            await self._create_repository()
+
+    async def _remote_backup(
+        self,
+        target: BackupTarget,
+        where: Location,
+        tags: list[str],
+        on_progress: Callable[[ResticProgress], Awaitable[None]],
+    ) -> BackupSummary:
+        env, image = target.env, self.config.remote_image
+        if image is None:
+            raise UserError(
+                f"{env.domain} is not backed up: its data is on {where.hostname}, and "
+                "backups.remote_image (an image with restic and sh) is not set."
+            )
+        await self._ensure_repository()
+        root = self.config.volumes_root
+        mounts = [
+            OneOffMount(f"{env.stack_name}_{v}", str(root / f"{env.stack_name}_{v}" / "_data"))
+            for v in where.volumes
+        ]
+        repository = self.config.repository
+        if _is_local_repository(repository):
+            mounts.append(OneOffMount(repository, repository, read_only=False, bind=True))
+        password = self.config.password_file.read_text().splitlines()[0]
+        secrets = {"repository": repository, "password": password}
+        extra = restic_environment(self.config.env_file)
+        script = "exec restic"
+        if extra:  # S3 keys and the like: a file of exports, never on a command line
+            secrets["env"] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in extra.items())
+            script = ". /run/secrets/env && exec restic"
+        args = [
+            "backup",
+            "--json",
+            "--no-cache",  # a fresh container each time: nothing to keep
+            "--repository-file=/run/secrets/repository",
+            "--password-file=/run/secrets/password",
+            f"--host={where.hostname}",
+            *(f"--tag={t}" for t in tags),
+            "--",
+            *(str(p) for p in target.paths),
+        ]
+        summary: BackupSummary | None = None
+        warnings: list[str] = []
+
+        async def on_line(line: str) -> None:
+            nonlocal summary
+            item = parse_backup_line(line)
+            if isinstance(item, ResticProgress):
+                await on_progress(item)
+            elif isinstance(item, BackupSummary):
+                summary = item
+            elif isinstance(item, str) and item not in warnings:
+                warnings.append(item)
+
+        try:
+            result = await self.apps.swarm(env.server).run_oneoff(
+                purpose="backup",
+                node_id=where.node_id,
+                image=image,
+                command=["sh", "-c", f'{script} "$@"', "restic", *args],
+                mounts=mounts,
+                secrets=secrets,
+                on_line=on_line,
+            )
+        except SwarmError as e:
+            raise UserError(f"{env.domain} is not backed up (on {where.hostname}): {e}") from None
+        for line in result.stderr:
+            item = parse_backup_line(line)
+            if isinstance(item, str) and item not in warnings:
+                warnings.append(item)
+        if summary is None or result.exit_code not in (0, 3):
+            tail = "; ".join(result.stderr[-3:])[:500] or "no output"
+            raise UserError(
+                f"{env.domain} is not backed up: restic on {where.hostname} exited "
+                f"{result.exit_code}: {tail}"
+            )
+        if result.exit_code == 3 and not warnings:
+            warnings.append("restic could not read some files (exit 3)")
+        return dataclasses.replace(summary, warnings=warnings[:50])
