@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Callable
 
 from bot.app import build_restic, build_swarm
-from bot.config import Config
+from bot.config import POLICY_NAMES, Config
+from bot.core.chat import Membership
+from bot.core.quorum import shortfalls, voter_roles
 from bot.errors import UserError
 from bot.ops.process import run_process
 from bot.ops.swarm import SwarmError
 
-Result = tuple[bool, str]
+Result = tuple[bool | None, str]  # None: a warning, shown but not failed
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # The whole Matrix probe (login, aliases, keys) ends within this, answered or not.
 MATRIX_BUDGET = 60.0
@@ -38,7 +41,7 @@ async def check(config: Config) -> int:
 
         try:
             async with asyncio.timeout(MATRIX_BUDGET):
-                results += await probe_matrix(config.matrix)
+                results += await probe_matrix(config.matrix, judge=_quorum(config))
         except TimeoutError:
             results.append(
                 (
@@ -66,10 +69,22 @@ async def check(config: Config) -> int:
     if config.backups is not None:
         results += await _check_backups(config)
     for ok, text in results:
-        print(("ok    " if ok else "FAIL  ") + text)
-    failed = sum(not ok for ok, _ in results)
+        print(("WARN  " if ok is None else "ok    " if ok else "FAIL  ") + text)
+    failed = sum(ok is False for ok, _ in results)
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _quorum(config: Config) -> Callable[[str, dict[str, Membership]], list[str]]:
+    """Warnings for a room whose members cannot pass the configured votes."""
+    assert config.matrix is not None
+    bot_id = config.matrix.user_id
+
+    def judge(room: str, members: dict[str, Membership]) -> list[str]:
+        roles = voter_roles(config.access, members, bot_id)
+        return shortfalls(config.approvals, config.access, roles, POLICY_NAMES, room)
+
+    return judge
 
 
 async def _check_docker(docker_host: str, name: str) -> Result:
@@ -104,7 +119,7 @@ async def _check_backups(config: Config) -> list[Result]:
     volumes are where the config says."""
     assert config.backups is not None
     root = config.backups.volumes_root
-    results = [
+    results: list[Result] = [
         (
             root.is_dir(),
             f"backups.volumes_root {root} " + ("exists" if root.is_dir() else "does not exist"),

@@ -51,6 +51,7 @@ from bot.core.store import Store
 from bot.errors import CoopbotError
 from bot.ops.matrix_content import mentions_of, notice, reaction, relate
 from bot.ops.matrix_identity import Identity
+from bot.ops.matrix_rooms import is_hydra
 from bot.ops.matrix_undecrypted import Undecrypted
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,6 @@ class _Client(AsyncClient):  # type: ignore[misc]  # nio ships no type informati
                 wait_ms = int(header) * 1000
             response.retry_after_ms = int(min(wait_ms or 5000, self.max_wait * 1000))
         return response
-
-
-def _is_hydra(room_version: str) -> bool:
-    """Room versions 12 and later give creators power above every level."""
-    return (room_version.isdigit() and int(room_version) >= 12) or "hydra" in room_version
 
 
 class MatrixChat:
@@ -515,7 +511,7 @@ class MatrixChat:
         room = self.client.rooms.get(room_id)
         if room is None or user_id not in room.users:
             return Membership(member=False, power_level=0)
-        creator = _is_hydra(room.room_version) and user_id in await self._room_creators(room_id)
+        creator = is_hydra(room.room_version) and user_id in await self._room_creators(room_id)
         return Membership(
             member=True, power_level=room.power_levels.get_user_level(user_id), creator=creator
         )

@@ -4,6 +4,8 @@ the check ends even when the homeserver does not answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -13,15 +15,22 @@ from nio import (
 )
 
 from bot.config import MatrixConfig
+from bot.core.chat import Membership
 from bot.ops.matrix_identity import CrossSigningError, probe_devices, query_keys
+from bot.ops.matrix_rooms import RoomReadError, room_members
 
 PROBE_TIMEOUT = 10.0  # seconds for one request of the check
+# True: ok, False: a failure, None: a warning (the bot runs, but something will not work).
+Result = tuple[bool | None, str]
+# What to say about a room's joined members (the approval quorum): warnings, if any.
+RoomJudge = Callable[[str, dict[str, Membership]], list[str]]
 
 
-async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
+async def probe(matrix: MatrixConfig, judge: RoomJudge | None = None) -> list[Result]:
     """For `coopbot check`: the homeserver answers, the credential works (a password
-    login uses a throwaway device, logged out again at once), room aliases resolve."""
-    results: list[tuple[bool, str]] = []
+    login uses a throwaway device, logged out again at once), room aliases resolve,
+    and `judge` says what it finds about each configured room's members."""
+    results: list[Result] = []
     # Bounded requests: nio retries a refused connection forever by default
     # ("Timed out, sleeping for 60s"), which is exactly what a check must not do.
     client = AsyncClient(
@@ -50,6 +59,8 @@ async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
             )
             if ok and not isinstance(who, WhoamiError) and who.device_id:
                 results.append(await _probe_cross_signing(client, matrix, who.device_id))
+            if ok and judge is not None:
+                results += await _probe_rooms(client, matrix, judge)
         else:
             assert matrix.password is not None
             # A throwaway device, logged out again at once.
@@ -64,6 +75,8 @@ async def probe(matrix: MatrixConfig) -> list[tuple[bool, str]]:
             )
             if ok:
                 results.append(await _probe_cross_signing(client, matrix, None))
+                if judge is not None:  # while the throwaway device may still read
+                    results += await _probe_rooms(client, matrix, judge)
                 await client.logout()
                 client.access_token = login.access_token  # logout cleared it; not needed further
         for ref in matrix.rooms:
@@ -88,3 +101,15 @@ async def _probe_cross_signing(
     except CrossSigningError as exc:
         return False, str(exc)
     return probe_devices(query, matrix.user_id, device_id, matrix.device_name)
+
+
+async def _probe_rooms(client: AsyncClient, matrix: MatrixConfig, judge: RoomJudge) -> list[Result]:
+    results: list[Result] = []
+    for ref in matrix.rooms:
+        try:
+            members = await room_members(client, ref)
+        except RoomReadError as exc:  # not joined yet: the bot joins when it starts
+            results.append((None, f"{exc}, so its members' votes were not counted"))
+            continue
+        results += [(None, warning) for warning in judge(ref, members)]
+    return results

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from tests.harness.bot import BotRunner, bot_config
+from tests.harness.coop import BOT_PASSWORD, make_coop
 from tests.harness.dockerd import Dockerd
-from tests.harness.member import DEFAULT_PASSWORD, Member
+from tests.harness.member import DEFAULT_PASSWORD, Member, MemberFactory
 from tests.harness.synapse import Synapse
 
 
@@ -171,3 +172,42 @@ def test_check_reports_every_component(
     assert invalid.returncode == 2
     assert "matrix.homeserver" in invalid.stderr
     assert "bogus: unknown key" in invalid.stderr
+
+
+async def test_check_warns_when_the_room_cannot_pass_a_vote(
+    synapse: Synapse, make_member: MemberFactory, tmp_path: pathlib.Path
+) -> None:
+    # alice (creator: admin) and bob (power 50: operator) are the only voters; carol
+    # is a viewer. The defaults (2 approvals besides the requester) need three.
+    coop = await make_coop(synapse, make_member, tmp_path)
+    runner = coop.runner()
+    await runner.start()  # the bot joins the room, so its state can be read
+    await runner.stop()
+    config: dict[str, object] = {
+        "matrix": {
+            "homeserver": synapse.url,
+            "user_id": coop.bot_id,
+            "password": BOT_PASSWORD,
+            "rooms": [coop.room],
+        },
+        "data_dir": str(coop.data_dir),
+    }
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    short = await asyncio.to_thread(run_check, config, tmp_path, env)
+    warnings = [line for line in short.stdout.splitlines() if line.startswith("WARN  ")]
+    assert len(warnings) == 1, short.stdout + short.stderr
+    (warning,) = warnings
+    assert f"room {coop.room}: votes on " in warning
+    assert "so 3 eligible members, but the room has 2" in warning
+    assert coop.alice.user_id in warning
+    assert coop.bob.user_id in warning
+    assert coop.carol.user_id not in warning  # a viewer does not vote
+    assert "password login" in short.stdout  # the rest of the check ran
+    # The co-op lowers the bar (or gives carol power): no warning.
+    config["approvals"] = {"allow_self_approval": True}
+    met = await asyncio.to_thread(run_check, config, tmp_path, env)
+    assert "WARN" not in met.stdout, met.stdout
+    config["approvals"] = {}
+    await coop.alice.set_power_levels(coop.room, {coop.bob.user_id: 50, coop.carol.user_id: 50})
+    met = await asyncio.to_thread(run_check, config, tmp_path, env)
+    assert "WARN" not in met.stdout, met.stdout
