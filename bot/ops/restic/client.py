@@ -47,7 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.incident import note, report
 from bot.ops.process import run_process
+from bot.ops.restic.errors import explain
 from bot.ops.restic.json import (
     BackupSummary,
     Progress,
@@ -234,6 +236,15 @@ class Restic:
     async def _failure(self, what: str, res: _Result, extra: Iterable[str] = ()) -> ResticError:
         """The ResticError for a failed run of `restic <what>`."""
         stderr = "\n".join(res.stderr)
+        known = explain(stderr, self.display) if res.code > 0 else None
+        if known is not None:  # before classify_failure: "Is there a repository…" misleads
+            ident = report(log, f"restic {what} failed (exit {res.code})", stderr)
+            return ResticError(
+                f"restic {what}: {known[1]} ({note(ident)})",
+                kind=known[0],
+                exit_code=res.code,
+                stderr_tail=res.stderr,
+            )
         version = None
         if res.code in (10, 11, 12):
             with contextlib.suppress(ResticError):

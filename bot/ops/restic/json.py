@@ -42,7 +42,8 @@ from bot.fmt import human_age, parse_rfc3339
 class ResticError(UserError):
     """A restic operation failed; the message is shown to the room as is.
 
-    `kind` is "locked", "wrong_password", "no_repository" or None (anything else);
+    `kind` is "locked", "wrong_password", "no_repository", or (errors.py) "no_space",
+    "unreachable", "refused", or None (anything else);
     `exit_code` is restic's (None when restic did not run); `stderr_tail` holds the last
     stderr lines (masked like the message)."""
 
