@@ -241,6 +241,7 @@ class Bot:
                 config.access.admins,
                 zone=schedule.zone,
                 quiet_hours=config.watch.quiet_hours,
+                rooms={name: s.room for name, s in config.servers.items() if s.room},
             )
             disks = config.watch.disk_paths or (
                 [config.backups.volumes_root] if config.backups else []

@@ -284,8 +284,9 @@ class ServerConfig(_Section):
     # configured timezone ("* 2-4 * * 6,0": Sat and Sun 02:00-04:59). Approved upgrades
     # and auto-patches of this server's apps wait for it. None: any time.
     window: Cron | None = None
-    # The room this server's incidents go to (the swarm watch); None: the main room.
-    room: str | None = None
+    # The room this server's incidents go to (the swarm watch; a room id the bot is in);
+    # None: the main room.
+    room: Annotated[str, Field(pattern=r"^!\S+:\S+$")] | None = None
     # A swarm of several nodes: each worker's own docker endpoint by its hostname, for
     # the backup hooks of apps running there (`exec` does not go through a manager).
     nodes: dict[str, Annotated[str, Field(pattern=r"^(unix|ssh|tcp)://\S+$")]] = {}

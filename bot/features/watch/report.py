@@ -6,7 +6,7 @@ bot edits the same messages and announces nothing twice."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from datetime import time as clock_time
 
@@ -61,6 +61,7 @@ class Reporter:
         zone: tzinfo,
         quiet_hours: str | None = None,
         room: Callable[[], Awaitable[str | None]] | None = None,
+        rooms: Mapping[str, str] | None = None,
     ) -> None:
         self._chat = chat
         self.store = store
@@ -68,6 +69,11 @@ class Reporter:
         self._zone = zone
         self._quiet = parse_span(quiet_hours) if quiet_hours else None
         self._room = room or chat.home_room
+        # server -> the room that watches it (servers.<name>.room); others: the main room
+        self._rooms = dict(rooms or {})
+
+    async def room_of(self, server: str) -> str | None:
+        return self._rooms.get(server) or await self._room()
 
     def quiet(self, at: float) -> bool:
         if self._quiet is None:
@@ -146,7 +152,7 @@ class Reporter:
         )
 
     async def _announce(self, row: IncidentRow) -> None:
-        room_id = await self._room()
+        room_id = await self.room_of(row.server)
         if room_id is None:
             log.warning("incident #%s not announced: no room yet", row.id)
             return
@@ -159,12 +165,17 @@ class Reporter:
         """After quiet hours: one message for everything held; its event id."""
         if self.quiet(now):
             return None
-        held = self.store.held_incidents()
-        if not held:
-            return None
-        room_id = await self._room()
-        if room_id is None:
-            return None
+        everything = self.store.held_incidents()
+        by_room: dict[str, list[IncidentRow]] = {}
+        for row in everything:
+            if (room_id := await self.room_of(row.server)) is not None:
+                by_room.setdefault(room_id, []).append(row)
+        message_id = None
+        for room_id, held in by_room.items():  # each room hears of its own servers
+            message_id = await self._digest(room_id, held)
+        return message_id
+
+    async def _digest(self, room_id: str, held: list[IncidentRow]) -> str:
         lines = [f"🌅 While it was quiet, {len(held)} incident(s):"]
         for row in held:
             opened = _when(row.opened_at, self._zone)
