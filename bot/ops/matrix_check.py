@@ -16,6 +16,7 @@ from nio import (
 
 from bot.config import MatrixConfig
 from bot.core.chat import Membership
+from bot.ops.matrix_errors import unreachable_message, why_refused
 from bot.ops.matrix_identity import CrossSigningError, probe_devices, query_keys
 from bot.ops.matrix_rooms import RoomReadError, room_members
 
@@ -44,7 +45,8 @@ async def probe(matrix: MatrixConfig, judge: RoomJudge | None = None) -> list[Re
             versions = await client.send("GET", "/_matrix/client/versions")
             reachable = versions.status == 200
         except Exception as exc:
-            results.append((False, f"homeserver {matrix.homeserver} is unreachable: {exc}"))
+            why = unreachable_message(exc, matrix.homeserver)
+            results.append((False, f"homeserver {matrix.homeserver} is unreachable: {why}"))
             return results
         if not reachable:
             results.append((False, f"homeserver {matrix.homeserver} answered {versions.status}"))
@@ -70,7 +72,7 @@ async def probe(matrix: MatrixConfig, judge: RoomJudge | None = None) -> list[Re
                 (
                     ok,
                     f"password login as {matrix.user_id} "
-                    + ("works" if ok else f"failed: {login.message}"),
+                    + ("works" if ok else f"failed: {_refused(login)}"),
                 )
             )
             if ok:
@@ -113,3 +115,12 @@ async def _probe_rooms(client: AsyncClient, matrix: MatrixConfig, judge: RoomJud
             continue
         results += [(None, warning) for warning in judge(ref, members)]
     return results
+
+
+def _refused(answer: object) -> str:
+    """A Matrix error answer (nio's ErrorResponse) as a sentence."""
+    return why_refused(
+        getattr(answer, "status_code", None),
+        str(getattr(answer, "message", "")),
+        getattr(answer, "retry_after_ms", None),
+    )
