@@ -242,6 +242,8 @@ class Bot:
                 zone=schedule.zone,
                 quiet_hours=config.watch.quiet_hours,
                 rooms={name: s.room for name, s in config.servers.items() if s.room},
+                # other servers: the room that takes incident reports (matrix.rooms[].reports)
+                room=lambda: self.dispatcher.rooms.report_room("incidents"),
             )
             disks = config.watch.disk_paths or (
                 [config.backups.volumes_root] if config.backups else []

@@ -66,6 +66,31 @@ Wait = Annotated[float, BeforeValidator(parse_wait)]  # a Duration, or 0 for non
 UserId = Annotated[str, Field(pattern=r"^@[^:\s]+:\S+$")]
 # Room ids of room v12+ have no server part ("!abc"); aliases always do ("#ops:server").
 RoomRef = Annotated[str, Field(pattern=r"^(![^\s]+|#[^:\s]+:\S+)$")]
+# The command families, named as the modules under commands/ name their CommandGroup
+# (tests/unit/test_rooms.py keeps the two the same): what a room `hears`.
+FamilyName = Literal[
+    "apps", "approvals", "audit", "backups", "cmd", "create", "help", "incidents", "jobs",
+    "nodes", "upgrade",
+]  # fmt: skip
+# The families whose work the bot does on its own (the schedule, the swarm watch):
+# what a room takes `reports` of.
+ReportName = Literal["backups", "upgrade", "incidents"]
+
+
+class RoomEntry(BaseModel):
+    """A room with a role: `{room: "#backups:x", hears: [backups], reports: [backups]}`.
+    `hears` unset: every family; `help` is always heard. A scheduled report or alert
+    goes to the first room whose `reports` names it, else to the first room."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    room: RoomRef
+    hears: list[FamilyName] | None = None
+    reports: list[ReportName] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return {"room": value} if isinstance(value, str) else value  # a room as before
 
 
 def parse_cron(value: Any) -> str:
@@ -108,7 +133,7 @@ class MatrixConfig(_Section):
     access_token: SecretStr | None = None
     access_token_file: Path | None = None
     device_name: str = "coopbot"
-    rooms: Annotated[list[RoomRef], Field(min_length=1)]
+    rooms: Annotated[list[RoomEntry], Field(min_length=1)]
     prefix: Annotated[str, Field(min_length=1, max_length=8)] = "!"
     encryption: bool = True
     # Commands sent while the bot was offline run only if younger than this;
@@ -124,6 +149,19 @@ class MatrixConfig(_Section):
     # A copy of data_dir/e2ee/cross_signing.json (format: bot/ops/crosssign.py): with it,
     # a bot whose data folder was lost signs its new device with the same identity.
     recovery_key_file: Path | None = None
+
+    @property
+    def room_refs(self) -> list[str]:
+        """Each configured room's id or alias, in order (the first is the home room)."""
+        return [entry.room for entry in self.rooms]
+
+    @model_validator(mode="after")
+    def _rooms_once(self) -> MatrixConfig:
+        refs = self.room_refs
+        twice = sorted({ref for ref in refs if refs.count(ref) > 1})
+        if twice:  # two roles for one room would contradict each other
+            raise ValueError(f"rooms: {', '.join(twice)} listed more than once")
+        return self
 
     @model_validator(mode="after")
     def _one_credential(self, info: ValidationInfo) -> MatrixConfig:

@@ -40,8 +40,11 @@ async def help_command(ctx: CommandContext) -> None:
         lines.append(f"Needs: {spec.role.label}" + (", and a vote" if spec.vote_policy else ""))
         await ctx.reply("\n".join(lines).strip())
         return
-    lines = [f"Commands you ({ctx.role.label}) may run:", ""]
-    for spec in registry.visible_to(ctx.role):
+    lines = [f"Commands you ({ctx.role.label}) may run here:", ""]
+    room_id = ctx.message.room_id
+    # Only what this room hears (matrix.rooms[].hears): the rest is asked elsewhere.
+    heard = [s for s in registry.visible_to(ctx.role) if await ctx.control.hears(room_id, s)]
+    for spec in heard:
         vote = " 🗳 *needs a vote*" if spec.vote_policy else ""
         lines.append(f"- `{spec.usage(prefix)}`: {spec.summary}{vote}")
         lines += [f"  - `{sub.usage(prefix)}`: {sub.summary}" for sub in spec.subcommands]

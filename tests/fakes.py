@@ -84,6 +84,7 @@ class FakeChat:
     log: list[Sent | Edit | SentReaction] = field(default_factory=list)
     running: bool = False
     home: str | None = "!room:test"  # where scheduled work reports
+    aliases: dict[str, str] = field(default_factory=dict)  # "#alias:test" -> room id
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _event_id(self) -> str:
@@ -161,6 +162,9 @@ class FakeChat:
 
     async def home_room(self) -> str | None:
         return self.home
+
+    async def room_for(self, ref: str) -> str | None:
+        return self.aliases.get(ref, ref if ref.startswith("!") else None)
 
     def alive(self) -> bool:
         return self.running

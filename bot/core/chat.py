@@ -166,3 +166,7 @@ class Chat(Protocol):
     async def home_room(self) -> str | None:
         """Where scheduled work reports: the first configured room (None until known)."""
         ...
+
+    async def room_for(self, ref: str) -> str | None:
+        """The id of a configured room given by id or alias (None until known)."""
+        ...

@@ -77,6 +77,9 @@ class ConsoleChat:
     async def home_room(self) -> str | None:
         return CONSOLE_ROOM
 
+    async def room_for(self, ref: str) -> str | None:
+        return None  # the console is one room, configured nowhere
+
     async def send(
         self,
         room_id: str,

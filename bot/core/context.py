@@ -236,6 +236,7 @@ class Commands(Protocol):
     def get(self, word: str) -> CommandSpec | None: ...
     def suggest(self, word: str) -> list[str]: ...
     def visible_to(self, role: Role) -> list[CommandSpec]: ...
+    def family_of(self, spec: CommandSpec) -> str: ...
 
 
 class JobView(Protocol):
@@ -276,7 +277,11 @@ class Control(Protocol):
         """Each open proposal of the room: plan, votes, what is still needed."""
 
     async def run_scheduled(self, text: str) -> None:
-        """Run a command line as the scheduler identity, reporting in the home room."""
+        """Run a command line as the scheduler identity, reporting in the room that
+        takes its family's reports (matrix.rooms[].reports), else the home room."""
+
+    async def hears(self, room_id: str, spec: CommandSpec) -> bool:
+        """Whether the room hears this command's family (matrix.rooms[].hears)."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from bot.core.access import SCHEDULER
 from bot.core.approvals import Choice, State
 from bot.core.authorise import Authoriser
 from bot.core.chat import ChatEvent, Message, Reaction, Redaction
-from bot.core.context import CommandContext, Services, split_reason
+from bot.core.context import CommandContext, CommandSpec, Services, split_reason
 from bot.core.gate import ApprovalGate
 from bot.core.jobs import JobManager
+from bot.core.rooms import RoomRoles
 from bot.errors import UserError
 from bot.fmt import code
 
@@ -47,6 +48,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: dict[str, deque[float]] = {}  # member -> times of their commands
         self._warned: set[str] = set()  # members told to slow down in this burst
+        self.rooms = RoomRoles(services.config.matrix, services.chat)
+        self._told: set[tuple[str, str, str]] = set()  # (room, member, family) sent on
         self.gate = ApprovalGate(services, self, clock, sweep_interval)
 
     def is_command(self, body: str) -> bool:
@@ -100,13 +103,20 @@ class Dispatcher:
         rows = self._services.store.proposals(State.OPEN)
         return [await self.gate.describe(row) for row in rows if row.room_id == room_id]
 
+    async def hears(self, room_id: str, spec: CommandSpec) -> bool:
+        return await self.rooms.hears(room_id, self._services.registry.family_of(spec))
+
     async def run_scheduled(self, text: str) -> None:
         """Handle `text` (without the prefix) as a command of the scheduler identity,
         exactly as a member's: parsed, authorised, gated and run as a job. Its
-        messages go to the home room and answer no message (the event id is empty)."""
-        room_id = await self._services.chat.home_room()
+        messages go to the room that takes its family's reports (else the home room)
+        and answer no message (the event id is empty)."""
+        registry = self._services.registry
+        spec = registry.get(text.split(maxsplit=1)[0]) if text.strip() else None
+        family = registry.family_of(spec) if spec is not None else ""
+        room_id = await self.rooms.report_room(family)
         if room_id is None:  # the scheduler waits for the room, so this is a fault
-            raise RuntimeError(f"scheduled {text!r} not run: the home room is not known")
+            raise RuntimeError(f"scheduled {text!r} not run: its room is not known")
         message = Message(room_id, "", SCHEDULER, self._prefix + text, int(time.time() * 1000))
         await self.handle(message)
 
@@ -151,6 +161,10 @@ class Dispatcher:
                 f"Unknown command {code(self._prefix + _shorten(word))}.{hint} "
                 f"`{self._prefix}help` lists what you can run."
             )
+        family = services.registry.family_of(spec)
+        if message.sender != SCHEDULER and not await self.rooms.hears(message.room_id, family):
+            self._not_heard(message, spec, family)
+            return
         services.store.audit(
             message.sender,
             "command",
@@ -179,6 +193,22 @@ class Dispatcher:
                 ) from None
         else:
             services.jobs.start(ctx)
+
+    def _not_heard(self, message: Message, spec: CommandSpec, family: str) -> None:
+        """A command of a family this room does not hear: the member is told once where
+        to ask (per room and family); after that such commands are ignored quietly,
+        so a room for reports stays quiet."""
+        self._services.metrics.commands.labels(spec.name, "not_heard").inc()
+        told = (message.room_id, message.sender, family)
+        if told in self._told:
+            return
+        self._told.add(told)
+        where = self.rooms.heard_in(family)
+        hint = f" Ask in {' or '.join(where)}." if where else " No room hears it."
+        raise UserError(
+            f"{code(self._prefix + spec.name)} is not heard in this room "
+            f"(its `hears` in matrix.rooms leaves out {family}).{hint}"
+        )
 
     def _within_rate(self, message: Message) -> bool:
         """At most jobs.member_rate commands per member per minute. The first command

@@ -78,16 +78,25 @@ class Registry:
     def __init__(self, groups: Iterable[CommandGroup] = ()) -> None:
         self._specs: dict[str, CommandSpec] = {}
         self._by_word: dict[str, CommandSpec] = {}
+        self._family: dict[str, str] = {}  # command name -> its group's name
         for group in groups:
             for spec in group.specs:
-                self.add(spec)
+                self.add(spec, group.name)
 
-    def add(self, spec: CommandSpec) -> None:
+    def add(self, spec: CommandSpec, family: str = "") -> None:
         for word in (spec.name, *spec.aliases):
             if word in self._by_word:
                 raise ValueError(f"command word {word!r} is declared twice")
             self._by_word[word] = spec
         self._specs[spec.name] = spec
+        self._family[spec.name] = family
+
+    def family_of(self, spec: CommandSpec) -> str:
+        """The family a command belongs to (its module's group name): what a room hears."""
+        return self._family.get(spec.name, "")
+
+    def families(self) -> set[str]:
+        return set(self._family.values())
 
     def get(self, word: str) -> CommandSpec | None:
         return self._by_word.get(word.lower())

@@ -129,6 +129,7 @@ class MatrixChat:
         self.undecrypted = Undecrypted(store)  # members the bot cannot hear
         self._allowed: set[str] = set()
         self._home: str | None = None  # the first configured room, once resolved
+        self._ids: dict[str, str] = {}  # configured id or alias -> room id
         self._creators: dict[str, asyncio.Future[frozenset[str]]] = {}
         self._last_sync = 0.0
         self._sync_ok = False
@@ -181,7 +182,7 @@ class MatrixChat:
         log.info("logged in as %s, device %s", config.user_id, client.device_id)
 
     async def _resolve_rooms(self) -> None:
-        for ref in self.config.rooms:
+        for ref in self.config.room_refs:
             if ref.startswith("!"):
                 room_id: str | None = ref
             else:
@@ -193,12 +194,16 @@ class MatrixChat:
                     room_id = response.room_id
             if room_id is not None:
                 self._allowed.add(room_id)
-                if ref == self.config.rooms[0]:
+                self._ids[ref] = room_id
+                if ref == self.config.room_refs[0]:
                     self._home = room_id
 
     async def home_room(self) -> str | None:
         # Known once joined and synced: nio cannot send to a room it has not seen.
         return self._home if self._home in self.client.rooms else None
+
+    async def room_for(self, ref: str) -> str | None:
+        return self._ids.get(ref)
 
     async def _join(self, room_id: str) -> None:
         if room_id in self.client.rooms:

@@ -81,7 +81,7 @@ async def probe(matrix: MatrixConfig, judge: RoomJudge | None = None) -> list[Re
                     results += await _probe_rooms(client, matrix, judge)
                 await client.logout()
                 client.access_token = login.access_token  # logout cleared it; not needed further
-        for ref in matrix.rooms:
+        for ref in matrix.room_refs:
             if ref.startswith("#"):
                 resolved = await client.room_resolve_alias(ref)
                 ok = not isinstance(resolved, RoomResolveAliasError)
@@ -107,7 +107,7 @@ async def _probe_cross_signing(
 
 async def _probe_rooms(client: AsyncClient, matrix: MatrixConfig, judge: RoomJudge) -> list[Result]:
     results: list[Result] = []
-    for ref in matrix.rooms:
+    for ref in matrix.room_refs:
         try:
             members = await room_members(client, ref)
         except RoomReadError as exc:  # not joined yet: the bot joins when it starts

@@ -51,7 +51,7 @@ def test_minimal_matrix_config(tmp_path: Path) -> None:
     config = parse_config({"matrix": matrix()}, tmp_path)
     assert config.matrix is not None
     assert config.matrix.user_id == "@bot:hs.test"
-    assert config.matrix.rooms == ["!ops:hs.test"]
+    assert config.matrix.room_refs == ["!ops:hs.test"]
     assert config.matrix.password is not None
     assert config.matrix.password.get_secret_value() == "pw"
     assert config.matrix.prefix == "!"
@@ -107,7 +107,7 @@ def test_invalid_values_name_their_key() -> None:
     assert keys == [
         "log_level",
         "matrix.homeserver",
-        "matrix.rooms.0",
+        "matrix.rooms.0.room",
         "matrix.user_id",
         "web.listen",
     ]

@@ -42,7 +42,7 @@ async def test_ping_and_help_with_the_prefix_added(tmp_path: Path) -> None:
     assert lines[0] == f"coopbot console: you are {CONSOLE_USER}. Try !help; Ctrl-D quits."
     assert any(line.startswith("coopbot> pong (coopbot ") for line in lines)
     # The person at the terminal is an admin: help shows the operator commands too.
-    assert "coopbot> Commands you (admin) may run:" in lines
+    assert "coopbot> Commands you (admin) may run here:" in lines
     assert any(line.startswith("- `!audit") for line in lines)
     assert any(line.startswith("- `!ping`: Check that the bot hears you.") for line in lines)
 

@@ -109,7 +109,7 @@ async def ask(
 async def test_help_lists_only_what_the_role_may_run(make_bot: BotFactory, probe: Probe) -> None:
     bot = make_bot(probe.group)
     (viewer_help,) = await ask(bot, "!help", VIEWER)
-    assert viewer_help.startswith("Commands you (viewer) may run:")
+    assert viewer_help.startswith("Commands you (viewer) may run here:")
     for shown in ("`!look [what...]`: Look around.", "`!help [command]`", "`!ping`", "`!jobs`"):
         assert shown in viewer_help
     for hidden in ("!poke", "!wipe", "!nuke", "!work", "!cancel", "!audit"):
