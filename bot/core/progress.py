@@ -1,4 +1,11 @@
-"""A job's one progress message: edited in place, throttled, details in its thread."""
+"""A job's one progress message: edited in place, throttled, details in its thread.
+
+The homeserver may be away for a while (a restart, a network cut). A progress update
+that fails does not fail the job: the newest text is sent again in the background
+until it lands. The final text (`finish`) and details are retried before the job goes
+on, so the result is delivered once the homeserver is back, never lost. Retries are
+tenacity's (exponential wait up to RETRY_WAIT_MAX, for RETRY_FOR at most).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,30 @@ import logging
 import time
 from collections.abc import Callable
 
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
 from bot.core.chat import Chat
 
 log = logging.getLogger(__name__)
+
+RETRY_FOR = 900.0  # seconds: a homeserver away longer than this loses the message
+RETRY_WAIT_MAX = 15.0
+
+
+def _retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Exception),  # a cancel is not retried
+        wait=wait_exponential(multiplier=0.5, max=RETRY_WAIT_MAX),
+        stop=stop_after_delay(RETRY_FOR),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
 
 
 class Progress:
@@ -52,8 +80,16 @@ class Progress:
 
     async def update(self, markdown: str) -> None:
         self._latest = markdown
-        if self._event_id is None or time.monotonic() - self._last_edit >= self._interval:
-            await self._flush()
+        if self._pending is None and (
+            self._event_id is None or time.monotonic() - self._last_edit >= self._interval
+        ):
+            try:
+                await self._flush()
+            except Exception:
+                # Not the job's failure: the newest text goes again until it lands.
+                log.warning("a progress update failed; sending it again in the background")
+                self._pending = asyncio.create_task(self._flush_later(), name="progress-retry")
+                self._pending.add_done_callback(_log_failure)
         elif self._pending is None:
             # Held until it ends, and its failure logged: a flush that raised
             # would otherwise be an exception nobody retrieves.
@@ -66,27 +102,39 @@ class Progress:
             self._pending.cancel()
             self._pending = None
         self._latest = markdown
-        await self._flush()
+        await self._flush(retry=True)
 
     async def detail(self, markdown: str) -> str:
         """Post a detail in the progress message's thread."""
         if self._event_id is None:
-            await self._flush()
-        assert self._event_id is not None
-        # A thread cannot start inside another: a job already running in a thread
-        # (an approved proposal's) puts its details in that thread, under the message.
-        if self._thread_root is not None:
-            return await self._chat.send(
-                self._room_id, markdown, reply_to=self._event_id, thread_root=self._thread_root
-            )
-        return await self._chat.send(self._room_id, markdown, thread_root=self._event_id)
+            await self._flush(retry=True)
+        event_id = self._event_id
+        assert event_id is not None
+        async for attempt in _retrying():
+            with attempt:
+                # A thread cannot start inside another: a job already running in a thread
+                # (an approved proposal's) puts its details in that thread, under it.
+                if self._thread_root is not None:
+                    return await self._chat.send(
+                        self._room_id, markdown, reply_to=event_id, thread_root=self._thread_root
+                    )
+                return await self._chat.send(self._room_id, markdown, thread_root=event_id)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - self._last_edit)))
         self._pending = None
-        await self._flush()
+        await self._flush(retry=True)
 
-    async def _flush(self) -> None:
+    async def _flush(self, retry: bool = False) -> None:
+        if not retry:
+            await self._flush_once()
+            return
+        async for attempt in _retrying():
+            with attempt:
+                await self._flush_once()
+
+    async def _flush_once(self) -> None:
         async with self._lock:
             text = self._latest or "…"
             if text == self._shown:
@@ -107,7 +155,7 @@ class Progress:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-            await self._flush()
+            await self._flush(retry=True)
 
     def close(self) -> None:
         if self._pending is not None:
