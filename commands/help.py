@@ -37,6 +37,7 @@ async def help_command(ctx: CommandContext) -> None:
             lines.append("Example: " + ", ".join(f"`{prefix}{e}`" for e in examples))
         if spec.aliases:
             lines.append("Also: " + ", ".join(f"`{prefix}{a}`" for a in spec.aliases))
+        lines.append(f"Family: {registry.family_of(spec)} (what matrix.rooms[].hears names)")
         lines.append(f"Needs: {spec.role.label}" + (", and a vote" if spec.vote_policy else ""))
         await ctx.reply("\n".join(lines).strip())
         return
