@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 
@@ -147,17 +148,26 @@ async def backup_all(ctx: CommandContext) -> None:
             + "".join(f"\n- ⚠️ {p}" for p in problems)
         )
         return
-    lines, failed = [], []
-    for index, env in enumerate(envs, 1):
-        sink = _Prefixed(ctx, f"[{index}/{len(envs)}] ")
-        try:
-            # Each app's own lock in turn: never beside its restore, deploy or upgrade.
-            async with ctx.services.jobs.app_lock(env.domain):
-                outcome = await backups.backup(env, sink, ctx.sender)
-            lines.append(outcome.report)
-        except UserError as e:
-            failed.append(env.domain)
-            lines.append(f"❌ **{env.domain}**: {e}")
+    reports: dict[str, str] = {}
+    failed: list[str] = []
+
+    async def one_after_another(group: list[AppEnv]) -> None:
+        for env in group:
+            sink = _Prefixed(ctx, f"[{envs.index(env) + 1}/{len(envs)}] ")
+            try:
+                # Each app's own lock in turn: never beside its restore, deploy or upgrade.
+                async with ctx.services.jobs.app_lock(env.domain):
+                    outcome = await backups.backup(env, sink, ctx.sender)
+                reports[env.domain] = outcome.report
+            except UserError as e:  # this app (its node gone, ...): the others go on
+                failed.append(env.domain)
+                reports[env.domain] = f"❌ **{env.domain}**: {e}"
+
+    # Apps whose data is on different nodes side by side (one group on a single node).
+    async with asyncio.TaskGroup() as tasks:
+        for group in await backups.by_node(envs):
+            tasks.create_task(one_after_another(group))
+    lines = [reports[env.domain] for env in envs]
     lines += [f"⚠️ {p}" for p in problems]
     retention_failed = False
     if ctx.sender == SCHEDULER:

@@ -78,7 +78,7 @@ class Node(Dockerd):
     def volumes_root(self) -> Path:
         return self.data_root / "volumes"
 
-    def start_daemon(self, timeout: float = 90) -> None:
+    def start_daemon(self, timeout: float = 90, *, gwbridge: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.short.mkdir(parents=True, exist_ok=True)
         config = self.short / "daemon.json"
@@ -126,6 +126,8 @@ class Node(Dockerd):
                 raise TimeoutError(f"dockerd not up after {timeout}s:\n{self._log_tail()}")
             time.sleep(0.2)
         self.timings["dockerd_start"] = time.monotonic() - t0
+        if not gwbridge:  # a restart: the network is in the data-root already
+            return
         # As in Dockerd.start: our own docker_gwbridge, named so it can't clash.
         self.cli(
             "network",
@@ -144,6 +146,11 @@ class Node(Dockerd):
             self.proc.kill()
             self.proc.wait()
         self._kill_leftovers()
+
+    def restart(self) -> None:
+        """After kill(): the same data-root, so it rejoins the swarm as the same node."""
+        self._unmount_all()
+        self.start_daemon(gwbridge=False)
 
     def stop(self, timeout: float = 20) -> None:
         super().stop(timeout)  # removes self.short too

@@ -3,6 +3,7 @@ namespace, tests/harness/multinode.py): the harness itself, and the bot on it.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pathlib
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bot.features.backups import snapshot_app
 from bot.ops.restic import Restic
 from bot.ops.swarm import Swarm
 from tests.harness.bot import BotRunner
@@ -93,7 +95,9 @@ def test_three_nodes_and_an_overlay_between_workers(multinode: MultiNodeSwarm) -
 
 PINNED = "pinned.coop.test"  # pinned to mn-worker-1 by hostname
 LOOSE = "loose.coop.test"  # a local volume and no constraint: may move
+SECOND = "second.coop.test"  # pinned to mn-worker-2
 PINNED_STACK, LOOSE_STACK = PINNED.replace(".", "_"), LOOSE.replace(".", "_")
+SECOND_STACK = SECOND.replace(".", "_")
 
 
 def app_compose(constraint: str | None) -> str:
@@ -110,7 +114,8 @@ services:
 {placement}      labels:
         - "coop-cloud.${{STACK_NAME}}.version=1.0.0+1.0"
         - "backupbot.backup=true"
-        - "backupbot.backup.pre-hook=echo pre >> /data/hooks.log"
+        # The pause makes each backup last long enough to see two overlap.
+        - "backupbot.backup.pre-hook=sleep 2; echo pre >> /data/hooks.log"
         - "backupbot.backup.post-hook=echo post >> /data/hooks.log"
 volumes:
   data:
@@ -131,10 +136,12 @@ def stacks(
     tmp = tmp_path_factory.mktemp("stacks")
     stack_deploy(multinode, tmp, PINNED_STACK, app_compose("node.hostname == mn-worker-1"))
     stack_deploy(multinode, tmp, LOOSE_STACK, app_compose("node.role == worker"))
+    stack_deploy(multinode, tmp, SECOND_STACK, app_compose("node.hostname == mn-worker-2"))
+    assert wait_running(multinode, f"{SECOND_STACK}_app", 1) == ["mn-worker-2"]
     assert wait_running(multinode, f"{PINNED_STACK}_app", 1) == ["mn-worker-1"]
     wait_running(multinode, f"{LOOSE_STACK}_app", 1)
     yield multinode
-    for stack in (PINNED_STACK, LOOSE_STACK):
+    for stack in (PINNED_STACK, LOOSE_STACK, SECOND_STACK):
         multinode.manager.cli("stack", "rm", stack, check=False)
 
 
@@ -172,7 +179,7 @@ async def site(
     tmp_path: pathlib.Path,
 ) -> AsyncIterator[Site]:
     abra = tmp_path / "abra"
-    for domain in (PINNED, LOOSE):
+    for domain in (PINNED, LOOSE, SECOND):
         make_app_env(abra, "default", domain, "files")
     password = tmp_path / "restic-password"
     password.write_text("correct horse battery staple\n")
@@ -286,6 +293,9 @@ async def test_drain_and_reactivate_a_worker_by_vote(site: Site) -> None:
         assert f"`{loose_on}` on default is active" in report
     finally:
         m.cli("node", "update", "--availability=active", loose_on, check=False)
+        # The pinned apps had nowhere else to go: they start again on their node.
+        assert wait_running(site.swarm, f"{PINNED_STACK}_app", 1) == ["mn-worker-1"]
+        assert wait_running(site.swarm, f"{SECOND_STACK}_app", 1) == ["mn-worker-2"]
 
 
 def volume(node: Node, stack: str, name: str = "data") -> pathlib.Path:
@@ -351,3 +361,97 @@ async def test_an_app_pinned_to_a_worker_is_backed_up_from_the_workers_volume(
     row = next(line for line in table.splitlines() if line.startswith(f"| {PINNED} "))
     assert snap.short_id in row
     assert "from node `mn-worker-1`" in row
+
+
+async def test_backup_all_runs_the_nodes_side_by_side(site: Site) -> None:
+    coop = site.coop
+    for domain, stack, node in (
+        (PINNED, PINNED_STACK, "mn-worker-1"),
+        (SECOND, SECOND_STACK, "mn-worker-2"),
+    ):
+        (volume(site.swarm.node(node), stack) / "file.txt").write_text(f"{domain}\n")
+    loose_on = wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0]
+    (volume(site.swarm.node(loose_on), LOOSE_STACK) / "file.txt").write_text("loose\n")
+    await coop.bob.send(site.room, "!backup all")
+    report = await site.said("💾 Backups:", timeout=300)
+    assert "3 of 3 app(s) backed up." in report, report
+    assert site.runner.bot is not None
+    runs = site.runner.bot.store.last_backups()
+    spans = {
+        app: (row["last"]["started_at"], row["last"]["finished_at"])
+        for app, row in runs.items()
+        if row["last"]
+    }
+    # Each backup takes over 2 s (its pre-hook pauses). Apps on different workers ran
+    # side by side; apps on the same node one after another.
+    node_of = {PINNED: "mn-worker-1", SECOND: "mn-worker-2", LOOSE: loose_on}
+
+    def overlap(x: str, y: str) -> bool:
+        return max(spans[x][0], spans[y][0]) < min(spans[x][1], spans[y][1])
+
+    pairs = [(PINNED, SECOND), (PINNED, LOOSE), (SECOND, LOOSE)]
+    assert any(overlap(x, y) for x, y in pairs if node_of[x] != node_of[y]), spans
+    assert not any(overlap(x, y) for x, y in pairs if node_of[x] == node_of[y]), spans
+    snaps = {snapshot_app(s): s for s in await site_restic(site).snapshots()}
+    assert "node=mn-worker-1" in snaps[PINNED].tags
+    assert "node=mn-worker-2" in snaps[SECOND].tags
+    assert f"node={loose_on}" in snaps[LOOSE].tags
+
+
+async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> None:
+    coop, m = site.coop, site.swarm.manager
+    worker = site.swarm.node("mn-worker-1")
+    # A big sparse file: restic reads it for a minute (zeros, nothing much stored).
+    big = volume(worker, PINNED_STACK) / "big.sparse"
+    with big.open("wb") as f:
+        f.truncate(40 * 1024**3)
+    loose_on = wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0]
+    try:
+        await coop.bob.send(site.room, "!backup all")
+        # Wait until restic runs on the worker, then pull the plug.
+        deadline = time.monotonic() + 120
+        while True:
+            names = m.cli("service", "ls", "--format", "{{.Name}}").stdout.split()
+            running = [
+                n
+                for n in names
+                if n.startswith("coopbot-backup-")
+                and "mn-worker-1 Running"
+                in " ".join(
+                    m.cli(
+                        "service", "ps", n, "--format", "{{.Node}} {{.CurrentState}}"
+                    ).stdout.split()
+                )
+            ]
+            if running:
+                break
+            assert time.monotonic() < deadline, names
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1)
+        worker.kill()
+        report = await site.said("💾 Backups:", timeout=300)
+        failed_here = [PINNED] + ([LOOSE] if loose_on == "mn-worker-1" else [])
+        ok = 3 - len(failed_here)
+        assert f"{ok} of 3 app(s) backed up; **{len(failed_here)} failed**." in report, report
+        lines = {
+            line.split("**")[1]: line
+            for line in report.splitlines()
+            if line.startswith(("❌", "✅", "⚠"))
+        }
+        assert lines[PINNED].startswith("❌"), report
+        assert "mn-worker-1" in lines[PINNED]
+        assert lines[SECOND].startswith("✅"), report
+        assert site.runner.bot is not None
+        runs = site.runner.bot.store.last_backups()
+        results = {app: (row["last"] or {}).get("result") for app, row in runs.items()}
+        assert results[PINNED] == "failed"
+        assert results[SECOND] == "ok"
+        # No snapshot of the lost run: nothing reported as a success that is not.
+        pinned = [s for s in await site_restic(site).snapshots() if snapshot_app(s) == PINNED]
+        assert all("big.sparse" not in str(s.paths) for s in pinned)
+        assert "coopbot-backup" not in m.cli("service", "ls", "--format", "{{.Name}}").stdout
+    finally:
+        big.unlink(missing_ok=True)
+        worker.kill()
+        worker.restart()
+        site.swarm.wait_ready(timeout=90)

@@ -35,7 +35,7 @@ from bot.features.backups.targets import BackupTarget, Location
 from bot.ops.abra import AppEnv
 from bot.ops.restic import BackupSummary, ResticError, parse_backup_line
 from bot.ops.restic import Progress as ResticProgress
-from bot.ops.swarm import Swarm, SwarmError
+from bot.ops.swarm import Swarm, SwarmError, eligible
 from bot.ops.swarm.oneoff import OneOffMount
 
 NODE_TAG = "node="
@@ -62,9 +62,13 @@ class Remote(Repository):
         prefix = env.stack_name + "_"
         holders: dict[str, set[str]] = {}
         for p in await swarm.placements(env.stack_name):
+            # No running task (scaled to 0, its node drained): a service its
+            # constraints allow on one node only still has its data there.
+            allowed = eligible(p.constraints, nodes)
+            held = p.nodes or ((allowed[0].id,) if len(allowed) == 1 else ())
             for volume in p.local_volumes:
                 if volume.startswith(prefix):
-                    holders.setdefault(volume, set()).update(p.nodes)
+                    holders.setdefault(volume, set()).update(held)
         names = {n.id: n.hostname for n in nodes}
         where = {node for held in holders.values() for node in held}
         if len(where) > 1:
@@ -79,6 +83,21 @@ class Remote(Repository):
         node = next(iter(where), own)  # no running task: the copy on the bot's node
         volumes = tuple(sorted(v[len(prefix) :] for v in holders if v[len(prefix) :]))
         return Location(node, names.get(node, node), volumes, remote=node != own)
+
+    async def by_node(self, envs: list[AppEnv]) -> list[list[AppEnv]]:
+        """The apps grouped by the node their data is on (in their order): `!backup all`
+        runs the groups side by side, each one app after another. One group on a
+        single node; an app whose node cannot be told is a group of its own (its
+        backup then says why)."""
+        groups: dict[tuple[str, str], list[AppEnv]] = {}
+        for env in envs:
+            try:
+                where = await self.locate(env)
+                key = (env.server, where.node_id if where is not None else "")
+            except (UserError, SwarmError):
+                key = (env.server, "?" + env.domain)
+            groups.setdefault(key, []).append(env)
+        return list(groups.values())
 
     def hook_swarm(self, target: BackupTarget) -> Swarm:
         where = target.location
