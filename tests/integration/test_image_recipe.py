@@ -234,11 +234,15 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         pong = await coop.alice.wait_for_reply(coop.room, coop.bot_id, "pong", 30)
         _figures(deploy_to_first_pong_s=time.monotonic() - t0)
         assert f"pong (coopbot {__version__})" in pong.body
+        devices = await _devices(server_admin, coop.bot_id)
+        # The bot's own device, beside the unnamed one of its registration (admin API).
+        assert sorted(devices.values()) == ["", "coopbot"], devices
         container = await _container(docker_client)
         checked = await asyncio.to_thread(container.exec_run, ["coopbot", "check"])
         output = checked.output.decode(errors="replace")
         assert checked.exit_code == 0, output
         assert "docker" in output
+        assert await _devices(server_admin, coop.bot_id) == devices  # check's is gone
         # The image's HEALTHCHECK command, asked now rather than after its 60 s start period.
         health = json.loads(dockerd.cli("image", "inspect", image).stdout)[0]["Config"]
         probe = await asyncio.to_thread(container.exec_run, health["Healthcheck"]["Test"][1:])
@@ -272,8 +276,6 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         # A restarted bot (same data volume) keeps its device and its sync position: it
         # answers again, also what was said while it was down (its catch-up), and never
         # answers an old command twice.
-        devices = await _devices(server_admin, coop.bot_id)
-        assert devices, devices
         dockerd.cli("service", "update", "--force", "--detach", f"{STACK}_app", timeout=120)
         await coop.ask(coop.alice, "!ping", "pong", timeout=120)
         assert await _devices(server_admin, coop.bot_id) == devices
