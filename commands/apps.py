@@ -8,6 +8,7 @@ from bot.core.approvals import Plan
 from bot.core.context import Arg, CommandContext, Option, positive_int
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
+from bot.core.singleflight import shared
 from bot.errors import UserError
 from bot.features.apps import AppEnv, ServiceInfo, check_domain, check_version, deployed_from
 from bot.features.nodes import Nodes
@@ -30,14 +31,18 @@ MAX_TAIL = 2000
     example="apps",
 )
 async def apps_command(ctx: CommandContext) -> None:
+    # Several askers at once share one listing of every server and recipe.
+    await ctx.reply(await shared(ctx, "apps listing", lambda: _apps_table(ctx)))
+
+
+async def _apps_table(ctx: CommandContext) -> str:
     apps = ctx.services.apps
     envs, problems = await apps.inventory()
     if not envs and not problems:
-        await ctx.reply(
+        return (
             "No apps: add `servers:` to the config and `.env` files under "
             f"{apps.abra_dir}/servers/."
         )
-        return
     by_server: dict[str, list[AppEnv]] = {}
     for env in envs:
         by_server.setdefault(env.server, []).append(env)
@@ -71,7 +76,7 @@ async def apps_command(ctx: CommandContext) -> None:
         for server, stacks in zip(by_server, stacks_of, strict=True)
         if isinstance(stacks, BaseException)
     ]
-    await ctx.reply("\n".join(lines + [""] + unreachable + [f"⚠ {p}" for p in problems]).strip())
+    return "\n".join(lines + [""] + unreachable + [f"⚠ {p}" for p in problems]).strip()
 
 
 def _state(services: list[ServiceInfo]) -> str:

@@ -7,6 +7,7 @@ from bot.core.approvals import Plan
 from bot.core.context import Arg, CommandContext, Option
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
+from bot.core.singleflight import shared
 from bot.errors import UserError
 from bot.features.apps import check_domain, check_version
 from bot.features.upgrades import UpgradePlan, Upgrades, auto_refusal, plan_summary, render_report
@@ -36,7 +37,9 @@ def _upgrades(ctx: CommandContext) -> Upgrades:
 )
 async def upgrades_command(ctx: CommandContext) -> None:
     upgrades = _upgrades(ctx)
-    report = await upgrades.check()
+    # Several askers while a check runs share it: one set of git fetches and registry
+    # lookups (Docker Hub counts pulls), not one per message.
+    report = await shared(ctx, "upgrade check", upgrades.check)
     if ctx.sender != SCHEDULER:
         await ctx.reply(render_report(report, ctx.prefix))
         return
