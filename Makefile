@@ -66,6 +66,7 @@ bench: deps venv
 	$(BIN)/python -m bench.compose_render
 	$(BIN)/python -m bench.corpus_scale
 	$(BIN)/python -m bench.watch_latency
+	$(BIN)/python -m bench.watch_cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache tests/js/node_modules
