@@ -464,6 +464,14 @@ class Store:
     def set_backup_repo_bytes(self, run_id: int, repo_bytes: int) -> None:
         self._db.execute("UPDATE backups SET repo_bytes = ? WHERE id = ?", (repo_bytes, run_id))
 
+    def set_backup_results(self, app: str, old: str, new: str) -> int:
+        """Change the result of the app's runs that have `old` (an accepted suspect
+        run becomes a good one); how many."""
+        cursor = self._db.execute(
+            "UPDATE backups SET result = ? WHERE app = ? AND result = ?", (new, app, old)
+        )
+        return cursor.rowcount
+
     def backup_health(self, app: str) -> dict[str, Any] | None:
         """The app's accepted baseline (files, bytes, hook_bytes) and retention pause."""
         row = self._db.execute("SELECT * FROM backup_health WHERE app = ?", (app,)).fetchone()

@@ -13,7 +13,7 @@ from bot.core.metrics import Metrics
 from bot.core.store import Store
 from bot.features.backups import health
 from bot.features.backups.health import Sizes, assess
-from bot.ops.restic import ResticError, parse_stats
+from bot.ops.restic import BackupSummary, ResticError, parse_stats
 from tests.fakes import SUMMARY
 from tests.unit.helpers import OPERATOR
 from tests.unit.test_backups import LABELLED, Sink, make_site, snap
@@ -95,7 +95,7 @@ def test_the_migration_adds_the_columns_and_the_table(tmp_path: Path) -> None:
 # ================================================================ through Backups
 
 
-def shrunk(files: int, total: int) -> object:
+def shrunk(files: int, total: int) -> BackupSummary:
     return dataclasses.replace(
         SUMMARY, files_new=0, files_changed=0, files_unmodified=files, total_bytes_processed=total
     )
@@ -110,7 +110,7 @@ async def test_an_emptied_app_is_a_suspect_run_and_pauses_its_retention(tmp_path
     assert first.report.startswith("✅")
     assert health.baseline(site.store, "a.test") == Sizes(6, 2 * MiB, None)
 
-    site.restic.summary = shrunk(0, 0)  # type: ignore[assignment]
+    site.restic.summary = shrunk(0, 0)
     second = await site.backups.backup(env, Sink(), OPERATOR)
     assert second.report.startswith("⚠️")
     assert "**Suspect**" in second.report
@@ -136,13 +136,15 @@ async def test_an_emptied_app_is_a_suspect_run_and_pauses_its_retention(tmp_path
     assert "stays paused" in third.report
     assert site.backups.retention_paused("a.test") is not None
 
-    site.restic.summary = shrunk(1, 10)  # type: ignore[assignment]
+    site.restic.summary = shrunk(1, 10)
     await site.backups.backup(env, Sink(), OPERATOR)
     text = site.backups.accept("a.test", OPERATOR)
     assert text == "▶️ Retention resumed for **a.test**; its normal size is now 1 files, 10 B."
     assert site.backups.retention_paused("a.test") is None
     assert health.baseline(site.store, "a.test") == Sizes(1, 10, None)
     assert sample(metrics, "coopbot_backup_retention_paused") == 0
+    # Accepted: the suspect runs count as good ones from now on.
+    assert "suspect" not in [r["result"] for r in site.store.backups("a.test")]
     (audit,) = [a for a in site.store.audit_log("a.test") if a.action == "backup.accept"]
     assert "was: a suspect backup" in audit.detail
     await site.backups.retention(Sink())
@@ -201,12 +203,17 @@ async def test_backups_table_shows_the_repository_and_the_pause(tmp_path: Path) 
     env = site.add(labels=LABELLED, volumes={"data": {"f": b"x"}})
     site.restic.stats_bytes = {"app=a.test": 5 * MiB}
     await site.backups.backup(env, Sink(), OPERATOR)
-    site.restic.summary = shrunk(0, 0)  # type: ignore[assignment]
+    site.restic.summary = dataclasses.replace(shrunk(0, 0), snapshot_id="bbbb2222")
     await site.backups.backup(env, Sink(), OPERATOR)
-    site.restic.snaps = [snap("a1111111")]
+    site.restic.snaps = [snap("abcd1234"), snap("bbbb2222")]
     states, _ = await site.backups.states()
     (state,) = states
     assert state.repository.startswith("5.0 MiB")
     assert state.paused is not None
     assert "holds no files" in state.paused
+    # The suspect (empty) snapshot is not the newest good one: not for the age, the
+    # drill or an upgrade's restore hint.
+    assert state.newest is not None
+    assert state.newest.short_id == "abcd1234"
+    assert await site.backups.newest_snapshot(env) == snap("abcd1234").id
     site.store.close()

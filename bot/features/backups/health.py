@@ -127,6 +127,8 @@ def accept(store: Store, app: str, actor: str) -> str:
     if newest is None:
         raise LookupError(app)
     was = paused(store, app)
+    # The suspect runs are taken as they are: good ones from now on (restore, drill, age).
+    store.set_backup_results(app, SUSPECT, "warning")
     store.set_backup_health(
         app,
         files=newest.files,

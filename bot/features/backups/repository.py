@@ -136,11 +136,13 @@ class Repository(Targets):
         return newest
 
     def _partial_ids(self, app: str) -> set[str]:
-        """The snapshot ids of the app's runs that were incomplete (the store's record)."""
+        """The snapshot ids of the app's runs that were incomplete, or suspect (empty or
+        shrunk, not accepted yet: health.py): never the newest good one (the store's
+        record)."""
         return {
             str(row["snapshot_id"])
             for row in self.store.backups(app, limit=500)
-            if row["result"] == PARTIAL and row["snapshot_id"]
+            if row["result"] in (PARTIAL, health.SUSPECT) and row["snapshot_id"]
         }
 
     def retention_paused(self, app: str) -> str | None:
