@@ -117,6 +117,7 @@ services:
         # The pause makes each backup last long enough to see two overlap.
         - "backupbot.backup.pre-hook=sleep 2; echo pre >> /data/hooks.log"
         - "backupbot.backup.post-hook=echo post >> /data/hooks.log"
+        - "backupbot.restore.post-hook=echo restored >> /data/restore.log"
 volumes:
   data:
 """
@@ -362,6 +363,22 @@ async def test_an_app_pinned_to_a_worker_is_backed_up_from_the_workers_volume(
     assert snap.short_id in row
     assert "from node `mn-worker-1`" in row
 
+    # Damage the data on the worker, then restore it there by vote.
+    (data / "a.txt").write_text("damaged\n")
+    (data / "sub" / "b.bin").unlink()
+    (data / "new.txt").write_text("should go\n")
+    body, report = await site.voted(f"!restore {PINNED}", "restored from", timeout=240)
+    assert f"`{PINNED_STACK}_data` on mn-worker-1" in body, body
+    assert "✅" in report, report
+    after = sha(data)
+    assert after.pop("restore.log") == hashlib.sha256(b"restored\n").hexdigest()  # post-hook
+    assert after == want
+    # The app runs again on the worker; the kept copy and the staging folder are gone.
+    assert wait_running(site.swarm, f"{PINNED_STACK}_app", 1) == ["mn-worker-1"]
+    assert sorted(p.name for p in data.parent.iterdir()) == ["_data"]
+    assert "coopbot-" not in m.cli("service", "ls", "--format", "{{.Name}}").stdout
+    assert "coopbot-" not in m.cli("secret", "ls", "--format", "{{.Name}}").stdout
+
 
 async def test_backup_all_runs_the_nodes_side_by_side(site: Site) -> None:
     coop = site.coop
@@ -387,7 +404,7 @@ async def test_backup_all_runs_the_nodes_side_by_side(site: Site) -> None:
     node_of = {PINNED: "mn-worker-1", SECOND: "mn-worker-2", LOOSE: loose_on}
 
     def overlap(x: str, y: str) -> bool:
-        return max(spans[x][0], spans[y][0]) < min(spans[x][1], spans[y][1])
+        return bool(max(spans[x][0], spans[y][0]) < min(spans[x][1], spans[y][1]))
 
     pairs = [(PINNED, SECOND), (PINNED, LOOSE), (SECOND, LOOSE)]
     assert any(overlap(x, y) for x, y in pairs if node_of[x] != node_of[y]), spans
@@ -398,41 +415,54 @@ async def test_backup_all_runs_the_nodes_side_by_side(site: Site) -> None:
     assert f"node={loose_on}" in snaps[LOOSE].tags
 
 
+def restic_on_worker_1(m: Node) -> bool:
+    """Whether the one-off backup of the pinned app runs on mn-worker-1 now."""
+    names = m.cli("service", "ls", "--format", "{{.Name}}").stdout.split()
+    for name in (n for n in names if n.startswith("coopbot-backup-")):
+        mounts = m.cli(
+            "service",
+            "inspect",
+            name,
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Mounts}}",
+        ).stdout
+        states = m.cli("service", "ps", name, "--format", "{{.Node}} {{.CurrentState}}").stdout
+        if PINNED_STACK in mounts and "mn-worker-1 Running" in " ".join(states.split()):
+            return True
+    return False
+
+
+# docker-py's UnixHTTPConnection.connect leaves the socket of a failed connect unclosed:
+# the post-hook's attempt at the dead worker's endpoint. Only that warning is let pass.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> None:
     coop, m = site.coop, site.swarm.manager
     worker = site.swarm.node("mn-worker-1")
+    if wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0] == "mn-worker-1":
+        # Only the pinned app on the worker that dies: the others must complete.
+        m.cli(
+            "service",
+            "update",
+            "--quiet",
+            "--constraint-add=node.hostname==mn-worker-2",
+            f"{LOOSE_STACK}_app",
+        )
+        assert wait_running(site.swarm, f"{LOOSE_STACK}_app", 1) == ["mn-worker-2"]
     # A big sparse file: restic reads it for a minute (zeros, nothing much stored).
     big = volume(worker, PINNED_STACK) / "big.sparse"
     with big.open("wb") as f:
         f.truncate(40 * 1024**3)
-    loose_on = wait_running(site.swarm, f"{LOOSE_STACK}_app", 1)[0]
     try:
         await coop.bob.send(site.room, "!backup all")
         # Wait until restic runs on the worker, then pull the plug.
         deadline = time.monotonic() + 120
-        while True:
-            names = m.cli("service", "ls", "--format", "{{.Name}}").stdout.split()
-            running = [
-                n
-                for n in names
-                if n.startswith("coopbot-backup-")
-                and "mn-worker-1 Running"
-                in " ".join(
-                    m.cli(
-                        "service", "ps", n, "--format", "{{.Node}} {{.CurrentState}}"
-                    ).stdout.split()
-                )
-            ]
-            if running:
-                break
-            assert time.monotonic() < deadline, names
+        while not restic_on_worker_1(m):
+            assert time.monotonic() < deadline
             await asyncio.sleep(0.3)
         await asyncio.sleep(1)
         worker.kill()
         report = await site.said("💾 Backups:", timeout=300)
-        failed_here = [PINNED] + ([LOOSE] if loose_on == "mn-worker-1" else [])
-        ok = 3 - len(failed_here)
-        assert f"{ok} of 3 app(s) backed up; **{len(failed_here)} failed**." in report, report
+        assert "2 of 3 app(s) backed up; **1 failed**." in report, report
         lines = {
             line.split("**")[1]: line
             for line in report.splitlines()
@@ -441,6 +471,7 @@ async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> Non
         assert lines[PINNED].startswith("❌"), report
         assert "mn-worker-1" in lines[PINNED]
         assert lines[SECOND].startswith("✅"), report
+        assert lines[LOOSE].startswith("✅"), report
         assert site.runner.bot is not None
         runs = site.runner.bot.store.last_backups()
         results = {app: (row["last"] or {}).get("result") for app, row in runs.items()}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from bot.errors import UserError
 from bot.features.backups.repository import Repository, restic_environment
@@ -39,6 +40,8 @@ from bot.ops.swarm import Swarm, SwarmError, eligible
 from bot.ops.swarm.oneoff import OneOffMount
 
 NODE_TAG = "node="
+# As restore.py names them (not imported: restore.py builds on this module).
+RESTORE_DIR = "coopbot-restore-"
 
 
 def _is_local_repository(repository: str) -> bool:
@@ -100,15 +103,21 @@ class Remote(Repository):
         return list(groups.values())
 
     def hook_swarm(self, target: BackupTarget) -> Swarm:
-        where = target.location
+        try:
+            return self.hook_swarm_for(target.env, target.location)
+        except UserError as e:
+            raise UserError(f"{target.env.domain} is not backed up: {e}") from None
+
+    def hook_swarm_for(self, env: AppEnv, where: Location | None) -> Swarm:
+        """The daemon to run the app's hooks through: the manager when the data is on
+        the bot's node, else that node's own endpoint."""
         if where is None or not where.remote:
-            return self.apps.swarm(target.env.server)
-        found = self.node_swarms.get(target.env.server, {}).get(where.hostname)
+            return self.apps.swarm(env.server)
+        found = self.node_swarms.get(env.server, {}).get(where.hostname)
         if found is None:
             raise UserError(
-                f"{target.env.domain} is not backed up: its hooks must run on "
-                f"{where.hostname}, and servers.{target.env.server}.nodes names no docker "
-                "endpoint for it (exec does not go through the manager)."
+                f"its hooks must run on {where.hostname}, and servers.{env.server}.nodes "
+                "names no docker endpoint for it (exec does not go through the manager)."
             )
         return found
 
@@ -122,6 +131,109 @@ class Remote(Repository):
         if where is None or not where.remote:
             return await self.restic.backup(target.paths, tags, on_progress)
         return await self._remote_backup(target, where, tags, on_progress)
+
+    def _node_swarm(self, env: AppEnv, where: Location, why: str) -> Swarm:
+        found = self.node_swarms.get(env.server, {}).get(where.hostname)
+        if found is None:
+            raise UserError(
+                f"{env.domain}: {why} on {where.hostname}, and servers.{env.server}.nodes "
+                "names no docker endpoint for it."
+            )
+        return found
+
+    def _secrets(self) -> tuple[dict[str, str], str, list[OneOffMount]]:
+        """The repository and password (and env_file) as one-off secrets; the shell
+        prefix that runs restic with them; the bind of a local repository path."""
+        repository = self.config.repository
+        mounts = []
+        if _is_local_repository(repository):
+            mounts.append(OneOffMount(repository, repository, read_only=False, bind=True))
+        password = self.config.password_file.read_text().splitlines()[0]
+        secrets = {"repository": repository, "password": password}
+        extra = restic_environment(self.config.env_file)
+        script = ""
+        if extra:  # S3 keys and the like: a file of exports, never on a command line
+            secrets["env"] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in extra.items())
+            script = ". /run/secrets/env && "
+        return secrets, script, mounts
+
+    async def _remote_shell(
+        self, env: AppEnv, where: Location, purpose: str, script: str, mounts: list[OneOffMount]
+    ) -> None:
+        """Run a shell script (restic reached as `$RESTIC`) once on the node."""
+        image = self.config.remote_image
+        if image is None:
+            raise UserError(
+                f"{env.domain}: its data is on {where.hostname}, and backups.remote_image "
+                "(an image with restic and sh) is not set."
+            )
+        secrets, prefix, repo_mounts = self._secrets()
+        restic = (
+            "restic --no-cache --repository-file=/run/secrets/repository "
+            "--password-file=/run/secrets/password"
+        )
+        try:
+            result = await self.apps.swarm(env.server).run_oneoff(
+                purpose=purpose,
+                node_id=where.node_id,
+                image=image,
+                command=["sh", "-c", f"{prefix}RESTIC={shlex.quote(restic)}; {script}"],
+                mounts=[*mounts, *repo_mounts],
+                secrets=secrets,
+            )
+        except SwarmError as e:
+            raise UserError(f"{purpose} on {where.hostname} failed: {e}") from None
+        if result.exit_code != 0:
+            tail = "; ".join([*result.stdout, *result.stderr][-3:])[:500] or "no output"
+            raise UserError(f"{purpose} on {where.hostname} exited {result.exit_code}: {tail}")
+
+    async def restore_remote(
+        self, env: AppEnv, where: Location, snapshot_id: str, dest: Path, token: str, aside: Path
+    ) -> None:
+        """What restore.py's _restore_one does, on the node that holds the volume: the
+        snapshot restored beside `_data` (in the volume's own folder, bind-mounted at
+        its volumes_root path), symlinks on the way refused, then swapped in by renames,
+        the previous data moved to `aside`."""
+        root = self.config.volumes_root
+        volume = dest.relative_to(root).parts[0]
+        folder = root / volume
+        node_dir = await self._node_swarm(
+            env, where, "restoring needs the volume's folder"
+        ).volume_dir(volume)
+        staging = folder / f"{RESTORE_DIR}{token}"
+        staged = staging / dest.relative_to("/")
+        q = shlex.quote
+        checks = " ".join(
+            f"[ -L {q(str(f))} ] && echo {q(f'{f} is a symbolic link: refusing')} && exit 3;"
+            for f in [dest.parent, *dest.parent.parents]
+            if f != folder and folder in f.parents
+        )
+        script = (
+            f"{checks} "
+            f"$RESTIC restore --target={q(str(staging))} --include={q(str(dest))} "
+            f"-- {q(snapshot_id)}"
+            f" || {{ rm -rf {q(str(staging))}; exit 1; }}; "
+            f"[ -e {q(str(staged))} ] || {{ rm -rf {q(str(staging))}; "
+            f"echo {q(f'{dest} is not in snapshot {snapshot_id}')}; exit 4; }}; "
+            f"mkdir -p {q(str(aside.parent))} && "
+            f"{{ [ ! -e {q(str(dest))} ] || mv {q(str(dest))} {q(str(aside))}; }} && "
+            f"mv {q(str(staged))} {q(str(dest))} && rm -rf {q(str(staging))}"
+        )
+        mounts = [OneOffMount(node_dir, str(folder), read_only=False, bind=True)]
+        await self._remote_shell(env, where, "restore", script, mounts)
+
+    async def remove_remote(self, env: AppEnv, where: Location, paths: list[Path]) -> None:
+        """Delete folders (the kept copies after a restore) inside volumes on the node."""
+        root = self.config.volumes_root
+        mounts, seen = [], set()
+        for path in paths:
+            volume = path.relative_to(root).parts[0]
+            if volume not in seen:
+                seen.add(volume)
+                node_dir = await self._node_swarm(env, where, "cleaning up").volume_dir(volume)
+                mounts.append(OneOffMount(node_dir, str(root / volume), read_only=False, bind=True))
+        script = "rm -rf " + " ".join(shlex.quote(str(p)) for p in paths)
+        await self._remote_shell(env, where, "cleanup", script, mounts)
 
     async def _ensure_repository(self) -> None:
         try:
@@ -150,16 +262,9 @@ class Remote(Repository):
             OneOffMount(f"{env.stack_name}_{v}", str(root / f"{env.stack_name}_{v}" / "_data"))
             for v in where.volumes
         ]
-        repository = self.config.repository
-        if _is_local_repository(repository):
-            mounts.append(OneOffMount(repository, repository, read_only=False, bind=True))
-        password = self.config.password_file.read_text().splitlines()[0]
-        secrets = {"repository": repository, "password": password}
-        extra = restic_environment(self.config.env_file)
-        script = "exec restic"
-        if extra:  # S3 keys and the like: a file of exports, never on a command line
-            secrets["env"] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in extra.items())
-            script = ". /run/secrets/env && exec restic"
+        secrets, prefix, repo_mounts = self._secrets()
+        mounts += repo_mounts
+        script = prefix + "exec restic"
         args = [
             "backup",
             "--json",

@@ -20,9 +20,10 @@ from typing import TypeVar
 from bot.errors import StalePlan, UserError
 from bot.faults import fault_point
 from bot.features.backups.hooks import run_hook
-from bot.features.backups.repository import Repository, snapshot_tag
+from bot.features.backups.remote import Remote
+from bot.features.backups.repository import snapshot_tag
 from bot.features.backups.resume import save_checkpoint
-from bot.features.backups.targets import tree_totals
+from bot.features.backups.targets import Location, tree_totals
 from bot.fmt import human_bytes, utc_time
 from bot.ops.abra import AppEnv
 from bot.ops.backupbot import BackupSpec, backup_specs
@@ -83,7 +84,7 @@ def _volume_of(path: Path, volumes_root: Path) -> str:
     return rel.parts[0] + ("/" + "/".join(rel.parts[2:]) if len(rel.parts) > 2 else "")
 
 
-class Restores(Repository):
+class Restores(Remote):
     """The part of `Backups` that puts a snapshot back in place of an app's data."""
 
     async def restore_plan(
@@ -107,6 +108,10 @@ class Restores(Repository):
         # The stack-name prefix alone would also match a longer stack's volumes
         # (a_test_x_data for stack a_test): the volume must be this stack's own.
         own = set(await swarm.volumes(env.stack_name))
+        where = await self.locate(env)
+        remote = where is not None and where.remote
+        if where is not None and where.remote:  # on another node: the manager lists none
+            own |= {f"{env.stack_name}_{v}" for v in where.volumes}
         foreign = sorted({self._volume_dir(p) for p in scope} - own)
         if foreign:
             raise UserError(
@@ -126,6 +131,9 @@ class Restores(Repository):
             f"{snapshot_tag(snap, 'version=') or 'unversioned'}). This **replaces**:",
         ]
         for p in scope:
+            if where is not None and remote:
+                lines.append(f"- `{_volume_of(p, self.config.volumes_root)}` on {where.hostname}")
+                continue
             files, size = await asyncio.to_thread(tree_totals, p) if p.exists() else (0, 0)
             lines.append(
                 f"- `{_volume_of(p, self.config.volumes_root)}`: now {files} files, "
@@ -179,9 +187,12 @@ class Restores(Repository):
                 await _shielded(tell(report))
             raise
         run.checkpoint(None)
-        for dest in scope:  # the app runs on the restored data: the old copy can go
-            root = self.config.volumes_root / self._volume_dir(dest) / f"{ASIDE_DIR}{run.token}"
-            await asyncio.to_thread(shutil.rmtree, root, True)
+        root = self.config.volumes_root
+        kept = [root / self._volume_dir(d) / f"{ASIDE_DIR}{run.token}" for d in scope]
+        if run.where is not None and run.where.remote:  # on that node (remote.py)
+            await self.remove_remote(env, run.where, sorted(set(kept)))
+        for folder in kept:  # the app runs on the restored data: the old copy can go
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         self.store.audit(
             actor, "restore", f"{snap.short_id} → {len(scope)} path(s)", app=env.domain
         )
@@ -271,6 +282,7 @@ class _RestoreRun:
         self.specs: list[BackupSpec] = []
         self.stopping = False  # set before the scale-down: a cancel during it scales back
         self.restarted = False  # the scale back was asked for
+        self.where: Location | None = None  # the node of its data (remote.py)
 
     def _name(self, dest: Path) -> str:
         return _volume_of(dest, self.owner.config.volumes_root)
@@ -296,6 +308,7 @@ class _RestoreRun:
         services = await self.swarm.services(self.env.stack_name)
         self.specs = backup_specs({s.short_name: s.labels for s in services})
         self.replicas = {s.short_name: s.replicas_desired for s in services if s.replicas_desired}
+        self.where = await self.owner.locate(self.env)  # while its tasks still run
 
     async def _step(self, text: str) -> None:
         await self.progress.update("\n".join([self.title, "", *self.done, f"⏳ {text}"]))
@@ -305,7 +318,8 @@ class _RestoreRun:
             command = spec.restore_pre_hook if which == "pre" else spec.restore_post_hook
             if command:
                 await self._step(f"restore {which}-hook in {spec.service}")
-                await run_hook(self.swarm, self.env, spec.service, command, f"restore {which}-hook")
+                swarm = self.owner.hook_swarm_for(self.env, self.where)
+                await run_hook(swarm, self.env, spec.service, command, f"restore {which}-hook")
                 self.done.append(f"✅ restore {which}-hook in {spec.service}")
 
     async def stop_swap_and_start(
@@ -327,7 +341,12 @@ class _RestoreRun:
             await still_as_planned()
         for index, dest in enumerate(self.scope, 1):
             await self._step(f"restoring {self._name(dest)} ({index}/{len(self.scope)})")
-            await self.owner._restore_one(self.snap, dest, self.token, self.aside[dest])
+            if self.where is not None and self.where.remote:
+                await self.owner.restore_remote(
+                    env, self.where, self.snap.id, dest, self.token, self.aside[dest]
+                )
+            else:
+                await self.owner._restore_one(self.snap, dest, self.token, self.aside[dest])
             self.replaced.append(dest)
             self.state = f"stopped; {index} of {len(self.scope)} path(s) restored"
             self.done.append(f"✅ restored {self._name(dest)}")
@@ -366,8 +385,11 @@ class _RestoreRun:
                     f"; scaling back to {counts} failed ({e}): "
                     f"`{self.prefix}deploy {self.env.domain}` starts it again"
                 )
+        remote = self.where.hostname if self.where is not None and self.where.remote else ""
         where = "".join(
-            f"\n- the data it replaced is kept at `{a}`" for a in self.aside.values() if a.exists()
+            f"\n- the data it replaced is kept at `{a}`" + (f" on {remote}" if remote else "")
+            for d, a in self.aside.items()
+            if a.exists() or (remote and d in self.replaced)
         )
         paths = ""
         if self.stopping:

@@ -90,3 +90,12 @@ class NodeCalls:
             return []
         current = {p.service: p.nodes for p in await self.placements(stack)}
         return stranded(compose_placements(config, stack), nodes, current)
+
+    async def volume_dir(self, name: str) -> str:
+        """The folder of a named volume on this daemon's own node (the parent of its
+        `_data`); ask a node's own endpoint, a manager knows no other node's volumes."""
+
+        def look(c: Any) -> str:
+            return str(c.api.inspect_volume(name)["Mountpoint"]).rsplit("/_data", 1)[0]
+
+        return await self._sdk(look)
