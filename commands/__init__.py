@@ -6,6 +6,7 @@ from commands import (
     apps,
     audit,
     backup,
+    cmd,
     create,
     help,
     incidents,
@@ -17,6 +18,7 @@ from commands import (
 GROUPS: list[CommandGroup] = [
     help.group,
     apps.group,
+    cmd.group,
     nodes.group,
     create.group,
     jobs.group,

@@ -64,10 +64,12 @@ class Arg:
     choices: tuple[str, ...] = ()
     # Takes every remaining token, joined by spaces (free text such as a reason).
     rest: bool = False
+    # Takes every remaining token as a list, each converted (arguments kept apart).
+    many: bool = False
 
     def usage(self) -> str:
         label = "|".join(self.choices) if self.choices else self.name
-        label += "..." if self.rest else ""
+        label += "..." if self.rest or self.many else ""
         return f"<{label}>" if self.required else f"[{label}]"
 
 
@@ -196,6 +198,10 @@ class CommandSpec:
             if not positional:
                 if arg.required:
                     raise UsageError(f"missing <{arg.name}>", usage)
+                break
+            if arg.many:
+                items, positional = positional, []
+                values[arg.name] = [_convert(f"<{arg.name}>", arg.type, t, usage) for t in items]
                 break
             if arg.rest:
                 raw, positional = " ".join(positional), []

@@ -31,6 +31,7 @@ Facts checked on dockerd 20.10 (single node):
 from bot.labels import NAMESPACE_LABEL, UpdateState
 from bot.ops.swarm.client import DOCKER_CLI, Swarm
 from bot.ops.swarm.convergence import ConvergenceWatch, describe_pending, evaluate
+from bot.ops.swarm.execfile import exec_with_files
 from bot.ops.swarm.model import (
     ACTIVE_STATES,
     FAILED_STATES,
@@ -76,6 +77,7 @@ __all__ = [
     "describe_pending",
     "eligible",
     "evaluate",
+    "exec_with_files",
     "find_node",
     "group",
     "parse_ts",
