@@ -29,6 +29,7 @@ from bot.ops.swarm import (
     find_node,
     stranded,
 )
+from bot.ops.swarm.oneoff import OneOffResult
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -235,6 +236,27 @@ class FakeSwarm:
     node_list: list[NodeInfo] = field(default_factory=list)  # a single-node swarm if empty
     placement_list: list[Placement] = field(default_factory=list)
     availability_set: list[tuple[str, str]] = field(default_factory=list)  # (node, availability)
+    node_id: str = ""  # the node the adapter's daemon runs on (info()["Swarm"]["NodeID"])
+    oneoffs: list[dict[str, Any]] = field(default_factory=list)  # run_oneoff's arguments
+    oneoff_results: list[OneOffResult | Exception] = field(default_factory=list)  # next answers
+    volume_dirs: dict[str, str] = field(default_factory=dict)  # volume -> its folder there
+
+    async def info(self) -> dict[str, Any]:
+        return {"Swarm": {"NodeID": self.node_id}}
+
+    async def run_oneoff(self, **kwargs: Any) -> OneOffResult:
+        self.oneoffs.append(kwargs)
+        answer = self.oneoff_results.pop(0) if self.oneoff_results else OneOffResult(0, [], [])
+        if isinstance(answer, Exception):
+            raise answer
+        on_line = kwargs.get("on_line")
+        if on_line is not None:
+            for line in answer.stdout:
+                await on_line(line)
+        return answer
+
+    async def volume_dir(self, name: str) -> str:
+        return self.volume_dirs[name]
 
     async def nodes(self) -> list[NodeInfo]:
         return list(self.node_list)

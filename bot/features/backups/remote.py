@@ -103,6 +103,8 @@ class Remote(Repository):
         return list(groups.values())
 
     def hook_swarm(self, target: BackupTarget) -> Swarm:
+        if not any(spec.pre_hook or spec.post_hook for spec in target.specs):
+            return self.apps.swarm(target.env.server)  # no hook: no endpoint needed
         try:
             return self.hook_swarm_for(target.env, target.location)
         except UserError as e:

@@ -4,11 +4,12 @@ logs. What the bot uses to work where the data lives (a backup of a volume on a
 worker) without an agent installed on that node. A mixin of `Swarm` (client.py is
 at its size limit); it goes through the same SDK shell, `Swarm._sdk`.
 
-Facts checked on dockerd 20.10 (three nodes in network namespaces):
+Seen on dockerd 20.10 (three nodes in network namespaces, tests/integration/
+test_multinode.py):
 - Through a manager, `service logs` reaches a task on a worker, also once it ended.
-- A node killed mid-task stays `ready` to the manager for a few seconds (heartbeat),
-  then turns `down`; its task keeps its last state (`running`) and is never moved
-  (restart condition none), so the node's state is watched as well as the task's.
+- A node killed mid-task is `ready` to the manager until its heartbeat times out, then
+  `down`; its task is not moved (restart condition none) and need not change state, so
+  the node's state is watched as well as the task's.
 - Secrets are files under /run/secrets/<name> in the task; a secret in use cannot be
   removed, so the service goes first.
 """
