@@ -92,9 +92,31 @@ async def backup_report(owner: Repository, domain: str, since: float, prefix: st
         if snaps
         else f"Repository: no snapshot of {domain} was made by this job."
     ]
+    lines += await asyncio.to_thread(_lock_lines, locks, prefix)
+    if not locks:
+        lines.append("The repository holds no lock.")
+    lines.append(
+        "If the app has a backup pre-hook (maintenance mode, a dump), its post-hook did not "
+        "run after a stop during the backup: check the app."
+    )
+    return "\n".join(lines)
+
+
+async def lock_note(owner: Repository, prefix: str) -> str:
+    """After a restic failure: the locks it left, each named with the way out ("" if
+    none). Never removed here: another restic (or a live one) may hold them."""
+    try:
+        locks = await _locks(owner)
+    except UserError:
+        return ""
+    return "\n".join(await asyncio.to_thread(_lock_lines, locks, prefix))
+
+
+def _lock_lines(locks: list[dict[str, Any]], prefix: str) -> list[str]:
+    lines = []
     for lock in locks:
         here = lock["hostname"] == socket.gethostname()
-        gone = here and not await asyncio.to_thread(_alive, int(lock["pid"]))
+        gone = here and not _alive(int(lock["pid"]))
         holder = f"pid {lock['pid']} on {lock['hostname']}" + (
             ", which is gone: a stale lock" if gone else ""
         )
@@ -103,13 +125,7 @@ async def backup_report(owner: Repository, domain: str, since: float, prefix: st
             f"left in place: the bot never removes one. Once nothing uses the repository "
             f"(`{prefix}backup check` reports locks), `restic unlock` removes it."
         )
-    if not locks:
-        lines.append("The repository holds no lock.")
-    lines.append(
-        "If the app has a backup pre-hook (maintenance mode, a dump), its post-hook did not "
-        "run after a stop during the backup: check the app."
-    )
-    return "\n".join(lines)
+    return lines
 
 
 async def _locks(owner: Repository) -> list[dict[str, Any]]:

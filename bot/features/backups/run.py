@@ -26,6 +26,7 @@ from bot.features.backups import health
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.remote import Remote
 from bot.features.backups.repository import PARTIAL, snapshot_app
+from bot.features.backups.resume import lock_note
 from bot.features.backups.space import check_room
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.fmt import human_age, human_bytes
@@ -128,6 +129,9 @@ class Runs(Remote):
             self.store.audit(actor, "backup.failed", str(e)[:500], app=env.domain)
             if self._metrics is not None:
                 self._metrics.backups.labels("failed").inc()
+            locks = await lock_note(self, self.apps.prefix) if isinstance(e, ResticError) else ""
+            if locks:  # a restic killed or failing mid-run leaves its lock: say so
+                raise UserError(f"{e}\n{locks}") from e
             raise
 
     async def _backup(
