@@ -58,7 +58,14 @@ async def _apps_table(ctx: CommandContext) -> str:
     for server, stacks in zip(by_server, stacks_of, strict=True):
         for env in by_server[server]:
             latest = newest_of[env.domain]
-            newest_text = latest.text if latest and not isinstance(latest, BaseException) else "?"
+            newest_text = (
+                "?"
+                if isinstance(latest, BaseException)
+                # A recipe without release tags deploys its current commit only.
+                else latest.text
+                if latest
+                else "untagged: `--chaos` only"
+            )
             if isinstance(stacks, BaseException):
                 lines.append(
                     f"| {env.domain} | {server} | {env.recipe} | ? | ⚠ server "
@@ -413,12 +420,16 @@ async def secrets_command(ctx: CommandContext) -> None:
             + ". Values are stored in the swarm only."
         )
         return
-    states = await apps.secrets(env)
+    states = await apps.secrets(env)  # what its rendered compose references
     if not states:
-        await ctx.reply(f"{env.domain} declares no secrets.")
+        await ctx.reply(f"{env.domain} uses no secrets.")
         return
     lines = [f"Secrets of {env.domain}:"]
-    lines += [f"- `{s.name}`: {'✅ exists' if s.exists else '❌ missing'}" for s in states]
+    lines += [
+        f"- `{s.name}`: "
+        + ("✅ exists" if s.exists else f"⚠ {s.problem}" if s.problem else "❌ missing")
+        for s in states
+    ]
     if any(not s.exists for s in states):
         lines.append(f"`{ctx.prefix}secrets {env.domain} generate` creates the missing ones.")
     await ctx.reply("\n".join(lines))

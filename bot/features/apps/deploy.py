@@ -25,9 +25,10 @@ from bot.errors import UserError
 from bot.faults import fault_point
 from bot.features.apps.changes import diff, render_changes, target_specs
 from bot.features.apps.inventory import Deployed, Inventory
+from bot.features.apps.secrets import environment
 from bot.features.self_app import SelfApp
 from bot.labels import chaos_label, timeout_label, version_label
-from bot.ops.abra import AppEnv, read_exports, set_pinned_version
+from bot.ops.abra import AppEnv, set_pinned_version
 from bot.ops.recipes import RecipeRepo, parse_version
 from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts, stack_specs
 from bot.ports import ProgressSink
@@ -308,10 +309,8 @@ class Apps(Inventory):
         return newest.text
 
     def _environment(self, app: AppEnv, tree: Path) -> dict[str, str]:
-        """What abra exports: the recipe's abra.sh exports, the app's .env, STACK_NAME."""
-        abra_sh = tree / "abra.sh"
-        exports = read_exports(abra_sh) if abra_sh.exists() else {}
-        return {**exports, **app.values, "STACK_NAME": app.stack_name}
+        """What abra exports (one definition, also for `!secrets`: secrets.py)."""
+        return environment(app, tree)
 
     @staticmethod
     async def _check_compose(

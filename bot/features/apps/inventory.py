@@ -16,8 +16,9 @@ from pathlib import Path
 from bot.config import Config
 from bot.core.store import Store
 from bot.errors import UserError
+from bot.features.apps.secrets import Needed, needed_secrets, rendered_config
 from bot.labels import chaos_label, version_label
-from bot.ops.abra import AppEnv, SecretSpec, create_app, generate_secret, list_apps, parse_env
+from bot.ops.abra import AppEnv, create_app, generate_secret, list_apps, parse_env
 from bot.ops.recipes import RecipeRepo, Recipes, Version, parse_version
 from bot.ops.swarm import ServiceInfo, Swarm, SwarmError
 
@@ -51,10 +52,11 @@ def deployed_from(stack: str, services: list[ServiceInfo]) -> Deployed:
 
 @dataclass(frozen=True)
 class SecretState:
-    """One swarm secret an app's .env declares (`SECRET_<NAME>_VERSION=v1`)."""
+    """One swarm secret the app's rendered compose references (secrets.py)."""
 
     name: str  # the swarm secret's name: <stack>_<name>_<version>
     exists: bool
+    problem: str | None = None  # why no deploy can have it (an .env line to set)
 
 
 class Inventory:
@@ -147,19 +149,34 @@ class Inventory:
         return None
 
     # -- secrets ---------------------------------------------------------------------
+    async def _needed(self, app: AppEnv) -> list[Needed]:
+        """The secrets the rendered compose references (what the deploy checks)."""
+        try:
+            config = await rendered_config(self, app)
+        except UserError as exc:
+            raise UserError(
+                f"Cannot tell which secrets {app.domain} needs: its compose does not render: {exc}"
+            ) from None
+        return needed_secrets(app.stack_name, config, app.secrets)
+
     async def secrets(self, app: AppEnv) -> list[SecretState]:
-        """The secrets the app's .env declares, in its order, and whether each exists."""
+        """The secrets the app's rendered compose references, in the order its services
+        name them, and whether each exists."""
+        needed = await self._needed(app)
         existing = await self.swarm(app.server).secrets()
-        return [SecretState(name, name in existing) for name in _secret_names(app).values()]
+        return [SecretState(n.name, n.name in existing, n.problem) for n in needed]
 
     async def generate_secrets(self, app: AppEnv, actor: str) -> list[str]:
         """Create the missing secrets from the .env's length/charset hints; the names
-        created. The values go to the swarm only: never logged, never returned."""
+        created. The values go to the swarm only: never logged, never returned. A secret
+        whose name the .env leaves unfinished (an empty version) is not made."""
+        needed = await self._needed(app)
         swarm = self.swarm(app.server)
         existing = await swarm.secrets()
         created = []
-        for spec, name in _secret_names(app).items():
-            if name in existing:
+        for need in needed:
+            spec, name = need.spec, need.name
+            if name in existing or need.problem:
                 continue
             try:
                 await swarm.create_secret(
@@ -172,7 +189,3 @@ class Inventory:
             created.append(name)
         self._store.audit(actor, "secrets.generate", ", ".join(created) or "none", app=app.domain)
         return created
-
-
-def _secret_names(app: AppEnv) -> dict[SecretSpec, str]:
-    return {spec: f"{app.stack_name}_{spec.name}_{spec.version}" for spec in app.secrets}
