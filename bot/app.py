@@ -36,7 +36,7 @@ from bot.core.windows import Windows
 from bot.errors import AlreadyRunning
 from bot.features.apps import Apps
 from bot.features.backups import Backups, restic_environment
-from bot.features.self_app import SelfApp, own_hostname
+from bot.features.self_app import SelfApp, own_container_refs
 from bot.features.upgrades import Upgrades
 from bot.features.watch import Reporter, Watch
 from bot.ops.pings import Pings
@@ -335,8 +335,9 @@ class Bot:
 
         async def own_stack() -> str | None:
             for swarm in local:
-                if found := await stack_of_container(swarm, own_hostname()):
-                    return found
+                for ref in own_container_refs():
+                    if found := await stack_of_container(swarm, ref):
+                        return found
             return None
 
         try:

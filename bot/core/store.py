@@ -541,10 +541,11 @@ class Store:
     # -- upgrades of the bot's own app ----------------------------------------
     def add_self_upgrade(self, **fields: Any) -> int:
         """app, job_id, room_id, thread, target, previous, actor."""
-        names = ", ".join(fields)
+        # The column names are the callers' keywords (bot/features/self_app.py), never
+        # member text; the values are parameters.
+        names, marks = ", ".join(fields), ", ".join("?" for _ in fields)
         cursor = self._db.execute(
-            f"INSERT INTO self_upgrades ({names}, at) VALUES "  # noqa: S608 (our own keys)
-            f"({', '.join('?' for _ in fields)}, ?)",
+            f"INSERT INTO self_upgrades ({names}, at) VALUES ({marks}, ?)",
             (*fields.values(), time.time()),
         )
         return int(cursor.lastrowid or 0)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from bot.core.chat import Chat
@@ -28,7 +30,7 @@ from bot.core.records import JobRow, JobState
 from bot.core.store import Store
 from bot.errors import UserError
 from bot.fmt import code
-from bot.ops.abra import AppEnv
+from bot.ops.abra import AppEnv, set_pinned_version
 from bot.ops.swarm import Convergence, SwarmError
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,22 @@ def own_stack_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get("STACK_NAME") or None
 
 
-def own_hostname() -> str:
-    return socket.gethostname()
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_refs(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
+    """What may name this process's container: the id in the paths docker mounts its
+    /etc/hostname and /etc/hosts from (also on the host network, where the hostname is
+    the host's), then the hostname (a swarm task's short id on its own network)."""
+    refs: list[str] = []
+    try:
+        found = _CONTAINER_ID.search(mountinfo.read_text())
+    except OSError:
+        found = None
+    if found:
+        refs.append(found.group(1))
+    refs.append(socket.gethostname())
+    return refs
 
 
 class SelfApp:
@@ -204,6 +220,25 @@ class SelfApp:
             text, ok = f"⚠ I'm back, but {pending.app} could not be read: {exc}", False
         else:
             text, ok = _report(pending, deployed, result)
+            # What the old bot's deploy step would have recorded, had it lived to see it:
+            # the history (!rollback's "previous") and the .env's pinned version.
+            self._store.add_deploy(
+                env.domain,
+                pending.target,
+                pending.actor,
+                "ok" if ok else "failed",
+                server=env.server,
+                previous_version=pending.previous,
+                job_id=pending.job_id,
+                detail=None if ok else text,
+            )
+            if ok:
+                try:
+                    await asyncio.to_thread(
+                        set_pinned_version, env.path, env.recipe, pending.target
+                    )
+                except OSError as exc:  # the report matters more than the pin
+                    log.warning("could not pin %s to %s: %s", env.domain, pending.target, exc)
         state = JobState.DONE if ok else JobState.FAILED
         if pending.job_id is not None:
             self._store.set_job_state(pending.job_id, state, text.splitlines()[0])

@@ -111,6 +111,17 @@ DOMAIN = "coopbot.test"  # its stack is STACK
 UPGRADE = "1.0.1+0.1.0"  # the recipe release the bot upgrades itself to
 
 
+# Run inside the bot's container: what bot/app.py asks at start when no self_app is set.
+OWN_STACK = (
+    "import asyncio\n"
+    "from bot.features.self_app import own_container_refs\n"
+    "from bot.ops.swarm import Swarm\n"
+    "from bot.ops.swarm.own import stack_of_container\n"
+    "swarm = Swarm('unix:///var/run/docker.sock')\n"
+    "print(asyncio.run(stack_of_container(swarm, own_container_refs()[0])))\n"
+)
+
+
 def _recipe_repo(abra: pathlib.Path) -> pathlib.Path:
     """abra/recipes/coopbot: this repo's recipe/ as its first release, as a co-op would
     clone it, and a second release that changes the service (so the update restarts it)."""
@@ -243,6 +254,12 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         assert checked.exit_code == 0, output
         assert "docker" in output
         assert await _devices(server_admin, coop.bot_id) == devices  # check's is gone
+        # Without self_app in its config, the bot finds its app from its own container:
+        # the stack label of the container its mounts name (on the host network, as
+        # here, its hostname is the host's and names no container).
+        found = await asyncio.to_thread(container.exec_run, ["python", "-c", OWN_STACK], demux=True)
+        out, err = found.output
+        assert (out or b"").decode().strip() == STACK, (out, err)
         # The image's HEALTHCHECK command, asked now rather than after its 60 s start period.
         health = json.loads(dockerd.cli("image", "inspect", image).stdout)[0]["Config"]
         probe = await asyncio.to_thread(container.exec_run, health["Healthcheck"]["Test"][1:])
@@ -298,6 +315,7 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         assert f"I'm back: {DOMAIN} runs **{UPGRADE}**, converged" in body, body
         labels = docker_client.services.get(f"{STACK}_app").attrs["Spec"]["Labels"]
         assert labels[f"coop-cloud.{STACK}.version"] == UPGRADE
+        assert f"TYPE=coopbot:{UPGRADE}\n" in (abra / f"servers/test/{DOMAIN}.env").read_text()
         assert await _devices(server_admin, coop.bot_id) == devices
         said = await _replies_to(coop.alice, coop.room, coop.bot_id, thread)
         assert not [b for b in said if "interrupted" in b], said

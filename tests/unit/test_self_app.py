@@ -4,6 +4,7 @@ it in the same thread, and that job not told as "interrupted"."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ from bot.core.records import JobState
 from bot.core.store import Store
 from bot.errors import UserError
 from bot.features.apps import Apps
-from bot.features.self_app import SelfApp
+from bot.features.self_app import SelfApp, own_container_refs
 from bot.ops.abra import AppEnv
 from bot.ops.recipes import Recipes
 from bot.ops.swarm import Convergence, SwarmError
@@ -62,6 +63,21 @@ async def test_the_own_app_is_the_configured_one_else_the_container_s_stack(
     monkeypatch.setenv("STACK_NAME", "cloud_test")
     from_env, _, _ = _self_app(tmp_path)
     assert await from_env.detect([SELF, OTHER], never) == "cloud.test"
+
+
+def test_the_own_container_is_named_by_the_id_in_its_mounts_then_its_hostname(
+    tmp_path: Path,
+) -> None:
+    cid = "0123456789abcdef" * 4
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "1 0 0:1 / / rw - overlay overlay rw\n"
+        f"2 1 8:1 /srv/docker/containers/{cid}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n"
+    )
+    assert own_container_refs(mountinfo) == [cid, socket.gethostname()]
+    mountinfo.write_text("1 0 0:1 / / rw - ext4 /dev/sda1 rw\n")  # no container
+    assert own_container_refs(mountinfo) == [socket.gethostname()]
+    assert own_container_refs(tmp_path / "absent") == [socket.gethostname()]
 
 
 async def test_no_own_app_outside_docker_or_when_docker_does_not_answer(
@@ -160,7 +176,10 @@ def _bot_after_restart(tmp_path: Path, swarm: FakeSwarm) -> Bot:
     config = parse_config({"data_dir": str(tmp_path / "data"), "self_app": "bot.test"}, tmp_path)
     chat = _ChatUntilReported({ADMIN: (True, 100), VIEWER: (True, 0)})
     bot = Bot(config, chat=chat, groups=GROUPS, swarms={})
-    swap_services(bot.services, apps=FakeApps({"default": swarm}, envs=[SELF, OTHER]))
+    env_file = tmp_path / "bot.test.env"
+    env_file.write_text("TYPE=coopbot:1.0.0+0.1.0\nDOMAIN=bot.test\n")
+    own = AppEnv("bot.test", "default", env_file, "coopbot", "1.0.0+0.1.0", {})
+    swap_services(bot.services, apps=FakeApps({"default": swarm}, envs=[own, OTHER]))
     return bot
 
 
@@ -201,6 +220,14 @@ async def test_after_the_restart_the_upgrade_is_reported_in_its_thread(tmp_path:
     assert other_row is not None
     assert other_row.state == JobState.INTERRUPTED
     assert store.pending_self_upgrade() is None
+    # What the old bot's deploy would have recorded: the history and the pinned version.
+    (deploy,) = store.deploys("bot.test")
+    assert (deploy["version"], deploy["previous_version"], deploy["result"]) == (
+        "1.0.1+0.1.0",
+        "1.0.0+0.1.0",
+        "ok",
+    )
+    assert (tmp_path / "bot.test.env").read_text().startswith("TYPE=coopbot:1.0.1+0.1.0\n")
     store.close()
 
 
@@ -224,4 +251,7 @@ async def test_after_a_rolled_back_self_upgrade_the_report_says_so(tmp_path: Pat
     row = store.job(job)
     assert row is not None
     assert row.state == JobState.FAILED
+    assert [d["result"] for d in store.deploys("bot.test")] == ["failed"]
+    # still pinned to what runs
+    assert (tmp_path / "bot.test.env").read_text().startswith("TYPE=coopbot:1.0.0+0.1.0\n")
     store.close()

@@ -12,17 +12,17 @@ from bot.ops.swarm.client import Swarm
 STACK_LABEL = "com.docker.stack.namespace"
 
 
-async def stack_of_container(swarm: Swarm, hostname: str) -> str | None:
-    """The stack label of the container whose hostname is `hostname` (swarm names a
-    task's container after its id, which docker accepts as a short id), or None when
-    this host name is no container of that daemon (a bot run outside docker)."""
+async def stack_of_container(swarm: Swarm, ref: str) -> str | None:
+    """The stack label of the container `ref` names: its full id, or its hostname (swarm
+    names a task's container after its short id, which docker accepts), or None when
+    `ref` is no container of that daemon (a bot run outside docker)."""
 
     def look(client: Any) -> str | None:
         try:
-            container = client.containers.get(hostname)
+            container = client.containers.get(ref)
         except docker.errors.NotFound:
             return None
-        if container.attrs.get("Config", {}).get("Hostname") != hostname:
+        if ref not in (container.id, container.attrs.get("Config", {}).get("Hostname")):
             return None  # a container whose id merely starts like this host's name
         label = container.labels.get(STACK_LABEL)
         return str(label) if label else None
