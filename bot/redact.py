@@ -183,3 +183,14 @@ def log_file(text: str) -> bytes:
     dropped = len(data) - FILE_LIMIT
     head = f"[coopbot: the first {dropped} bytes of this log were left out]\n".encode()
     return head + data[dropped:]
+
+
+def prepare_log(raw: str) -> tuple[str, str, str | None]:
+    """(the masked log, the excerpt one message shows, the note or None): the whole of
+    `!logs`' text work, in one call so it can run in one thread (tens of MB at
+    `--tail 2000`: splitting the lines alone would hold the event loop)."""
+    text = mask_secrets(raw)
+    if not text.strip():
+        return text, "", None
+    shown, note = log_excerpt(text)
+    return text, shown, note

@@ -15,7 +15,7 @@ from bot.features.nodes import Nodes
 from bot.features.upgrades import UpgradePlan, is_major_step
 from bot.fmt import code_block, utc_time
 from bot.labels import MOVING_STATES, STUCK_STATES
-from bot.redact import log_excerpt, log_file, mask_secrets
+from bot.redact import log_file, prepare_log
 
 group = CommandGroup("apps")
 
@@ -160,14 +160,13 @@ async def logs(ctx: CommandContext) -> None:
     env = await apps.find(ctx.args["app"])
     tail = min(ctx.args["tail"], MAX_TAIL)
     raw = await apps.swarm(env.server).logs(env.stack_name, ctx.args["service"], tail)
-    # Masking reads every character of up to MAX_TAIL lines per service: in a thread,
-    # so the bot keeps hearing the room meanwhile.
-    text = await asyncio.to_thread(mask_secrets, raw)
+    # Masking and cutting read every character of up to MAX_TAIL lines per service: in
+    # a thread, so the bot keeps hearing the room meanwhile.
+    text, shown, note = await asyncio.to_thread(prepare_log, raw)
     del raw
     if not text.strip():
         await ctx.reply(f"No logs for {env.domain}.")
         return
-    shown, note = log_excerpt(text)
     if note is None:
         await ctx.reply(code_block(shown))  # container output: inert
         return
