@@ -17,7 +17,7 @@ from typing import Protocol
 from bot.errors import UserError
 from bot.fmt import code
 from bot.ops.abra import AppEnv
-from bot.ops.swarm import NodeInfo, Placement, Stranded, find_node, stranded
+from bot.ops.swarm import NodeInfo, Placement, find_node, stranded
 
 
 class NodeSwarm(Protocol):
@@ -93,13 +93,14 @@ class Nodes:
         for name in [self.server(server)] if server else self.servers:
             swarm = self.apps.swarm(name)
             nodes, placements = await asyncio.gather(swarm.nodes(), swarm.placements())
-            by_node = _apps_by_node(placements, await self._domains(name))
+            domains = await self._domains(name)
+            by_node = _apps_by_node(placements, domains)
             lines.append(f"**{name}**: {len(nodes)} node(s)")
             lines += [_node_line(n, by_node.get(n.id, [])) for n in nodes]
             risky = stranded(placements, nodes)
             if risky:
                 lines.append(f"⚠ {len(risky)} service(s) could lose data by moving:")
-                lines += [f"  - {_stranded_line(s, placements)}" for s in risky]
+                lines += [f"  - {domains.get(s.stack, s.stack)}: {s.describe()}" for s in risky]
         return "\n".join(lines)
 
     async def status_lines(self, env: AppEnv) -> list[str]:
@@ -179,8 +180,3 @@ class Nodes:
                     f"{', '.join(left)} still run there after {wait:g}s."
                 )
             await asyncio.sleep(1)
-
-
-def _stranded_line(s: Stranded, placements: Sequence[Placement]) -> str:
-    stack = next((p.stack for p in placements if p.service == s.service), "")
-    return f"{stack + ': ' if stack else ''}{s.describe()}"

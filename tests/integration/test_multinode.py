@@ -228,6 +228,7 @@ async def test_nodes_and_the_node_of_each_task_in_status(site: Site) -> None:
     # The loose app may move between the workers: named, with the pin for where it is.
     assert f"`node.hostname == {loose_on}`" in body
     assert body.count("could lose data") == 1
+    assert f"  - {LOOSE}: app keeps its data in node-local volume(s) {LOOSE_STACK}_data" in body
 
     status = await coop.ask(coop.carol, f"!status {PINNED}", "Nodes:")
     assert "- app: `mn-worker-1`" in status

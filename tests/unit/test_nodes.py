@@ -211,6 +211,7 @@ async def test_listing_shows_each_node_and_what_runs_there() -> None:
     assert "labels `disk=ssd`; runs files.coop.test" in lines[2]
     assert lines[3].endswith("runs other.coop.test")
     assert "could lose data by moving" in lines[4]
+    assert lines[5].startswith("  - files.coop.test: app keeps")
     assert "`node.hostname == worker-1`" in lines[5]
 
 

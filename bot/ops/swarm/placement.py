@@ -202,6 +202,7 @@ class Stranded:
     eligible: tuple[str, ...]  # hostnames of the nodes it may be scheduled on
     pin: str  # the constraint that would pin it, e.g. "node.hostname == worker-1"
     on: str = ""  # hostname of the node its task runs on now ("" if none)
+    stack: str = ""
 
     def describe(self) -> str:
         where = f" (runs on {self.on} now)" if self.on else ""
@@ -239,6 +240,7 @@ def stranded(
                 eligible=tuple(sorted(n.hostname for n in allowed)),
                 pin=f"node.hostname == {on.hostname}",
                 on=running[0].hostname if running else "",
+                stack=p.stack,
             )
         )
     return found
