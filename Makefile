@@ -68,6 +68,8 @@ bench: deps venv
 	$(BIN)/python -m bench.corpus_scale
 	$(BIN)/python -m bench.watch_latency
 	$(BIN)/python -m bench.watch_cpu
+	$(BIN)/python -m bench.flood
+	$(BIN)/python -m bench.logs_tail
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache tests/js/node_modules
