@@ -158,3 +158,22 @@ async def test_the_registry_down_at_pre_flight_creates_nothing(
     stack = domain.replace(".", "_")
     listed = dockerd.cli("service", "ls", "--filter", f"label=com.docker.stack.namespace={stack}")
     assert stack not in listed.stdout
+
+
+async def test_dockerd_restarted_during_a_deploy_ends_converged_or_failed_and_says_which(
+    room: Room, dockerd: Dockerd, abra: pathlib.Path
+) -> None:
+    domain = new_app(abra, "dockerd")
+    await room.coop.bob.send(room.coop.room, f"!deploy {domain} 1.0.0+1.0")
+    await room.said("Waiting for convergence", timeout=120)
+    await asyncio.to_thread(dockerd.restart, 2.0)  # while the bot watches the stack
+    told = await room.said(f"{domain} ", timeout=240)
+    while "runs 1.0.0+1.0." not in told and "failed; the app is" not in told:
+        told = await room.said(domain, timeout=240)
+    listed = dockerd.cli("service", "ls", "--format", "{{.Name}} {{.Replicas}}").stdout
+    if "runs 1.0.0+1.0." in told:  # it says converged: it is
+        assert f"{stack_of(domain)}_app 1/1" in listed, (told, listed)
+    else:  # it says failed, and in which state the app is: true as well
+        assert "not deployed" in told or "half-created" in told, told
+        if "not deployed" in told:
+            assert stack_of(domain) not in listed, listed

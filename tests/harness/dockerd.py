@@ -86,6 +86,8 @@ class Dockerd:
         self.cli_env.pop("DOCKER_HOST", None)
         self.cli_env.pop("DOCKER_CONTEXT", None)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._cmd: list[str] = []
+        self._env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self._turn: io.TextIOWrapper | None = None  # the machine-wide swarm lock, once started
 
@@ -134,6 +136,7 @@ class Dockerd:
         # Pushes/pulls to the test registry on 127.0.0.1 must not go through a proxy.
         no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1,localhost"]))
         env = {**os.environ, "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+        self._cmd, self._env = cmd, env  # for restart()
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             # New session: a Ctrl-C in pytest's terminal must not hit dockerd directly.
@@ -176,6 +179,35 @@ class Dockerd:
             f"--data-path-port={free_port(socket.SOCK_DGRAM)}",
         )
         self.timings["swarm_init"] = time.monotonic() - t1
+
+    def restart(self, down: float = 0.0, timeout: float = 60) -> None:
+        """Stop dockerd as a service manager restart does (SIGTERM: it stops the
+        containers) and start it again on the same data, socket and swarm, after `down`
+        seconds; the machine-wide turn stays held. Swarm then starts the tasks again."""
+        assert self.proc is not None, "not started"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(down)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self._cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while self.cli("info", "--format", "{{.ID}}", check=False, timeout=10).returncode:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited {self.proc.returncode}:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dockerd not up after {timeout}s:\n{self._log_tail()}")
+            time.sleep(0.1)
 
     def cli(
         self,

@@ -25,6 +25,7 @@ from bot.errors import UserError
 from bot.faults import fault_point
 from bot.features.apps.changes import diff, render_changes, target_specs
 from bot.features.apps.inventory import Deployed, Inventory
+from bot.features.apps.outages import wait_through_outages
 from bot.features.apps.secrets import environment
 from bot.features.self_app import SelfApp
 from bot.labels import chaos_label, timeout_label, version_label
@@ -244,7 +245,7 @@ class Apps(Inventory):
         async def seen(text: str) -> None:
             await progress.detail(text)
 
-        return await run.swarm.wait_converged(run.stack, run.timeout, on_progress=seen)
+        return await wait_through_outages(run.swarm, run.stack, run.timeout, seen)
 
     async def _record_success(
         self, run: _Deploy, result: Convergence, actor: str, job_id: int | None
