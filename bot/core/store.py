@@ -24,6 +24,7 @@ from bot.core.records import (
     StoredPlan,
     VoteRow,
 )
+from bot.core.storefull import connect
 
 # Append only: each entry upgrades the schema by one version (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -126,10 +127,7 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect(str(path))  # a full disk: see storefull.py
         self._migrate()
 
     def _migrate(self) -> None:
