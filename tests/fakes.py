@@ -29,7 +29,7 @@ from bot.ops.swarm import (
     find_node,
     stranded,
 )
-from bot.ops.swarm.oneoff import OneOffResult
+from bot.ops.swarm.oneoff import OneOffMount, OneOffResult
 
 MemberInfo = Membership | tuple[bool, int] | tuple[bool, int, bool]
 
@@ -244,12 +244,32 @@ class FakeSwarm:
     async def info(self) -> dict[str, Any]:
         return {"Swarm": {"NodeID": self.node_id}}
 
-    async def run_oneoff(self, **kwargs: Any) -> OneOffResult:
-        self.oneoffs.append(kwargs)
+    async def run_oneoff(
+        self,
+        *,
+        purpose: str,
+        node_id: str,
+        image: str,
+        command: Sequence[str],
+        mounts: Sequence[OneOffMount] = (),
+        secrets: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        on_line: Callable[[str], Awaitable[None]] | None = None,
+    ) -> OneOffResult:
+        self.oneoffs.append(
+            {
+                "purpose": purpose,
+                "node_id": node_id,
+                "image": image,
+                "command": list(command),
+                "mounts": list(mounts),
+                "secrets": dict(secrets or {}),
+                "env": dict(env or {}),
+            }
+        )
         answer = self.oneoff_results.pop(0) if self.oneoff_results else OneOffResult(0, [], [])
         if isinstance(answer, Exception):
             raise answer
-        on_line = kwargs.get("on_line")
         if on_line is not None:
             for line in answer.stdout:
                 await on_line(line)
