@@ -325,6 +325,11 @@ async def test_bonfire_deploys_a_release_and_upgrades_to_the_next_with_its_notes
     assert services == ["app", "db"]
     await status_shows_every_service(site, domain, services)
 
+    # No corpus recipe's abra.sh defines a function: !cmd says so, naming none.
+    await coop.bob.send(site.room, f"!cmd {domain} app migrate")
+    refused = await site.said("defines no function `migrate`", timeout=60)
+    assert "It defines: none." in refused, refused
+
     # Dry runs change nothing and propose nothing. The operator rotates a secret (its
     # version bumped in the .env, the new one generated): the plan names the bump.
     env_file = site.abra / "servers" / "default" / f"{domain}.env"
