@@ -147,7 +147,7 @@ class Node(Dockerd):
             self.proc.wait()
         self._kill_leftovers()
 
-    def restart(self) -> None:
+    def revive(self) -> None:
         """After kill(): the same data-root, so it rejoins the swarm as the same node."""
         self._unmount_all()
         self.start_daemon(gwbridge=False)

@@ -18,7 +18,8 @@ import pytest
 
 from bot.features.backups import snapshot_app
 from bot.ops.restic import Restic
-from bot.ops.swarm import Swarm
+from bot.ops.swarm import Swarm, SwarmError
+from tests.fakes import FakeSwarm
 from tests.harness.bot import BotRunner
 from tests.harness.coop import Coop, make_coop
 from tests.harness.fixtures_multinode import multinode  # noqa: F401
@@ -416,6 +417,42 @@ async def test_backup_all_runs_the_nodes_side_by_side(site: Site) -> None:
     assert f"node={loose_on}" in snaps[LOOSE].tags
 
 
+@pytest.fixture(params=["fake", "real"])
+async def node_swarm(
+    request: pytest.FixtureRequest, stacks: MultiNodeSwarm
+) -> AsyncIterator[FakeSwarm | Swarm]:
+    """The node calls of the real adapter, or the fake given what the real one lists:
+    the same assertions hold for both (as in test_adapter_contracts.py)."""
+    real = Swarm(stacks.manager.host)
+    try:
+        if request.param == "real":
+            yield real
+        else:
+            yield FakeSwarm(node_list=await real.nodes(), placement_list=await real.placements())
+    finally:
+        await real.close()
+
+
+async def test_node_calls_of_the_fake_and_the_real_adapter(node_swarm: FakeSwarm | Swarm) -> None:
+    nodes = await node_swarm.nodes()
+    assert [(n.hostname, n.role) for n in nodes] == [
+        ("mn-manager", "manager"),
+        ("mn-worker-1", "worker"),
+        ("mn-worker-2", "worker"),
+    ]  # managers first, then by hostname
+    assert [n.leader for n in nodes] == [True, False, False]
+    (pinned,) = await node_swarm.placements(PINNED_STACK)
+    assert (pinned.stack, pinned.service) == (PINNED_STACK, "app")
+    assert pinned.local_volumes == (f"{PINNED_STACK}_data",)
+    assert pinned.nodes == (nodes[1].id,)
+    assert pinned.constraints == ("node.hostname == mn-worker-1",)
+    assert {p.stack for p in await node_swarm.placements()} >= {PINNED_STACK, SECOND_STACK}
+    with pytest.raises(SwarmError, match="no node 'nope'"):
+        await node_swarm.set_availability("nope", "drain")
+    same = await node_swarm.set_availability("mn-worker-2", "active")  # already: no change
+    assert (same.hostname, same.availability) == ("mn-worker-2", "active")
+
+
 def restic_on_worker_1(m: Node) -> bool:
     """Whether the one-off backup of the pinned app runs on mn-worker-1 now."""
     names = m.cli("service", "ls", "--format", "{{.Name}}").stdout.split()
@@ -485,5 +522,5 @@ async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> Non
     finally:
         big.unlink(missing_ok=True)
         worker.kill()
-        worker.restart()
+        worker.revive()
         site.swarm.wait_ready(timeout=90)
