@@ -340,7 +340,7 @@ async def test_voted_patch_then_a_major_upgrade_needs_the_larger_quorum(
 
     proposal, body = await site.propose(f"!upgrade {DEMO} 1.0.1+1.0", "a patch step")
     assert "Needs **1** approval from" in body
-    assert "> Patch: fixes the greeting." in body
+    assert "Patch: fixes the greeting." in body
     assert "No backup first: no `backups:` section" in body
     await site.approve(coop.alice, proposal)
     report = await site.said(coop.bob, "runs 1.0.1+1.0")
