@@ -519,6 +519,8 @@ async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> Non
         pinned = [s for s in await site_restic(site).snapshots() if snapshot_app(s) == PINNED]
         assert all("big.sparse" not in str(s.paths) for s in pinned)
         assert "coopbot-backup" not in m.cli("service", "ls", "--format", "{{.Name}}").stdout
+        # The lost task's secrets go with its service, though its node is down.
+        assert "coopbot-backup" not in m.cli("secret", "ls", "--format", "{{.Name}}").stdout
     finally:
         big.unlink(missing_ok=True)
         worker.kill()
