@@ -470,6 +470,18 @@ class Store:
         )
         return cursor.rowcount
 
+    def backup_gauges(self) -> list[tuple[str, bool, int | None]]:
+        """Per app with a baseline or a measured size: (app, paused, newest repo_bytes),
+        what /metrics shows again after a restart."""
+        rows = self._db.execute(
+            "SELECT app, MAX(paused IS NOT NULL) AS paused, (SELECT repo_bytes FROM backups b"
+            " WHERE b.app = a.app AND repo_bytes IS NOT NULL ORDER BY id DESC LIMIT 1)"
+            " AS repo FROM (SELECT app, paused FROM backup_health UNION ALL"
+            " SELECT DISTINCT app, NULL FROM backups WHERE repo_bytes IS NOT NULL) a"
+            " GROUP BY app ORDER BY app"
+        )
+        return [(row["app"], bool(row["paused"]), row["repo"]) for row in rows]
+
     def backup_health(self, app: str) -> dict[str, Any] | None:
         """The app's accepted baseline (files, bytes, hook_bytes) and retention pause."""
         row = self._db.execute("SELECT * FROM backup_health WHERE app = ?", (app,)).fetchone()

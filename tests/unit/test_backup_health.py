@@ -11,7 +11,7 @@ import pytest
 
 from bot.core.metrics import Metrics
 from bot.core.store import Store
-from bot.features.backups import health
+from bot.features.backups import Backups, health
 from bot.features.backups.health import Sizes, assess
 from bot.ops.restic import BackupSummary, ResticError, parse_stats
 from tests.fakes import SUMMARY
@@ -216,4 +216,19 @@ async def test_backups_table_shows_the_repository_and_the_pause(tmp_path: Path) 
     assert state.newest is not None
     assert state.newest.short_id == "abcd1234"
     assert await site.backups.newest_snapshot(env) == snap("abcd1234").id
+    site.store.close()
+
+
+async def test_the_gauges_are_known_again_after_a_restart(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    env = site.add(labels=LABELLED, volumes={"data": {"f": b"x"}})
+    site.restic.stats_bytes = {"app=a.test": 7 * MiB}
+    await site.backups.backup(env, Sink(), OPERATOR)
+    site.restic.summary = shrunk(0, 0)
+    await site.backups.backup(env, Sink(), OPERATOR)
+    assert site.store.backup_gauges() == [("a.test", True, 7 * MiB)]
+    metrics = Metrics()
+    Backups(site.config, site.apps, site.store, site.restic, metrics=metrics)  # type: ignore[arg-type]
+    assert sample(metrics, "coopbot_backup_retention_paused") == 1
+    assert sample(metrics, "coopbot_backup_repository_bytes") == 7 * MiB
     site.store.close()

@@ -76,6 +76,7 @@ class Backups(Restores, Runs):
                 if good is not None:
                     when = good["finished_at"] or good["started_at"]
                     metrics.backup_last_good.labels(app).set(when)
+            health.gauges(store, metrics)
         self._repo_ready = False
         self._repo_created = False
         self._repo_lock = asyncio.Lock()  # two first uses at once must not both init

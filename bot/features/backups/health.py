@@ -177,6 +177,14 @@ async def measure(
         metrics.backup_repository_bytes.labels(app).set(size)
 
 
+def gauges(store: Store, metrics: Metrics) -> None:
+    """The per-app gauges from the store (at start-up: known before the next backup)."""
+    for app, is_paused, repo_bytes in store.backup_gauges():
+        metrics.backup_retention_paused.labels(app).set(1 if is_paused else 0)
+        if repo_bytes is not None:
+            metrics.backup_repository_bytes.labels(app).set(repo_bytes)
+
+
 def growth(
     store: Store, app: str, now: float | None = None
 ) -> tuple[int | None, int | None, float | None]:
