@@ -174,7 +174,10 @@ async def _replies_to(member: Member, room: str, sender: str, event_id: str) -> 
     ]
 
 
-async def _in_thread(coop: Coop, root: str, contains: str, timeout: float) -> nio.Event:  # noqa: ASYNC109
+BACK = ("✅ I'm back", "⚠ I'm back")  # how the restarted bot's report starts
+
+
+async def _in_thread(coop: Coop, root: str, starts: tuple[str, ...], timeout: float) -> nio.Event:  # noqa: ASYNC109
     def said(room: str, event: nio.Event) -> bool:
         content = event.source.get("content", {})
         relates = content.get("m.relates_to") or {}
@@ -183,7 +186,7 @@ async def _in_thread(coop: Coop, root: str, contains: str, timeout: float) -> ni
             and event.sender == coop.bot_id
             and relates.get("rel_type") == "m.thread"
             and relates.get("event_id") == root
-            and contains in str(content.get("body", ""))
+            and str(content.get("body", "")).startswith(starts)
         )
 
     return await coop.bob.wait_for(said, timeout)
@@ -307,9 +310,9 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         await coop.ask(coop.alice, f"!approve {found.group(1)}", "Counted")
         # A voted job reports in the proposal's thread.
         thread = proposal.event_id
-        await _in_thread(coop, thread, f"Upgrading myself to **{UPGRADE}**", 120)
+        await _in_thread(coop, thread, (f"♻ Upgrading myself to **{UPGRADE}**",), 120)
         t1 = time.monotonic()
-        back = await _in_thread(coop, thread, "I'm back", 300)
+        back = await _in_thread(coop, thread, BACK, 300)
         _figures(self_upgrade_to_report_s=time.monotonic() - t1)
         body = back.source["content"]["body"]
         assert f"I'm back: {DOMAIN} runs **{UPGRADE}**, converged" in body, body
@@ -319,6 +322,10 @@ async def test_recipe_deploys_and_the_bot_answers_in_its_room(
         assert await _devices(server_admin, coop.bot_id) == devices
         said = await _replies_to(coop.alice, coop.room, coop.bot_id, thread)
         assert not [b for b in said if "interrupted" in b], said
+        # The restarted bot ran nothing again (the !deploy and !approve are old to it).
+        assert len([b for b in said if b.startswith("♻ Upgrading myself")]) == 1, said
+        assert len([b for b in said if b.startswith(BACK)]) == 1, said
+        assert len(await _replies_to(coop.alice, coop.room, coop.bot_id, first_ping)) == 1
     finally:
         await Swarm(dockerd.host).remove(STACK)
         for secret in docker_client.secrets.list(filters={"name": STACK}):
