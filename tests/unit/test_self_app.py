@@ -255,3 +255,31 @@ async def test_after_a_rolled_back_self_upgrade_the_report_says_so(tmp_path: Pat
     # still pinned to what runs
     assert (tmp_path / "bot.test.env").read_text().startswith("TYPE=coopbot:1.0.0+0.1.0\n")
     store.close()
+
+
+async def test_at_start_the_bot_asks_its_local_daemons_which_stack_it_runs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STACK_NAME", raising=False)
+    asked: list[tuple[object, str]] = []
+
+    async def stack_of_container(swarm: object, ref: str) -> str | None:
+        asked.append((swarm, ref))
+        return "bot_test" if ref == "cid" else None
+
+    monkeypatch.setattr("bot.app.stack_of_container", stack_of_container)
+    monkeypatch.setattr("bot.app.own_container_refs", lambda: ["cid", "host"])
+    servers = {
+        "default": {"docker_host": "unix:///var/run/docker.sock"},
+        "far": {"docker_host": "ssh://root@far.example.coop"},
+    }
+    config = parse_config({"data_dir": str(tmp_path / "data"), "servers": servers}, tmp_path)
+    local, far = FakeSwarm(), FakeSwarm()
+    bot = Bot(
+        config, chat=FakeChat(), groups=GROUPS, swarms=cast(Any, {"default": local, "far": far})
+    )
+    swap_services(bot.services, apps=FakeApps({"default": local}, envs=[OTHER, SELF]))
+    await bot._detect_self()
+    assert bot.self_app.domain == "bot.test"
+    assert asked == [(local, "cid")]  # never over ssh: its own container is on its own host
+    bot.store.close()
