@@ -150,6 +150,7 @@ async def backup_all(ctx: CommandContext) -> None:
         return
     reports: dict[str, str] = {}
     failed: list[str] = []
+    suspect: list[str] = []  # looks empty or shrunk: its retention waits for a person
 
     async def one_after_another(group: list[AppEnv]) -> None:
         for env in group:
@@ -159,6 +160,8 @@ async def backup_all(ctx: CommandContext) -> None:
                 async with ctx.services.jobs.app_lock(env.domain):
                     outcome = await backups.backup(env, sink, ctx.sender)
                 reports[env.domain] = outcome.report
+                if outcome.suspect:
+                    suspect.append(env.domain)
             except UserError as e:  # this app (its node gone, ...): the others go on
                 failed.append(env.domain)
                 reports[env.domain] = f"❌ **{env.domain}**: {e}"
@@ -184,7 +187,9 @@ async def backup_all(ctx: CommandContext) -> None:
     head = f"💾 Backups: {len(envs) - len(failed)} of {len(envs)} app(s) backed up"
     head += f"; **{len(failed)} failed**." if failed else "."
     report = head + "\n\n" + "\n".join(lines)
-    if failed or retention_failed:
+    if suspect:
+        report += "\n\n⏸ Suspect, retention paused until accepted: " + ", ".join(sorted(suspect))
+    if failed or retention_failed or suspect:
         await _fail_loudly(ctx, report)
     else:
         await ctx.progress.finish(report)

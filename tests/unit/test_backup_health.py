@@ -15,8 +15,17 @@ from bot.features.backups import Backups, health
 from bot.features.backups.health import Sizes, assess
 from bot.ops.restic import BackupSummary, ResticError, parse_stats
 from tests.fakes import SUMMARY
-from tests.unit.helpers import OPERATOR
-from tests.unit.test_backups import LABELLED, Sink, make_site, snap
+from tests.unit.helpers import OPERATOR, BotFactory
+from tests.unit.test_backups import (
+    ADMINS,
+    LABELLED,
+    MEMBERS,
+    Sink,
+    make_site,
+    scheduled,
+    snap,
+    wire,
+)
 
 MiB = 1024 * 1024
 
@@ -232,3 +241,21 @@ async def test_the_gauges_are_known_again_after_a_restart(tmp_path: Path) -> Non
     assert sample(metrics, "coopbot_backup_retention_paused") == 1
     assert sample(metrics, "coopbot_backup_repository_bytes") == 7 * MiB
     site.store.close()
+
+
+async def test_a_suspect_app_in_the_nightly_run_pings_the_admins(
+    make_bot: BotFactory, tmp_path: Path
+) -> None:
+    bot = make_bot(members=MEMBERS)
+    site = wire(bot, tmp_path)
+    site.add("a.test")
+    ((_, mentions),) = await scheduled(bot, "backup all")
+    assert mentions == ()
+    site.restic.snaps = [snap("a1111111"), snap("abcd1234")]
+    site.restic.summary = shrunk(0, 0)
+    (report, ping) = await scheduled(bot, "backup all")
+    assert "**Suspect**" in report[0]
+    assert "⏸ Kept every snapshot of a.test" in report[0]
+    assert "⏸ Suspect, retention paused until accepted: a.test" in report[0]
+    assert ping[1] == ADMINS
+    assert site.restic.forgotten == []

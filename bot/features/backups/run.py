@@ -62,6 +62,7 @@ class BackupOutcome:
     snapshot_id: str
     report: str  # Markdown, for the room
     warnings: list[str] = field(default_factory=list)
+    suspect: bool = False  # empty or shrunk (health.py): a person must look
 
 
 class Runs(Remote):
@@ -224,7 +225,8 @@ class Runs(Remote):
         lines += [f"  - ⚠️ {w}" for w in warnings[:20]]
         if len(warnings) > 20:
             lines.append(f"  - … and {len(warnings) - 20} more")
-        return BackupOutcome(env.domain, summary.snapshot_id, "\n".join(lines), warnings)
+        report = "\n".join(lines)
+        return BackupOutcome(env.domain, summary.snapshot_id, report, warnings, bool(suspect))
 
     # -- retention, check, drill -------------------------------------------------------
     async def retention(self, sink: StatusSink, lock: AppLock = no_lock) -> str:
