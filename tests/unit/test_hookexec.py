@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.ops.swarm.hookexec import BoundedTail, collect
+from bot.ops.swarm.hookexec import BoundedTail, collect, tail_text
 
 
 def test_small_output_is_kept_whole() -> None:
@@ -22,3 +22,13 @@ def test_the_tail_never_holds_more_than_the_limit_and_one_chunk() -> None:
     for _ in range(10_000):
         tail.feed(b"x" * 1000)
         assert tail._size <= 4096 + 1000
+
+
+def test_a_log_stream_keeps_its_newest_whole_lines() -> None:
+    lines = [f"2024-01-01T00:00:{n:02d}Z line {n} ".encode() + b"x" * 90 + b"\n" for n in range(50)]
+    assert tail_text(lines[:3], limit=10_000) == b"".join(lines[:3]).decode()
+    kept = tail_text(lines, limit=1000)
+    assert kept.endswith("x\n")
+    assert kept.startswith("2024-01-01T00:00:")  # the cut first line went
+    assert kept.splitlines()[-1].startswith("2024-01-01T00:00:49Z line 49")
+    assert len(kept.encode()) <= 1000

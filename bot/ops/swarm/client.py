@@ -32,7 +32,7 @@ from bot.ops.compose import load_compose
 from bot.ops.process import ProcessTimeout, run_process
 from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
-from bot.ops.swarm.hookexec import exec_bounded
+from bot.ops.swarm.hookexec import exec_bounded, tail_text
 from bot.ops.swarm.model import Convergence, ServiceInfo, SwarmError, TaskInfo
 from bot.ops.swarm.nodes import NodeCalls
 from bot.ops.swarm.oneoff import OneOffCalls
@@ -392,7 +392,7 @@ class Swarm(NodeCalls, OneOffCalls):
                     tail=tail,
                     is_tty=tty[info.id],
                 )
-                text = b"".join(chunks).decode(errors="replace")
+                text = tail_text(chunks)  # its newest 8 MB at most, read as a stream
                 for line in text.splitlines():
                     ts, _, msg = line.partition(" ")
                     lines.append((iso(ts), info.short_name, msg))

@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 OUTPUT_LIMIT = 64 * 1024  # bytes of a hook's output kept (the last ones)
+# Bytes of one service's logs `!logs` reads (the newest): as much as its file holds
+# (bot/redact.py FILE_LIMIT), so a service with long lines cannot fill the bot's memory.
+LOG_LIMIT = 8 * 1024 * 1024
 
 
 class BoundedTail:
@@ -32,14 +35,18 @@ class BoundedTail:
             self._size -= len(first)
             self.dropped += len(first)
 
-    def text(self) -> str:
+    def data(self) -> bytes:
+        """The last `limit` bytes (`dropped` then counts everything before them)."""
         data = b"".join(self._chunks)
         if len(data) > self.limit:
             self.dropped += len(data) - self.limit
             data = data[len(data) - self.limit :]
-            self._chunks = deque([data])
-            self._size = len(data)
-        text = data.decode(errors="replace")
+        self._chunks = deque([data])
+        self._size = len(data)
+        return data
+
+    def text(self) -> str:
+        text = self.data().decode(errors="replace")
         if self.dropped:
             return f"[the first {self.dropped} bytes of output were left out]\n{text}"
         return text
@@ -50,6 +57,16 @@ def collect(chunks: Iterable[bytes], limit: int = OUTPUT_LIMIT) -> str:
     for chunk in chunks:
         tail.feed(chunk)
     return tail.text()
+
+
+def tail_text(chunks: Iterable[bytes], limit: int = LOG_LIMIT) -> str:
+    """The last `limit` bytes of a log stream as text, from a whole line on: when the
+    start was left out, the first (cut) line goes too."""
+    tail = BoundedTail(limit)
+    for chunk in chunks:
+        tail.feed(chunk)
+    text = tail.data().decode(errors="replace")
+    return text.split("\n", 1)[-1] if tail.dropped else text
 
 
 def exec_bounded(container: Any, argv: list[str], limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
