@@ -23,12 +23,20 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bot.ops.abra import AppEnv, SecretSpec, read_exports
+from bot.ops.recipes import RecipeRepo
+from bot.ops.swarm import Swarm
 
-if TYPE_CHECKING:
-    from bot.features.apps.inventory import Inventory
+
+class Sources(Protocol):
+    """Where the render reads from (Inventory is one; a Protocol, not an import of it,
+    so inventory.py and this module do not import each other)."""
+
+    def recipe(self, name: str) -> RecipeRepo: ...
+
+    def swarm(self, server: str) -> Swarm: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ def needed_secrets(
     return list(found.values())
 
 
-async def rendered_config(inventory: Inventory, app: AppEnv) -> dict[str, Any]:
+async def rendered_config(inventory: Sources, app: AppEnv) -> dict[str, Any]:
     """The app's merged compose at the version a deploy would use (see the module)."""
     repo = await asyncio.to_thread(inventory.recipe, app.recipe)
     ref = app.pinned_version
