@@ -281,6 +281,9 @@ class FakeSwarm:
     async def nodes(self) -> list[NodeInfo]:
         return list(self.node_list)
 
+    async def down_nodes(self) -> dict[str, str]:
+        return {n.id: n.hostname or n.id for n in self.node_list if n.state != "ready"}
+
     async def placements(self, stack: str | None = None) -> list[Placement]:
         return [p for p in self.placement_list if stack is None or p.stack == stack]
 

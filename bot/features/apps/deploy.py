@@ -32,6 +32,7 @@ from bot.labels import chaos_label, timeout_label, version_label
 from bot.ops.abra import AppEnv, set_pinned_version
 from bot.ops.recipes import RecipeRepo, parse_version
 from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts, stack_specs
+from bot.ops.swarm.convergence import NODE_DOWN
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,9 @@ class Apps(Inventory):
         fault_point("deploy.converging")  # swarm is updating the services by now
 
         async def seen(text: str) -> None:
+            if NODE_DOWN in text:  # a service hit by a node going away: in the message
+                run.steps.lines.insert(max(0, len(run.steps.lines) - 1), f"⚠ {text}")
+                await progress.update(run.steps.render())
             await progress.detail(text)
 
         return await wait_through_outages(run.swarm, run.stack, run.timeout, seen)

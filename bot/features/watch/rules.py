@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from bot.fmt import human_bytes
+from bot.fmt import code, human_bytes
 from bot.labels import UpdateState
 from bot.ops.swarm.events import ServiceState, SwarmSnapshot
 
@@ -79,6 +79,7 @@ class Rules:
         self._errors: dict[str, str] = {}  # service key -> newest error
         self._bad_since: dict[str, float] = {}
         self._good_since: dict[str, float] = {}
+        self._apps_on: dict[str, set[str]] = {}  # node key -> the stacks seen running there
 
     def restore(self, incidents: Iterable[Incident], now: float) -> None:
         """Incidents open before a restart: still open, not announced again."""
@@ -143,13 +144,22 @@ class Rules:
             seen_nodes.add(node.hostname)
             summary = None
             urgent = False
+            node_key = key_of(server, "node", node.hostname)
+            apps = {s.stack for s in snap.services if node.id in s.nodes and s.stack}
+            if node.state == "ready":
+                self._apps_on[node_key] = apps
+            else:
+                # What ran there when it was last ready, and what swarm still places there.
+                apps |= self._apps_on.get(node_key, set())
             if node.state != "ready":
                 summary, urgent = f"node **{node.hostname}** is {node.state}", True
+                if apps:
+                    summary += "; apps that ran there: " + ", ".join(map(code, sorted(apps)))
             elif node.availability != "active":
                 summary = f"node **{node.hostname}** is set to {node.availability}"
             out.append(
                 self._judge(
-                    key_of(server, "node", node.hostname),
+                    node_key,
                     server,
                     "node",
                     node.hostname,

@@ -482,7 +482,8 @@ class Swarm(NodeCalls, OneOffCalls):
         )
         while True:
             services, tasks = await self._snapshot(stack, up_to_date=True)
-            news, outcome = watch.observe(services, tasks, time.monotonic())
+            down = await self.down_nodes()  # a node that is down tells nothing new
+            news, outcome = watch.observe(services, tasks, time.monotonic(), down)
             for line in news:
                 await _report(on_progress, line)
             if outcome is not None:

@@ -88,12 +88,22 @@ def _error_lines(
     return lines, failed
 
 
+NODE_DOWN = ", which is down: "  # in the problem line of a task on a node that is down
+
+
+def node_down_line(service: str, hostname: str) -> str:
+    """The problem line of a task on a node that is not ready (its state is stale: the
+    manager no longer hears from it)."""
+    return f"{service}: task on node {hostname}{NODE_DOWN}not counted as running"
+
+
 def _evaluate_service(
     svc: ServiceInfo,
     tasks: list[TaskInfo],
     *,
     after_rollback: bool,
     max_failures: int | None,
+    down: Mapping[str, str],
 ) -> _ServiceVerdict:
     if svc.replicas_desired == 0:
         return _ServiceVerdict("converged", [], 0, 0)
@@ -101,11 +111,27 @@ def _evaluate_service(
     current = [t for t in tasks if t.up_to_date]
     if svc.replicas_desired is None:  # global: one task per eligible node
         picked = _pick_tasks(current, lambda t: t.node_id)
-        expected: int | None = len(picked) or None
+        # Converged on the nodes that remain: a down node's task is not waited for.
+        expected: int | None = sum(1 for t in picked if t.node_id not in down) or None
     else:
         picked = _pick_tasks(current, lambda t: t.slot if t.slot is not None else t.id)
         expected = svc.replicas_desired
-    running = sum(1 for t in picked if t.desired_state in ACTIVE_STATES and t.state == "running")
+    # A node that is down reports nothing: its tasks' last state ("running") is stale.
+    # Each task it still held alive (of this spec or an older one, whether swarm has
+    # replaced it yet or not) was lost with it: said even once the stack converges
+    # on the other nodes, so the room knows which services were hit.
+    lost: list[str] = []
+    for task in tasks:
+        if task.node_id in down and task.state in ACTIVE_STATES:
+            line = node_down_line(svc.short_name, down[task.node_id])
+            if line not in lost:
+                lost.append(line)
+    lines = [*lost, *lines]
+    running = sum(
+        1
+        for t in picked
+        if t.desired_state in ACTIVE_STATES and t.state == "running" and t.node_id not in down
+    )
     tasks_ok = expected is not None and running == expected
 
     state, msg = svc.update_state, svc.update_message
@@ -130,7 +156,7 @@ def _evaluate_service(
         state == UpdateState.ROLLBACK_COMPLETED and after_rollback
     )
     if done and tasks_ok:
-        return _ServiceVerdict("converged", [], running, expected)
+        return _ServiceVerdict("converged", lost, running, expected)
     if max_failures is not None and failed >= max_failures:
         return _ServiceVerdict(
             "failed",
@@ -153,6 +179,7 @@ def evaluate(
     *,
     after_rollback: bool | Collection[str] = False,
     max_failures: int | None = None,
+    down: Mapping[str, str] | None = None,
 ) -> tuple[Status, list[str]]:
     """Where a stack stands, with human problem lines ("app: task failed: ...").
 
@@ -170,7 +197,10 @@ def evaluate(
     "rollback_completed" counts as completed. With `max_failures`, a service that has
     had that many up-to-date tasks fail since the deploy fails at once; otherwise a
     crash loop stays "pending" (with its errors) until the caller's timeout: apps that
-    crash until their database is up are common.
+    crash until their database is up are common. `down` maps the ids of the nodes
+    that are not ready to their hostnames: their tasks do not count as running (their
+    state is the last one the node sent) and each gets a problem line naming the node,
+    so a stack converges only on the nodes that remain.
 
     Stack: any failed -> "failed"; else any rolled back (and none still rolling
     back) -> "rolled_back"; else any pending -> "pending"; else "converged".
@@ -181,6 +211,7 @@ def evaluate(
             list(tasks_by_service.get(svc.name, [])),
             after_rollback=_accepts_rollback(after_rollback, svc),
             max_failures=max_failures,
+            down=down or {},
         )
         for svc in services
     ]
@@ -203,6 +234,7 @@ def describe_pending(
     tasks_by_service: Mapping[str, list[TaskInfo]],
     *,
     after_rollback: bool | Collection[str] = False,
+    down: Mapping[str, str] | None = None,
 ) -> list[str]:
     """One line per service that is not converged: "app: 0/1 running, update updating"."""
     out = []
@@ -212,6 +244,7 @@ def describe_pending(
             list(tasks_by_service.get(svc.name, [])),
             after_rollback=_accepts_rollback(after_rollback, svc),
             max_failures=None,
+            down=down or {},
         )
         if v.status == "converged":
             continue
@@ -256,8 +289,10 @@ class ConvergenceWatch:
         services: list[ServiceInfo],
         tasks: Mapping[str, list[TaskInfo]],
         now: float,
+        down: Mapping[str, str] | None = None,
     ) -> tuple[list[str], Convergence | None]:
-        """(new progress lines, the outcome or None to keep watching)."""
+        """(new progress lines, the outcome or None to keep watching). `down`: the
+        nodes not ready now, id -> hostname (see evaluate())."""
         if not services:
             return [], Convergence(False, False, [f"stack {self.stack} has no services"], [])
         accepted = self.after_rollback
@@ -265,7 +300,7 @@ class ConvergenceWatch:
             accepted = {s.name for s in services if is_rollback(s.update_state)}
             self.after_rollback = accepted
         status, lines = evaluate(
-            services, tasks, after_rollback=accepted, max_failures=self.max_failures
+            services, tasks, after_rollback=accepted, max_failures=self.max_failures, down=down
         )
         news: list[str] = []
         for line in lines:
@@ -292,7 +327,7 @@ class ConvergenceWatch:
         else:
             self._converged_since = None
         if now - self.start >= self.timeout:
-            waiting = describe_pending(services, tasks, after_rollback=accepted)
+            waiting = describe_pending(services, tasks, after_rollback=accepted, down=down)
             head = f"not converged after {self.timeout:g}s"
             return news, Convergence(False, False, [head, *waiting, *self._seen], services)
         return news, None

@@ -68,6 +68,9 @@ class ServiceState:
     update_state: str | None
     update_message: str
     failed: tuple[FailedTask, ...] = ()
+    # The nodes (ids) of its tasks that run or are wanted running: a node that goes
+    # down keeps its tasks' last state, so the watch can say which apps ran there.
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,10 @@ def snapshot_sync(client: Any) -> tuple[tuple[NodeState, ...], tuple[ServiceStat
     services = []
     for info in infos:
         failed = []
+        on = set()
         for task in tasks.get(info.name, []):
+            if task.node_id and "running" in (task.state, task.desired_state):
+                on.add(task.node_id)
             if task.state in FAILED_STATES:
                 stamp = parse_ts(task.timestamp)
                 failed.append(FailedTask(task.id, stamp.timestamp() if stamp else 0.0, task.error))
@@ -119,6 +125,7 @@ def snapshot_sync(client: Any) -> tuple[tuple[NodeState, ...], tuple[ServiceStat
                 update_state=info.update_state,
                 update_message=info.update_message,
                 failed=tuple(sorted(failed, key=lambda f: f.at)),
+                nodes=tuple(sorted(on)),
             )
         )
     return nodes, tuple(services)

@@ -41,6 +41,11 @@ class NodeCalls:
         found = [node_info(n) for n in raw or []]
         return sorted(found, key=lambda n: (n.role != "manager", n.hostname, n.id))
 
+    async def down_nodes(self) -> dict[str, str]:
+        """The nodes that are not ready (down, disconnected, unknown), id -> hostname:
+        what their tasks last reported is stale (a convergence watch does not count it)."""
+        return {n.id: n.hostname or n.id for n in await self.nodes() if n.state != "ready"}
+
     async def placements(self, stack: str | None = None) -> list[Placement]:
         """Each service (of one stack, or of every stack) with its constraints, its
         node-local volumes and the nodes its running tasks are on."""
