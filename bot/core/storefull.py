@@ -2,9 +2,10 @@
 
 The store's connection (bot/core/store.py connects with `factory=Guarded`) then sorts
 the writes into two kinds. Bookkeeping that only makes the bot better informed is
-dropped with one logged error: the seen-event marks (kept in memory instead, so
-an event is still answered once per run), the key/value state (the sync token, a
-job's thread) and the audit. Everything else, which is what a job or a vote stands
+kept in memory instead, with one logged error: the seen-event marks (so an event
+is still answered once per run) and the key/value state (the sync token above all: a
+token that did not advance would fetch the same events again and again); the audit
+is dropped. Everything else, which is what a job or a vote stands
 on (its record, its state, a proposal), raises StoreFull: a UserError, so the member
 is told that nothing was started, and read-only commands go on answering.
 """
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 # The statements whose loss costs only bookkeeping (see the module docstring).
 _SOFT = ("INSERT OR IGNORE INTO seen_events", "INSERT INTO kv", "INSERT INTO audit")
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# Store.get and Store.put, as store.py words them.
+_KV_READ = "SELECT value FROM kv WHERE key = ?"
+_KV_WRITE = (
+    "INSERT INTO kv (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 class StoreFull(UserError):
@@ -36,12 +43,13 @@ class StoreFull(UserError):
 class _Dropped:
     """What a dropped bookkeeping write returns in place of a cursor."""
 
-    def __init__(self, rowcount: int) -> None:
+    def __init__(self, rowcount: int, row: tuple[str] | None = None) -> None:
         self.rowcount = rowcount
         self.lastrowid = None
+        self._row = row
 
-    def fetchone(self) -> None:
-        return None
+    def fetchone(self) -> tuple[str] | None:
+        return self._row
 
 
 class Guarded(sqlite3.Connection):
@@ -51,8 +59,11 @@ class Guarded(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         self.full = False
         self._seen: set[str] = set()  # event ids marked while the disk was full
+        self._kv: dict[str, str] = {}  # key/value writes made while the disk was full
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if self._kv and sql.startswith(_KV_READ) and parameters[0] in self._kv:
+            return cast(sqlite3.Cursor, _Dropped(1, (self._kv[parameters[0]],)))
         try:
             cursor = super().execute(sql, parameters)
         except sqlite3.OperationalError as exc:
@@ -62,6 +73,9 @@ class Guarded(sqlite3.Connection):
         if self.full and sql.lstrip().upper().startswith(_WRITES):
             log.warning("the data disk takes writes again")
             self.full = False
+            pending, self._kv = self._kv, {}
+            for key, value in pending.items():  # what was kept in memory is written now
+                self.execute(_KV_WRITE, (key, value))
         return cursor
 
     def _when_full(
@@ -78,6 +92,8 @@ class Guarded(sqlite3.Connection):
             new = event_id not in self._seen
             self._seen.add(event_id)
             return cast(sqlite3.Cursor, _Dropped(1 if new else 0))
+        if text.startswith(_SOFT[1]):  # put: read back from memory until written
+            self._kv[str(parameters[0])] = str(parameters[1])
         return cast(sqlite3.Cursor, _Dropped(1))
 
 

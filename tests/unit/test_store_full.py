@@ -33,10 +33,14 @@ def test_a_full_disk_refuses_jobs_drops_bookkeeping_and_keeps_reads(tmp_path: Pa
         store.add_job("deploy", "!deploy " + "a" * 3000, "a", "@a:test", "!r:test", "$new")
     assert "disk of its data folder is full" in str(refused.value)
     store.audit("@a:test", "command", "!ping " + "z" * 5000)  # dropped, not raised
-    store.put("kept", "after" * 1000)  # dropped: the old value stays readable
-    assert store.get("kept") == "before"
+    store.put("kept", "after" * 1000)  # kept in memory: read back (a sync token moves on)
+    assert store.get("kept") == "after" * 1000
+    assert store.get("other") is None
     assert store.mark_seen("$fresh", "!r:test")  # answered once...
     assert not store.mark_seen("$fresh", "!r:test")  # ...and only once
     assert not store.mark_seen("$old", "!r:test")
     assert store.jobs(limit=1)  # reads work
+    store._db.execute("PRAGMA max_page_count = 1000000")  # space again
+    store.add_job("deploy", "!deploy " + "a" * 3000, "a", "@a:test", "!r:test", "$later")
     store.close()
+    assert Store(tmp_path / "coopbot.db").get("kept") == "after" * 1000  # written since
