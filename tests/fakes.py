@@ -376,6 +376,7 @@ class FakeApps:
     deploy_fails: str | None = None  # the error, or None for success
     deploy_changes_spec: bool = True  # a failed deploy that got as far as the swarm
     self_app: Any = None  # the bot's own app (bot/features/self_app.py), like Apps
+    prefix: str = "!"  # the command prefix for hints, like Apps.prefix
 
     async def inventory(self) -> tuple[list[AppEnv], list[str]]:
         return list(self.envs), []
@@ -466,6 +467,11 @@ class FakeRestic:
         self.forget_removes: dict[str, list[str]] = {}
         self.stats_bytes: dict[str, int] = {}  # first tag -> raw-data bytes
         self.stats_error: ResticError | None = None
+        self.held_locks: list[dict[str, Any]] = []  # what `list locks` would show
+
+    async def locks(self) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)  # not in `calls`: a failed run's look, not restic work
+        return list(self.held_locks)
 
     async def _call(self, name: str) -> None:
         self.calls.append(name)

@@ -131,8 +131,8 @@ class Runs(Remote):
             if self._metrics is not None:
                 self._metrics.backups.labels("failed").inc()
             locks = await lock_note(self, self.apps.prefix) if isinstance(e, ResticError) else ""
-            if locks:  # a restic killed or failing mid-run leaves its lock: say so
-                raise UserError(f"{e}\n{locks}") from e
+            if locks and isinstance(e, ResticError):  # a failing restic leaves its lock
+                raise ResticError(f"{e}\n{locks}", kind=e.kind, exit_code=e.exit_code) from e
             raise
 
     async def _backup(
