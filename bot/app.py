@@ -304,9 +304,6 @@ class Bot:
                     extra.append(group.create_task(report, name="self-upgrade"))
                 if self.watch is not None:
                     extra.append(group.create_task(supervised("watch", self.watch.run)))
-                if (windows := self.services.windows) is not None:  # queued auto-patches
-                    due = lambda: windows.run_due(self.dispatcher.run_scheduled)  # noqa: E731
-                    extra.append(group.create_task(supervised("windows", due)))
                 if self.config.pings.bot:
                     beat = lambda: self.deadman.heartbeat(self.config.pings.bot_interval)  # noqa: E731
                     extra.append(group.create_task(supervised("heartbeat", beat)))

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.core.approvals import Policy
+from bot.core.approvals import AUTO_PATCH, Policy, auto_patch_policy
 from bot.core.cron import crontab_trigger
 from bot.core.roles import Role
 from bot.errors import ConfigError
@@ -379,6 +379,8 @@ class ApprovalsConfig(_Section):
 
     def policy(self, name: str) -> Policy:
         """The default policy with the overrides for this action applied."""
+        if name == AUTO_PATCH:  # not tunable: it follows the upgrade policy
+            return auto_patch_policy(self.policy("upgrade"))
         override = self.policies.get(name, PolicyOverride())
         voters = override.voters or self.voters
         return Policy(

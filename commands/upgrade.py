@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bot.core.access import SCHEDULER
-from bot.core.approvals import Plan
+from bot.core.approvals import AUTO_PATCH, Plan
+from bot.core.autopatch import hold
 from bot.core.context import Arg, CommandContext, Option
 from bot.core.registry import CommandGroup
 from bot.core.roles import Role
@@ -61,14 +62,15 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
     if ctx.args.get("dry-run"):  # runs at once, as a job, and only shows the plan
         return Plan("Dry run of `upgrade`", fingerprint="dry-run", needs_vote=False)
     plan = await _prepare(ctx, changes=ctx.sender != SCHEDULER)  # a proposal shows it
-    needs_vote = True
+    needs_vote, policy, run_at = True, "major_upgrade" if plan.kind == "major" else None, None
     summary = plan_summary(plan)
     if ctx.args.get("now"):
         summary += "\n\n" + _break_glass(
             ctx, "major_upgrade" if plan.kind == "major" else "upgrade"
         )
     if ctx.sender == SCHEDULER:
-        # The scheduler never opens proposals: it upgrades without a vote, or not at all.
+        # The scheduler asks for no vote: it upgrades at once, holds the upgrade to the
+        # window (posted approved; a 👎 cancels it), or does not upgrade at all.
         why = auto_refusal(plan, ctx.services.config.upgrades.auto_patch)
         if why is not None:
             raise UserError(
@@ -76,12 +78,19 @@ async def _upgrade_plan(ctx: CommandContext) -> Plan:
                 f"`{ctx.prefix}upgrade {plan.env.domain} {plan.target.text}` asks for a vote."
             )
         needs_vote = False
-        await _window_or_queue(ctx, plan.env.domain, plan.target.text)
+        if ctx.proposal_id is not None:  # a held auto-patch starting: its window is open
+            policy = AUTO_PATCH
+        elif held := await hold(
+            ctx.services.windows, ctx.services.store, plan.env.domain, plan.target.text, ctx.prefix
+        ):  # outside the window: posted approved, held to its start; a 👎 cancels it
+            needs_vote, policy, run_at = True, AUTO_PATCH, held.run_at
+            summary += "\n\n" + held.note
     return Plan(
         summary,
         fingerprint=plan.fingerprint,
-        policy="major_upgrade" if plan.kind == "major" else None,
+        policy=policy,
         needs_vote=needs_vote,
+        run_at=run_at,
         # The exact target: a newer tag that arrives during the vote changes nothing.
         pins={"version": plan.target.text},
     )
@@ -104,20 +113,6 @@ def _break_glass(ctx: CommandContext, policy_name: str) -> str:
     return (
         f"⚡ **--now** (break-glass, by {ctx.sender}): once approved it runs at once, "
         "outside the server's maintenance window if need be."
-    )
-
-
-async def _window_or_queue(ctx: CommandContext, domain: str, version: str) -> None:
-    """A scheduled auto-patch outside the app's server window is queued to its start."""
-    windows = ctx.services.windows
-    outside = await windows.outside(domain) if windows else None
-    if windows is None or outside is None:
-        return
-    server, opens = outside
-    queued = windows.defer(f"upgrade {domain} {version}", opens)
-    raise UserError(
-        f"Not upgraded now: {domain} is outside {windows.describe(server, opens)}. "
-        + ("The auto-patch is queued for then." if queued else "It is queued for then already.")
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -63,6 +63,9 @@ class Plan:
     # Argument values the plan resolved (the exact version, the snapshot id): the
     # job runs with these, so a tag or snapshot that appears later changes nothing.
     pins: Mapping[str, Any] = field(default_factory=dict)
+    # Approved already and held until then (a scheduled auto-patch queued to its
+    # server's maintenance window): the proposal is posted held, an eligible 👎 stops it.
+    run_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,18 @@ class Policy:
     require_reason: bool = False  # the request must say why: `!undeploy app -- why`
     # One admin may run an open proposal at once with `!urgent ID -- why`.
     break_glass: bool = False
+
+
+# The policy of a scheduled auto-patch queued to its server's window: nothing to vote
+# for (the co-op chose auto_patch), but any eligible 👎 before it runs cancels it.
+AUTO_PATCH = "auto_patch"
+
+
+def auto_patch_policy(upgrade: Policy) -> Policy:
+    """The upgrade policy's voters and timeout, with no approval needed and a veto."""
+    return replace(
+        upgrade, required=0, veto=True, delay=0.0, require_reason=False, break_glass=False
+    )
 
 
 @dataclass(frozen=True)

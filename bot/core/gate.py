@@ -24,7 +24,8 @@ from tenacity import (
 from bot.core.approvals import Ballot, Choice, Plan, Policy, State, Tally, choice_for_key, decide
 from bot.core.chat import ROOM_MENTION, Message, Reaction, Redaction
 from bot.core.context import CommandContext, Control, Services, split_reason
-from bot.core.proposal_text import people, render, summary_line
+from bot.core.proposal_text import people, render, stopped_note, summary_line
+from bot.core.proposal_text import start_failure as _reason
 from bot.core.records import ProposalRow, StoredPlan, VoteRow
 from bot.core.roles import Role
 from bot.core.windows import delay_only
@@ -43,11 +44,6 @@ LEFT = "{requester} left the room, so it no longer runs"
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i to misread
 SEED_KEYS = ("👍", "👎")
-
-
-def _reason(exc: Exception) -> str:
-    """What to tell the room about a failed start: a UserError's text, else its kind."""
-    return str(exc) if isinstance(exc, UserError) else f"an unexpected {type(exc).__name__}"
 
 
 class ApprovalGate:
@@ -100,10 +96,11 @@ class ApprovalGate:
             message_id=None,
             state=State.OPEN,
             created_at=now,
-            expires_at=now + policy.timeout,
+            expires_at=max(now, plan.run_at or 0) + policy.timeout,
             decided_at=None,
             thread_root=message.thread_root,
             reason=ctx.reason,
+            run_at=plan.run_at,  # a queued auto-patch: posted approved, held to its window
         )
         async with self._lock:
             message_id = await self._post(row, policy, message.reply_target)
@@ -116,7 +113,7 @@ class ApprovalGate:
         services = self._services
         services.store.add_proposal(row)
         voters = await self._eligible(row, policy)
-        text = self._text(row, policy, self._empty_tally(policy), voters)
+        text = self._text(row, policy, Tally(State.OPEN, (), (), (), policy.required), voters)
         message_id = await services.chat.send(
             row.room_id,
             text,
@@ -367,6 +364,8 @@ class ApprovalGate:
                 await self._note(
                     row, f"⌛ Proposal `{row.id}` expired; nothing was done.", [row.requester]
                 )
+            elif tally.state is State.REJECTED and row.run_at is not None:  # held, then 👎
+                await self._note(row, *stopped_note(row, tally))
             return
         if now >= row.expires_at:
             # Approved in time but only seen now (the bot was down, or a start kept
@@ -393,6 +392,8 @@ class ApprovalGate:
             services.store.set_proposal_state(row.id, State.REJECTED, now)
             self._audit(row, "rejected", f"{row.id}: {row.text}; stopped during its delay")
             await self._show(row, self._text(row, policy, rejected, None))
+            if row.run_at is not None:  # it was shown held: say it will not run
+                await self._note(row, *stopped_note(row, rejected))
             return
         if row.run_at != run_at:
             row = services.store.proposal(row.id) or row  # a window may extend the expiry
@@ -400,6 +401,8 @@ class ApprovalGate:
             services.store.set_proposal_run_at(row.id, run_at)
             row = services.store.proposal(row.id) or row
             self._audit(row, "approved", f"{row.id}: {row.text}; runs at {utc_time(run_at)}")
+            if services.windows is not None:  # told only now that it really stays held
+                await services.windows.announce(row, run_at)
         held = Tally(State.OPEN, tally.approvers, tally.rejecters, tally.ignored, 0)
         await self._show(row, self._text(row, policy, held, None))
 
@@ -584,10 +587,6 @@ class ApprovalGate:
                 log.exception("proposal %s: upkeep failed; trying again next sweep", row.id)
 
     # -- showing -----------------------------------------------------------------------
-    @staticmethod
-    def _empty_tally(policy: Policy) -> Tally:
-        return Tally(State.OPEN, (), (), (), policy.required)
-
     def _text(
         self,
         row: ProposalRow,

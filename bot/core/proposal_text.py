@@ -3,14 +3,32 @@ what became of it. Pure text; bot/core/gate.py posts and edits it."""
 
 from __future__ import annotations
 
-from bot.core.approvals import Policy, State, Tally
+from bot.core.approvals import AUTO_PATCH, Policy, State, Tally
 from bot.core.records import ProposalRow
 from bot.core.roles import Role
+from bot.errors import UserError
 from bot.fmt import code, utc_time
 
 
 def people(users: tuple[str, ...] | list[str]) -> str:
     return ", ".join(users) if users else "nobody"
+
+
+def start_failure(exc: Exception) -> str:
+    """What to tell the room about a failed start: a UserError's text, else its kind."""
+    return str(exc) if isinstance(exc, UserError) else f"an unexpected {type(exc).__name__}"
+
+
+def stopped_note(row: ProposalRow, tally: Tally) -> tuple[str, list[str]]:
+    """The note (and whom it pings) when a held proposal (a delay, a window, a queued
+    auto-patch) is rejected before it ran: an edit of the proposal notifies nobody."""
+    what = "auto-patch" if row.policy == AUTO_PATCH else "proposal"
+    text = (
+        f"🛑 The {what} `{row.id}` ({code(row.text)}) is cancelled by "
+        f"{people(tally.rejecters)} before it ran at {utc_time(row.run_at or 0)}; "
+        "nothing was done."
+    )
+    return text, [u for u in (row.requester, *tally.rejecters) if u.startswith("@")]
 
 
 def render(
@@ -36,7 +54,15 @@ def render(
     if row.reason:
         lines[1:1] = [f"Reason: {code(row.reason)}"]
     state = tally.state
-    if state is State.OPEN and row.run_at is not None:
+    if state is State.OPEN and row.run_at is not None and row.policy == AUTO_PATCH:
+        lines.append(
+            f"🕑 **Scheduled auto-patch**, held to the server's maintenance window: it runs "
+            f"at **{utc_time(row.run_at)}**. An eligible 👎 on this message (or "
+            f"`{p}reject {row.id}`) until then cancels it."
+        )
+        if voters:
+            lines.append(f"Who may cancel it: {people(voters)}")
+    elif state is State.OPEN and row.run_at is not None:
         lines.append(
             f"⏳ **Approved** by {people(tally.approvers)}; runs at {utc_time(row.run_at)} "
             f"(the {row.policy} policy's delay or the server's maintenance window). "
@@ -78,7 +104,7 @@ def render(
     lines.append(
         f"Approved by: {people(tally.approvers)} · Rejected by: "
         f"{people(tally.rejecters)}"
-        + (f" · Still needed: {tally.needed}" if state is State.OPEN else "")
+        + (f" · Still needed: {tally.needed}" if state is State.OPEN and policy.required else "")
     )
     if tally.ignored:
         lines.append("Not counted: " + ", ".join(f"{u} ({why})" for u, why in tally.ignored))

@@ -11,13 +11,12 @@ is held, still open, until the next window start: the gate's delay mechanism
 room is told when it will run. A proposal made with `--now` skips the window; the
 command allows `--now` only where the policy has break_glass.
 
-Scheduled auto-patches outside the window are queued here (`defer`, in the store) and
-run by `run_due` once the window opens.
+A scheduled auto-patch outside the window is posted as a proposal approved already and
+held the same way (bot/core/autopatch.py), so a 👎 cancels it too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 WINDOWED = frozenset({"upgrade"})  # the commands a window holds
 NOW_FLAG = "--now"
-QUEUE_KEY = "windows.queued"  # auto-patches waiting for their window (kv, JSON)
 ServerOf = Callable[[str], Awaitable[str | None]]  # app domain -> its server
 
 
@@ -83,6 +81,9 @@ class Windows:
         self.server_of = server_of
         self.commands = WINDOWED  # the commands it holds (tests hold their own)
         self._zone, self._clock = zone, clock
+        # Proposals `run_at` found held by a window, told once the gate keeps them held
+        # (`announce`): a 👎 in the deciding tally rejects them, and then no 🕑 note.
+        self._holding: dict[str, str] = {}  # proposal id -> its server
 
     def window(self, server: str | None) -> str | None:
         found = self._config.servers.get(server or "")
@@ -132,17 +133,26 @@ class Windows:
         if opens >= row.expires_at:
             self._store.set_proposal_expires_at(row.id, opens + 3600)
         if row.run_at is None or abs(row.run_at - opens) > 1:
-            self._store.audit(
-                row.requester,
-                "window",
-                f"{row.id}: {row.text}; held for {self.describe(server, now)}",
-                app=row.app,
-                room_id=row.room_id,
-            )
-            await self._chat.send(
-                row.room_id, self.hold_note(row, opens, server), thread_root=row.thread_root
-            )
+            self._holding[row.id] = server
         return opens
+
+    async def announce(self, row: ProposalRow, run_at: float) -> None:
+        """The gate holds the approved proposal to `run_at`: if a window holds it,
+        audit it and tell the room when it runs (after the deciding tally, so a
+        proposal a 👎 rejects in the same count gets no 🕑 note)."""
+        server = self._holding.pop(row.id, None)
+        if server is None:
+            return  # held by its policy's delay alone
+        self._store.audit(
+            row.requester,
+            "window",
+            f"{row.id}: {row.text}; held for {self.describe(server, self._clock())}",
+            app=row.app,
+            room_id=row.room_id,
+        )
+        await self._chat.send(
+            row.room_id, self.hold_note(row, run_at, server), thread_root=row.thread_root
+        )
 
     def hold_note(self, row: ProposalRow, run_at: float, server: str) -> str:
         return (
@@ -150,33 +160,3 @@ class Windows:
             f"{self.describe(server, self._clock())} and runs at **{utc_time(run_at)}**. "
             "An eligible 👎 until then cancels it."
         )
-
-    # -- auto-patches the scheduler found outside the window -----------------------
-    def defer(self, command: str, run_at: float) -> bool:
-        """Queue a scheduled command (`upgrade app version`) for `run_at`; False if
-        it is queued already."""
-        queued: list[list[object]] = self._store.get_json(QUEUE_KEY) or []
-        if any(item[0] == command for item in queued):
-            return False
-        queued.append([command, run_at])
-        self._store.put_json(QUEUE_KEY, queued)
-        return True
-
-    def queued(self) -> list[tuple[str, float]]:
-        return [(str(c), float(str(t))) for c, t in self._store.get_json(QUEUE_KEY) or []]
-
-    async def run_due(self, run: Callable[[str], Awaitable[object]], interval: float = 30) -> None:
-        """Run the queued commands whose time came (the scheduler's identity runs
-        them, through the dispatcher, which checks the window again)."""
-        while True:
-            now = self._clock()
-            due = [(c, t) for c, t in self.queued() if t <= now]
-            if due:
-                rest = [[c, t] for c, t in self.queued() if t > now]
-                self._store.put_json(QUEUE_KEY, rest)
-                for command, _ in due:
-                    try:
-                        await run(command)
-                    except Exception:
-                        log.exception("queued %s failed to start", command)
-            await asyncio.sleep(interval)

@@ -2,12 +2,12 @@
 """Maintenance windows (bot/core/windows.py): the crontab reading, when a held proposal
 runs, and through the real Bot's gate (FakeChat, injected clock): an approved
 windowed command outside the window waits for its start (past its expiry), the room
-is told when, a 👎 meanwhile cancels it, `--now` skips the window; a queued
-auto-patch runs when its time comes; `!upgrade --now` needs break-glass."""
+is told when, a 👎 meanwhile cancels it, `--now` skips the window;
+`!upgrade --now` needs break-glass (auto-patches held to the window:
+test_autopatch.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from bot.app import Bot
 from bot.core.approvals import State
 from bot.core.records import ProposalRow, StoredPlan
 from bot.core.windows import delayed, inside, next_start
-from tests.unit.helpers import ADMIN, OPERATOR, BotFactory, chat_of, drain
+from tests.unit.helpers import ADMIN, OPERATOR, BotFactory, drain
 from tests.unit.test_gate import (  # noqa: F401 (the fixtures: clock, risky, room, make_room)
     APP,
     OP1,
@@ -191,30 +191,6 @@ async def test_without_windows_the_delay_alone_holds(make_room: Any, risky: Risk
     assert room.row(proposal).run_at == T0 + 600
 
 
-async def test_queued_commands_run_when_due(make_room: Any) -> None:
-    room = windowed_room(make_room)
-    windows = room.bot.services.windows
-    assert windows is not None
-    assert windows.defer("upgrade cloud.test 1.0.1+1", OPENS)
-    assert not windows.defer("upgrade cloud.test 1.0.1+1", OPENS)  # once
-    ran: list[str] = []
-
-    async def run(command: str) -> None:
-        ran.append(command)
-
-    task = asyncio.create_task(windows.run_due(run, interval=0.01))
-    await asyncio.sleep(0.05)
-    assert ran == []
-    room.clock.now = OPENS
-    for _ in range(100):
-        if ran:
-            break
-        await asyncio.sleep(0.01)
-    task.cancel()
-    assert ran == ["upgrade cloud.test 1.0.1+1"]
-    assert windows.queued() == []
-
-
 # -- the upgrade command: --now and queued auto-patches ------------------------------------
 
 
@@ -252,23 +228,3 @@ async def test_upgrade_now_needs_break_glass_an_admin_and_a_reason(
     assert "Proposal" in asked
     assert f"⚡ **--now** (break-glass, by {ADMIN})" in asked
     assert site.apps.deploys == []
-
-
-async def test_an_auto_patch_outside_the_window_is_queued(
-    tmp_path: Path, make_bot: BotFactory
-) -> None:
-    bot, site = upgrade_bot(tmp_path, make_bot, upgrades={"auto_patch": True})
-    windows = bot.services.windows
-    assert windows is not None
-    windows._clock = lambda: T0  # 22:13 UTC, outside 02:00-04:59
-    await bot.dispatcher.run_scheduled("upgrade a.test 1.0.1+1.0")
-    await drain(bot)
-    text = chat_of(bot).texts()[-1]
-    assert "Not upgraded now: a.test is outside the maintenance window" in text
-    assert "The auto-patch is queued for then." in text
-    assert windows.queued() == [("upgrade a.test 1.0.1+1.0", OPENS)]
-    assert site.apps.deploys == []
-    windows._clock = lambda: OPENS + 60  # inside: the queued run goes ahead
-    await bot.dispatcher.run_scheduled("upgrade a.test 1.0.1+1.0")
-    await drain(bot)
-    assert site.apps.deploys == [("a.test", "1.0.1+1.0", "upgrade")]
