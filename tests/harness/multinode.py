@@ -119,7 +119,7 @@ class Node(Dockerd):
                 start_new_session=True,
             )
         deadline = t0 + timeout
-        while self.cli("info", "--format", "{{.ID}}", check=False, timeout=10).returncode:
+        while not self._answers():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited {self.proc.returncode}:\n{self._log_tail()}")
             if time.monotonic() > deadline:
@@ -138,6 +138,14 @@ class Node(Dockerd):
             "--opt=com.docker.network.bridge.enable_ip_masquerade=false",
             "docker_gwbridge",
         )
+
+    def _answers(self) -> bool:
+        """Whether the daemon answers `docker info`; one that accepts the connection but
+        is still loading its swarm state (a revive on a busy machine) is asked again."""
+        try:
+            return not self.cli("info", "--format", "{{.ID}}", check=False, timeout=10).returncode
+        except subprocess.TimeoutExpired:
+            return False
 
     def kill(self) -> None:
         """Kill the node at once (dockerd, containerd, shims, containers), as a machine

@@ -328,7 +328,8 @@ class ConvergenceWatch:
             self._converged_since = None
         if now - self.start >= self.timeout:
             waiting = describe_pending(services, tasks, after_rollback=accepted, down=down)
-            head = f"not converged after {self.timeout:g}s"
+            # Rounded: a budget carried over from an earlier wait is 39.9999 s.
+            head = f"not converged after {round(self.timeout, 1):g}s"
             return news, Convergence(False, False, [head, *waiting, *self._seen], services)
         return news, None
 
