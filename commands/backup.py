@@ -323,7 +323,8 @@ async def _restore_plan(ctx: CommandContext) -> Plan:
 
 @group.command(
     "restore",
-    help="Restore an app's volumes from a snapshot (default: the newest); the app is "
+    help="Restore an app's volumes from a snapshot (default: the newest good one, not a "
+    "suspect or incomplete one); the app is "
     "stopped meanwhile. Needs a vote.",
     args=(
         Arg("app", "the app's domain", type=check_domain),

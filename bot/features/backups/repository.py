@@ -19,6 +19,7 @@ from bot.core.store import Store
 from bot.errors import UserError
 from bot.features.backups import health
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, Targets
+from bot.fmt import utc_time
 from bot.ops.abra import AppEnv
 from bot.ops.dotenv import as_dict, read_file
 from bot.ops.restic import Restic, ResticError, Snapshot
@@ -29,6 +30,17 @@ log = logging.getLogger(__name__)
 def _listed(snap: Snapshot, ids: set[str]) -> bool:
     # restic 0.14 reports short ids, later ones full ids: compare prefixes.
     return any(snap.id.startswith(i) or i.startswith(snap.id) for i in ids)
+
+
+def skipped_note(app: str, skipped: list[tuple[Snapshot, str]], prefix: str = "!") -> str:
+    """A restore plan's line on the newer snapshots `pick_snapshot` passed over."""
+    listed = ", ".join(f"`{s.short_id}` ({utc_time(s.time)}, {why})" for s, why in skipped[:5])
+    listed += f" and {len(skipped) - 5} older" if len(skipped) > 5 else ""
+    newest = skipped[0][0].short_id
+    return (
+        f"⚠ Newer snapshots were skipped, as not good: {listed}. To restore one of them "
+        f"anyway, name it: `{prefix}restore {app} {newest}`."
+    )
 
 
 @dataclass(frozen=True)
@@ -162,17 +174,40 @@ class Repository(Targets):
     async def find_snapshot(
         self, env: AppEnv, snapshot_id: str | None, prefix: str = "!"
     ) -> Snapshot:
-        """The app's snapshot with this id (or short id), or its newest. A snapshot of
-        another app is refused: restoring it would mix apps' data. `prefix`: the
-        command prefix, for the hint."""
+        """The app's snapshot with this id (or short id), or its newest good one."""
+        return (await self.pick_snapshot(env, snapshot_id, prefix))[0]
+
+    async def pick_snapshot(
+        self, env: AppEnv, snapshot_id: str | None, prefix: str = "!"
+    ) -> tuple[Snapshot, list[tuple[Snapshot, str]]]:
+        """The app's snapshot with this id (or short id), or its newest good one, with
+        the newer snapshots skipped for it (suspect: empty or shrunk, health.py; or
+        incomplete) and why: restoring "the newest" must not put an empty dump back.
+        A snapshot of another app is refused: restoring it would mix apps' data.
+        `prefix`: the command prefix, for the hints."""
         found = await self.snapshots(env)
         if not found:
             raise UserError(f"{env.domain} has no snapshots in {self.restic.display}.")
         if snapshot_id is None:
-            return found[-1]
+            unsound = {
+                str(row["snapshot_id"]): str(row["result"])
+                for row in self.store.backups(env.domain, limit=500)
+                if row["result"] in (PARTIAL, health.SUSPECT) and row["snapshot_id"]
+            }
+            skipped: list[tuple[Snapshot, str]] = []
+            for snap in reversed(found):  # newest first
+                why = next((r for i, r in unsound.items() if _listed(snap, {i})), None)
+                if why is None:
+                    return snap, skipped
+                skipped.append((snap, "incomplete" if why == PARTIAL else why))
+            raise UserError(
+                f"{env.domain} has no good snapshot: each one is suspect (empty or shrunk) "
+                f"or incomplete. Name the one to restore: `{prefix}snapshots {env.domain}` "
+                "lists them."
+            )
         for snap in found:
             if snap.id.startswith(snapshot_id) and len(snapshot_id) >= 4:
-                return snap
+                return snap, []  # named: taken as asked, suspect or not
         raise UserError(
             f"No snapshot `{snapshot_id[:64]}` of {env.domain}; `{prefix}snapshots "
             f"{env.domain}` lists them."

@@ -21,7 +21,7 @@ from bot.errors import StalePlan, UserError
 from bot.faults import fault_point
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.remote import Remote
-from bot.features.backups.repository import snapshot_tag
+from bot.features.backups.repository import skipped_note, snapshot_tag
 from bot.features.backups.resume import save_checkpoint
 from bot.features.backups.targets import Location, tree_totals
 from bot.fmt import human_bytes, utc_time
@@ -99,7 +99,7 @@ class Restores(Remote):
         """(snapshot, paths replaced, the plan as Markdown). `look_inside`: a --path
         below one of the snapshot's own paths must exist in the snapshot (its listing
         is read), so a vote is never taken on a restore that cannot happen."""
-        snap = await self.find_snapshot(env, snapshot_id, prefix)
+        snap, skipped = await self.pick_snapshot(env, snapshot_id, prefix)
         scope = restore_scope(snap, self.config.volumes_root, env.stack_name, path)
         if look_inside and path is not None:
             await self._check_in_snapshot(snap, scope, path)
@@ -144,6 +144,8 @@ class Restores(Remote):
             f"The app's services ({running}) are scaled to 0 meanwhile and back afterwards; "
             "the current data is kept aside until the app runs again."
         )
+        if skipped:  # "the newest" is the newest good one: say what it passed over
+            lines.append(skipped_note(env.domain, skipped, prefix))
         return snap, scope, "\n".join(lines)
 
     async def restore(
@@ -302,6 +304,8 @@ class _RestoreRun:
             "aside": [str(d / f"{ASIDE_DIR}{self.token}") for d in dirs],
             "staging": [str(d / f"{RESTORE_DIR}{self.token}") for d in dirs],
         }
+        if self.where is not None and self.where.remote:  # those paths are on that node
+            state["node"] = {"id": self.where.node_id, "hostname": self.where.hostname}
         save_checkpoint(self.owner.store, self.env.domain, state if step else None)
 
     async def prepare(self) -> None:
