@@ -255,9 +255,12 @@ class FakeSwarm:
         secrets: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         on_line: Callable[[str], Awaitable[None]] | None = None,
+        timeout: float = 3600,  # noqa: ASYNC109 - as the real adapter's
+        poll: float = 1.0,
     ) -> OneOffResult:
         self.oneoffs.append(
             {
+                "timeout": timeout,
                 "purpose": purpose,
                 "node_id": node_id,
                 "image": image,

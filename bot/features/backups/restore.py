@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bot.errors import StalePlan, UserError
 from bot.faults import fault_point
@@ -293,7 +293,7 @@ class _RestoreRun:
         """What a restart after a crash needs (resume.py): None once the restore ended."""
         root = self.owner.config.volumes_root
         dirs = sorted({root / self.owner._volume_dir(d) for d in self.scope})
-        state = {
+        state: dict[str, Any] = {
             "step": step,
             "server": self.env.server,
             "stack": self.env.stack_name,

@@ -7,22 +7,31 @@ The process can die anywhere in between (a SIGKILL runs no `finally`), so after 
 restart that checkpoint is all there is. Scaling the app back to its counts is safe
 whatever step was reached, and leaving it at 0 is not, so the resume does that and
 says which data the app now runs on and where the rest is kept. Nothing is deleted.
+
+A restore on another node (remote.py) keeps its copies in the volume's folder there:
+the checkpoint names the node, the app is scaled back through the manager as on one
+node, and which copies are left is asked on that node (a one-off task, each volume's
+folder found through the node's own endpoint, mounted read-only). If the node cannot
+be asked (it is down, no endpoint), the copies are named as maybe there, on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 from pathlib import Path
 from typing import Any
 
 from bot.core.store import Store
 from bot.errors import UserError
+from bot.features.backups.remote import Remote
 from bot.features.backups.repository import Repository
-from bot.features.backups.targets import APP_TAG, Targets
+from bot.features.backups.targets import APP_TAG
 from bot.fmt import utc_time
 from bot.ops.restic import ResticError
+from bot.ops.swarm.oneoff import OneOffMount
 
 CHECKPOINT = "restore.checkpoint."  # store kv, + the app's domain; one restore per app
 
@@ -32,7 +41,7 @@ def save_checkpoint(store: Store, domain: str, state: dict[str, Any] | None) -> 
     store.put_json(CHECKPOINT + domain, state)
 
 
-async def resume_restore(owner: Targets, store: Store, domain: str, prefix: str) -> str | None:
+async def resume_restore(owner: Remote, store: Store, domain: str, prefix: str) -> str | None:
     """Scale an app a dead restore left stopped back up; the lines for the room, or
     None when no restore of it was in flight."""
     state = store.get_json(CHECKPOINT + domain)
@@ -52,7 +61,9 @@ async def resume_restore(owner: Targets, store: Store, domain: str, prefix: str)
             f"{', '.join(f'`{p}`' for p in rest)} its own; `{prefix}restore {domain} "
             f"{snapshot}` puts the whole snapshot in place"
         )
-    lines = [f"The restore had got to: {state['step']}."]
+    node = state.get("node")
+    on = f" (of its data on {node['hostname']})" if isinstance(node, dict) else ""
+    lines = [f"The restore{on} had got to: {state['step']}."]
     swarm = owner.apps.swarm(state["server"])
     try:
         await swarm.scale(state["stack"], replicas)
@@ -65,16 +76,63 @@ async def resume_restore(owner: Targets, store: Store, domain: str, prefix: str)
     else:
         running = "it runs again" if result.ok else "NOT running: " + "; ".join(result.failures[:3])
         lines.append(f"↩ The bot scaled {domain} back to {counts}: {running}, on {data}.")
-    for path in await asyncio.to_thread(_existing, state["staging"]):
-        lines.append(f"- a restored copy that was not swapped in is at `{path}`")
-    for path in await asyncio.to_thread(_existing, state["aside"]):
-        lines.append(f"- the data it replaced is kept at `{path}`")
+    staging, aside = state["staging"], state["aside"]
+    if isinstance(node, dict):
+        found, why = await _existing_on_node(owner, state["server"], node, [*staging, *aside])
+        there = f" on {node['hostname']}"
+    else:
+        found, why, there = await asyncio.to_thread(_existing, [*staging, *aside]), "", ""
+    maybe = "" if found is not None else " (maybe: it could not be asked)"
+    for path in staging:
+        if found is None or path in found:
+            lines.append(f"- a restored copy that was not swapped in is at `{path}`{there}{maybe}")
+    for path in aside:
+        if found is None or path in found:
+            lines.append(f"- the data it replaced is kept at `{path}`{there}{maybe}")
+    if why:
+        lines.append(f"⚠ The copies{there} could not be listed: {why}")
     save_checkpoint(store, domain, None)
     return "\n".join(lines)
 
 
 def _existing(paths: list[str]) -> list[str]:
     return [p for p in paths if Path(p).exists()]
+
+
+async def _existing_on_node(
+    owner: Remote, server: str, node: dict[str, str], paths: list[str]
+) -> tuple[list[str] | None, str]:
+    """Which of `paths` (under volumes_root, each in a volume's folder) exist on the
+    node: (the ones found, "") or (None, why it could not be told)."""
+    if not paths:
+        return [], ""
+    endpoint = owner.node_swarms.get(server, {}).get(node["hostname"])
+    if endpoint is None:
+        return None, f"servers.{server}.nodes names no docker endpoint for it"
+    image = owner.config.remote_image
+    if image is None:
+        return None, "backups.remote_image is not set"
+    root = owner.config.volumes_root
+    q = shlex.quote
+    try:
+        mounts = []
+        for volume in sorted({Path(p).relative_to(root).parts[0] for p in paths}):
+            folder = await endpoint.volume_dir(volume)
+            mounts.append(OneOffMount(folder, str(root / volume), read_only=True, bind=True))
+        script = "; ".join(f"[ ! -e {q(p)} ] || echo {q(p)}" for p in paths) + "; true"
+        result = await owner.apps.swarm(server).run_oneoff(
+            purpose="resume",
+            node_id=node["id"],
+            image=image,
+            command=["sh", "-c", script],
+            mounts=mounts,
+            timeout=120,
+        )
+    except (UserError, ValueError) as exc:  # SwarmError is a UserError
+        return None, str(exc)
+    if result.exit_code != 0:
+        return None, f"the listing task exited {result.exit_code}"
+    return [p for p in paths if p in result.stdout], ""
 
 
 async def backup_report(owner: Repository, domain: str, since: float, prefix: str) -> str:
