@@ -339,6 +339,8 @@ class FakeSwarm:
 
     async def exec(self, stack: str, service: str, command: str) -> tuple[int, str]:
         self.execs.append((service, command))
+        if self.unreachable:  # as the adapter says it: the socket's sentence
+            raise SwarmError(f"server unreachable: nothing answers at {self.unreachable}")
         return self.hooks.get(command, (0, ""))
 
     async def scale(self, stack: str, replicas: dict[str, int]) -> None:

@@ -4,6 +4,7 @@ refused before anything runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,36 @@ async def test_apps_grouped_by_the_node_of_their_data(remote: Remote) -> None:
     assert [[e.domain for e in g] for g in groups] == [["a.test", "c.test"], ["b.test"]]
     remote.swarm.node_list = NODES[:1]
     assert len(await remote.backups.by_node(envs)) == 1  # one node: one after another
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        (
+            "down",
+            "pre-hook in app could not run on node w1: its docker endpoint does not answer; "
+            "the manager says w1 is down. Once it is back (`!nodes` shows its state), "
+            "`!backup a.test` runs it again.",
+        ),
+        (
+            "ready",
+            "pre-hook in app could not run on node w1: its docker endpoint does not answer, "
+            "though the manager sees w1 ready: check servers.default.nodes.w1 "
+            "(`coopbot check` tests it), then `!backup a.test`.",
+        ),
+    ],
+)
+async def test_a_pre_hook_on_a_dead_node_endpoint_names_the_node(
+    tmp_path: Path, state: str, said: str
+) -> None:
+    site = Remote(tmp_path, hooks=True)
+    site.place(data_on("id-w1"))
+    site.swarm.node_list = [dataclasses.replace(n, state=state) if n.hostname == "w1" else n
+                            for n in NODES]  # fmt: skip
+    site.worker.unreachable = "unix:///run/w1/docker.sock"
+    with pytest.raises(UserError) as caught:
+        await site.backups.backup(env_of(), Sink(), "@bob:test")
+    assert said in str(caught.value)
+    assert "docker.sock" not in str(caught.value)  # the node, not the socket
+    assert site.swarm.oneoffs == []  # no restic without its pre-hook
+    site.store.close()

@@ -323,7 +323,17 @@ class _RestoreRun:
             if command:
                 await self._step(f"restore {which}-hook in {spec.service}")
                 swarm = self.owner.hook_swarm_for(self.env, self.where)
-                await run_hook(swarm, self.env, spec.service, command, f"restore {which}-hook")
+                where = self.where
+                await run_hook(
+                    swarm,
+                    self.env,
+                    spec.service,
+                    command,
+                    f"restore {which}-hook",
+                    node=where.hostname if where is not None and where.remote else None,
+                    manager=self.swarm,
+                    again=f"{self.prefix}restore {self.env.domain} {self.snap.short_id}",
+                )
                 self.done.append(f"✅ restore {which}-hook in {spec.service}")
 
     async def stop_swap_and_start(

@@ -140,6 +140,16 @@ class Runs(Remote):
     ) -> BackupOutcome:
         env = target.env
         swarm = self.hook_swarm(target)  # the node's own daemon when the data is elsewhere
+        where = target.location
+        node = where.hostname if where is not None and where.remote else None
+
+        async def hook(service: str, command: str, what: str) -> int:
+            # A dead node endpoint is named as the node, with what to do next.
+            manager, prefix = self.apps.swarm(env.server), self.apps.prefix
+            return await run_hook(
+                swarm, env, service, command, what, node=node, manager=manager, prefix=prefix
+            )
+
         title = f"💾 Backing up **{env.domain}**"
         started = time.time()
         hooks_failed: list[str] = []
@@ -149,7 +159,7 @@ class Runs(Remote):
             for spec in target.specs:
                 if spec.pre_hook:
                     await progress.update(f"{title}: pre-hook in {spec.service}")
-                    out = await run_hook(swarm, env, spec.service, spec.pre_hook, "pre-hook")
+                    out = await hook(spec.service, spec.pre_hook, "pre-hook")
                     hook_bytes = (hook_bytes or 0) + out
             fault_point("backup.pre_hooks_done")
 
@@ -172,7 +182,7 @@ class Runs(Remote):
             for spec in target.specs:
                 if spec.post_hook:
                     try:
-                        await run_hook(swarm, env, spec.service, spec.post_hook, "post-hook")
+                        await hook(spec.service, spec.post_hook, "post-hook")
                     except UserError as e:
                         hooks_failed.append(str(e))
         warnings = [*target.warnings, *summary.warnings, *hooks_failed]
