@@ -23,7 +23,7 @@ from bot.core.metrics import Metrics
 from bot.core.records import JobState
 from bot.core.store import Store
 from bot.errors import StalePlan, UserError
-from bot.fmt import human_age
+from bot.fmt import code, human_age
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class JobManager:
         self._reauthorise = reauthorise
         self._jobs: dict[int, Job] = {}
         self.locks = AppLocks()
-        self._holders: dict[str, Job] = {}
+        # Who works on an app, as the waiting job's message names it: a job, or the
+        # crash recovery finishing one (app_lock with a holder).
+        self._holders: dict[str, str] = {}
 
     def start(self, ctx: CommandContext) -> Job:
         spec = ctx.spec
@@ -123,10 +125,28 @@ class JobManager:
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}-{spec.name}")
         return job
 
-    def app_lock(self, app: str) -> AbstractAsyncContextManager[None]:
+    def app_lock(self, app: str, holder: str | None = None) -> AbstractAsyncContextManager[None]:
         """The lock jobs on `app` take, for code that works on several apps in one
-        job (each app's lock in turn, never two at once but in sorted order)."""
-        return self.locks.app(app)
+        job (each app's lock in turn, never two at once but in sorted order), and for
+        the crash recovery finishing an interrupted job. With `holder`, a job that
+        waits for it says what it waits for."""
+        return self._held(app, holder)
+
+    @asynccontextmanager
+    async def _held(self, app: str, holder: str | None) -> AsyncIterator[None]:
+        await self.locks.acquire(app)
+        before = self._holders.get(app)
+        if holder is not None:
+            self._holders[app] = holder
+        try:
+            yield
+        finally:
+            if holder is not None:
+                if before is None:
+                    self._holders.pop(app, None)
+                else:
+                    self._holders[app] = before
+            self.locks.release(app)
 
     def get(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)
@@ -158,10 +178,7 @@ class JobManager:
             if job.app is not None:
                 holder = self._holders.get(job.app)
                 if self.locks.locked(job.app) and holder is not None:
-                    await ctx.reply(
-                        f"⏳ Job #{job.id} waits: job #{holder.id} (`{holder.text}`) "
-                        f"is working on {job.app}."
-                    )
+                    await ctx.reply(f"⏳ Job #{job.id} waits: {holder} is working on {job.app}.")
                 try:
                     async with asyncio.timeout(self._config.lock_wait):
                         await self.locks.acquire(job.app)
@@ -171,7 +188,7 @@ class JobManager:
                         f"{job.app} to be free; nothing was done."
                     ) from None
                 acquired = True
-                self._holders[job.app] = job
+                self._holders[job.app] = _holder(job)
             # The member's role, and the app, may have changed while the job waited.
             await self._reauthorise(ctx)
             await ctx.recheck()
@@ -211,7 +228,7 @@ class JobManager:
         finally:
             await _shielded(self._tell_the_end(job, state, result))
             if acquired and job.app is not None:
-                if self._holders.get(job.app) is job:
+                if self._holders.get(job.app) == _holder(job):
                     self._holders.pop(job.app, None)
                 self.locks.release(job.app)
             ctx.close()
@@ -272,6 +289,11 @@ class JobManager:
             "the bot's log has the details."
         )
         return f"incident {incident}"
+
+
+def _holder(job: Job) -> str:
+    """A job as a waiting job's message names it (member text inert, as code)."""
+    return f"job #{job.id} ({code(job.text)})"
 
 
 async def _shielded(coro: Awaitable[object]) -> None:

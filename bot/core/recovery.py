@@ -13,6 +13,7 @@ a person, who now has the facts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -47,13 +48,33 @@ async def tell_interrupted(
     the message is edited with how that ended."""
     if not jobs:
         return
-    while not await ready():  # noqa: ASYNC110 (a predicate, not an event)
-        await asyncio.sleep(0.2)
-    for job in jobs:
-        try:
-            await _tell(job, services)
-        except Exception:
-            log.exception("could not tell the room about interrupted job #%s", job.id)
+    async with contextlib.AsyncExitStack() as all_held:
+        # Each app whose job is finished here is locked before the chat can deliver
+        # a command (a free lock is taken without waiting): a member's job on it
+        # waits, saying for what, instead of interleaving with the finishing work.
+        held: dict[str, contextlib.AsyncExitStack] = {}
+        last: dict[str, int] = {}  # the last job finished per app: its lock is freed then
+        for job in jobs:
+            if job.app is not None and _finishing(job, services) is not None:
+                last[job.app] = job.id
+                if job.app not in held:
+                    held[job.app] = await all_held.enter_async_context(contextlib.AsyncExitStack())
+                    lock = services.jobs.app_lock(job.app, holder=_holder(job))
+                    await held[job.app].enter_async_context(lock)
+        while not await ready():  # noqa: ASYNC110 (a predicate, not an event)
+            await asyncio.sleep(0.2)
+        for job in jobs:
+            try:
+                await _tell(job, services)
+            except Exception:
+                log.exception("could not tell the room about interrupted job #%s", job.id)
+            finally:
+                if job.app is not None and last.get(job.app) == job.id:
+                    await held.pop(job.app).aclose()  # the app is free for the next job
+
+
+def _holder(job: JobRow) -> str:
+    return f"the bot finishing interrupted job #{job.id} ({code(job.text)})"
 
 
 async def _tell(job: JobRow, services: Services) -> None:

@@ -3,6 +3,7 @@ to their rooms with what the bot finds now (bot/core/recovery.py, bot/app.py).""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,14 @@ from typing import Any
 import pytest
 
 from bot.app import hold_data_dir
+from bot.core.records import JobState
 from bot.core.recovery import tell_interrupted
 from bot.errors import AlreadyRunning
 from bot.ops.abra import AppEnv
+from bot.ops.swarm import Convergence
 from tests.fakes import FakeApps, FakeSwarm, swap_services
-from tests.unit.helpers import OPERATOR, ROOM, BotFactory, chat_of
+from tests.unit.helpers import OPERATOR, ROOM, BotFactory, chat_of, drain, message, until
+from tests.unit.test_jobs import Work
 from tests.unit.test_upgrades import service
 
 
@@ -70,3 +74,63 @@ async def test_an_interrupted_job_is_told_with_the_app_as_it_is_now(
     assert deploy.notify
     assert deploy.mentions == (OPERATOR,)
     assert "send `!ping` again" in told["$ping"].markdown
+
+
+class _SlowSwarm(FakeSwarm):
+    """Convergence the test lets happen: the recovery's wait lasts until `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = False
+
+    async def wait_converged(self, stack: str, timeout: float) -> Convergence:  # noqa: ASYNC109
+        self.waiting = True
+        await self.release.wait()
+        return await super().wait_converged(stack, timeout)
+
+
+async def test_recovery_holds_the_app_lock_while_it_finishes_a_deploy(
+    make_bot: BotFactory,
+) -> None:
+    work = Work()
+    bot = make_bot(work.group)
+    swarm = _SlowSwarm()
+    swarm.stacks_of["cloud_test"] = [service("cloud_test", "1.1.0+1.0")]
+    env = AppEnv(
+        "cloud.test", "default", Path("/abra/servers/default/cloud.test.env"), "demo", None, {}
+    )
+    swap_services(bot.services, apps=FakeApps({"default": swarm}, envs=[env]))
+    job_id = bot.store.add_job(
+        "deploy", "!deploy cloud.test 1.1.0+1.0", "cloud.test", OPERATOR, ROOM, "$ask"
+    )
+    bot.store.set_job_state(job_id, JobState.RUNNING)  # killed while it converged
+    jobs = bot.store.interrupt_unfinished_jobs()
+    chat_ready = asyncio.Event()
+
+    async def ready() -> bool:
+        return chat_ready.is_set()
+
+    recovery = asyncio.create_task(tell_interrupted(jobs, bot.services, ready))
+    await asyncio.sleep(0.01)
+    # A command that arrives before the room was told already waits for the recovery.
+    member = message("!work cloud.test b", OPERATOR)
+    await bot.dispatcher.handle(member)
+    await until(lambda: chat_of(bot).replies_to(member.event_id))
+    assert chat_of(bot).replies_to(member.event_id) == [
+        f"⏳ Job #{job_id + 1} waits: the bot finishing interrupted job #{job_id} "
+        "(`!deploy cloud.test 1.1.0+1.0`) is working on cloud.test."
+    ]
+    chat_ready.set()
+    await until(lambda: swarm.waiting)
+    await asyncio.sleep(0.01)
+    assert work.calls == []  # not interleaved with the wait for convergence
+    swarm.release.set()
+    await recovery
+    await until(lambda: ("start", "b") in work.calls)
+    (told,) = [s for s in chat_of(bot).sent if s.reply_to == "$ask"]
+    assert "converged and runs 1.1.0+1.0" in chat_of(bot).shown(told.event_id)
+    work.gates["b"].set()
+    await drain(bot)
+    assert work.calls == [("start", "b"), ("end", "b")]
+    assert not bot.services.jobs.active()
