@@ -113,7 +113,7 @@ def _finishing(job: JobRow, services: Services) -> tuple[str, Callable[[], Await
     if job.command in DEPLOYS:
         return (
             f"⏳ Waiting for {job.app} to converge, as the job would have…",
-            partial(resume_deploy, services.apps, job.app),
+            partial(resume_deploy, services.apps, services.store, job.app, job.id),
         )
     if job.command == "backup" and services.backups is not None:
         return (

@@ -29,8 +29,9 @@ from bot.core.chat import Chat
 from bot.core.records import JobRow, JobState
 from bot.core.store import Store
 from bot.errors import UserError
+from bot.features.deploy_record import DeployCheckpoint, record_outcome
 from bot.fmt import code
-from bot.ops.abra import AppEnv, set_pinned_version
+from bot.ops.abra import AppEnv
 from bot.ops.swarm import Convergence, SwarmError
 
 log = logging.getLogger(__name__)
@@ -222,23 +223,18 @@ class SelfApp:
             text, ok = _report(pending, deployed, result)
             # What the old bot's deploy step would have recorded, had it lived to see it:
             # the history (!rollback's "previous") and the .env's pinned version.
-            self._store.add_deploy(
-                env.domain,
-                pending.target,
-                pending.actor,
-                "ok" if ok else "failed",
-                server=env.server,
-                previous_version=pending.previous,
-                job_id=pending.job_id,
-                detail=None if ok else text,
-            )
-            if ok:
-                try:
-                    await asyncio.to_thread(
-                        set_pinned_version, env.path, env.recipe, pending.target
-                    )
-                except OSError as exc:  # the report matters more than the pin
-                    log.warning("could not pin %s to %s: %s", env.domain, pending.target, exc)
+            # (bot/features/deploy_record.py: the one function the deploy step calls.)
+            try:
+                await record_outcome(
+                    self._store,
+                    env,
+                    DeployCheckpoint(pending.target, pending.previous, pending.actor),
+                    ok,
+                    job_id=pending.job_id,
+                    detail=None if ok else text,
+                )
+            except OSError as exc:  # the report matters more than the pin
+                log.warning("could not pin %s to %s: %s", env.domain, pending.target, exc)
         state = JobState.DONE if ok else JobState.FAILED
         if pending.job_id is not None:
             self._store.set_job_state(pending.job_id, state, text.splitlines()[0])

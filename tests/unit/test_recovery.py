@@ -14,6 +14,7 @@ from bot.app import hold_data_dir
 from bot.core.records import JobState
 from bot.core.recovery import tell_interrupted
 from bot.errors import AlreadyRunning
+from bot.features.deploy_record import DeployCheckpoint, save_checkpoint
 from bot.ops.abra import AppEnv
 from bot.ops.swarm import Convergence
 from tests.fakes import FakeApps, FakeSwarm, swap_services
@@ -134,3 +135,47 @@ async def test_recovery_holds_the_app_lock_while_it_finishes_a_deploy(
     await drain(bot)
     assert work.calls == [("start", "b"), ("end", "b")]
     assert not bot.services.jobs.active()
+
+
+@pytest.mark.parametrize(
+    ("runs", "recorded"),
+    [
+        ("1.1.0+1.0", True),  # killed after `docker stack deploy`: swarm carried it on
+        ("1.0.0+1.0", False),  # killed just before the CLI ran: nothing was deployed
+    ],
+)
+async def test_a_resumed_deploy_that_converged_writes_the_history_and_the_pin(
+    make_bot: BotFactory, tmp_path: Path, runs: str, recorded: bool
+) -> None:
+    bot = make_bot()
+    path = tmp_path / "cloud.test.env"
+    path.write_text("TYPE=demo:1.0.0+1.0\nDOMAIN=cloud.test\n")
+    env = AppEnv("cloud.test", "default", path, "demo", "1.0.0+1.0", {})
+    swarm = FakeSwarm()
+    swarm.stacks_of["cloud_test"] = [service("cloud_test", runs)]
+    swap_services(bot.services, apps=FakeApps({"default": swarm}, envs=[env]))
+    job_id = bot.store.add_job(
+        "upgrade", "!upgrade cloud.test", "cloud.test", OPERATOR, ROOM, "$ask"
+    )
+    bot.store.set_job_state(job_id, JobState.RUNNING)
+    save_checkpoint(bot.store, job_id, DeployCheckpoint("1.1.0+1.0", "1.0.0+1.0", OPERATOR))
+    await tell_interrupted(bot.store.interrupt_unfinished_jobs(), bot.services, _always)
+
+    (told,) = [s for s in chat_of(bot).sent if s.reply_to == "$ask"]
+    shown = chat_of(bot).shown(told.event_id)
+    history = bot.store.deploys("cloud.test")
+    if recorded:
+        assert "cloud.test's .env pins 1.1.0+1.0" in shown, shown
+        (row,) = history
+        assert (row["version"], row["previous_version"], row["result"], row["job_id"]) == (
+            "1.1.0+1.0",
+            "1.0.0+1.0",
+            "ok",
+            job_id,
+        )
+        assert row["actor"] == OPERATOR
+        assert path.read_text().splitlines()[0] == "TYPE=demo:1.1.0+1.0"
+    else:
+        assert "deploy history" not in shown, shown
+        assert history == []
+        assert path.read_text().splitlines()[0] == "TYPE=demo:1.0.0+1.0"

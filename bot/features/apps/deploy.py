@@ -27,9 +27,15 @@ from bot.features.apps.changes import diff, render_changes, target_specs
 from bot.features.apps.inventory import Deployed, Inventory
 from bot.features.apps.outages import wait_through_outages
 from bot.features.apps.secrets import environment
+from bot.features.deploy_record import (
+    DeployCheckpoint,
+    record_converged,
+    record_deploy,
+    save_checkpoint,
+)
 from bot.features.self_app import SelfApp
 from bot.labels import chaos_label, timeout_label, version_label
-from bot.ops.abra import AppEnv, set_pinned_version
+from bot.ops.abra import AppEnv
 from bot.ops.recipes import RecipeRepo, parse_version
 from bot.ops.swarm import Convergence, ServiceInfo, Swarm, SwarmError, stack_parts, stack_specs
 from bot.ops.swarm.convergence import NODE_DOWN
@@ -120,6 +126,10 @@ class Apps(Inventory):
             await self._show_plan(run, repo)
             if self.self_app is not None:  # the stack deploy may restart this very bot
                 await self.self_app.before_deploy(app, target, current.version, actor, job_id)
+            # What the next start needs to record this deploy if the bot dies meanwhile.
+            save_checkpoint(
+                self._store, job_id, DeployCheckpoint(target, current.version, actor, chaos)
+            )
             await self._stack_deploy(run, files, env, tree)
         result = await self._converge(run, progress)
         if result.ok:
@@ -256,9 +266,15 @@ class Apps(Inventory):
     ) -> str:
         app = run.app
         await run.steps.done(f"Converged: {self._replicas(result.services)}")
-        self._record(app, run.target, run.current, actor, "ok", run.chaos, job_id)
-        if not run.chaos:
-            await asyncio.to_thread(set_pinned_version, app.path, app.recipe, run.target)
+        await record_converged(
+            self._store,
+            app,
+            run.target,
+            run.current.version,
+            actor,
+            chaos=run.chaos,
+            job_id=job_id,
+        )
         return run.steps.render() + f"\n\n✅ {app.domain} runs {run.target}."
 
     async def _roll_back(self, run: _Deploy, result: Convergence) -> str:
@@ -418,19 +434,16 @@ class Apps(Inventory):
         job_id: int | None,
         detail: str | None = None,
     ) -> None:
-        self._store.add_deploy(
-            app.domain,
+        record_deploy(
+            self._store,
+            app,
             version,
+            current.version,
             actor,
             result,
-            server=app.server,
-            previous_version=current.version,
             chaos=chaos,
             job_id=job_id,
             detail=detail,
-        )
-        self._store.audit(
-            actor, f"deploy.{result}", f"{version} (was {current.version})", app=app.domain
         )
 
     # -- undeploy ----------------------------------------------------------------------
