@@ -438,7 +438,8 @@ async def test_scheduled_backup_drill_and_age_alert(site: Site) -> None:
 
 
 # Backups that hold data (bot/features/backups/health.py): an emptied volume makes the
-# next backup suspect, and retention keeps the snapshot before it until it is accepted.
+# next backup suspect, and retention keeps the snapshot before it until it is accepted;
+# `!restore` meanwhile takes that good snapshot, not the newest (empty) one.
 async def test_an_emptied_volume_is_suspect_and_holds_retention(site: Site) -> None:
     coop = site.coop
     first = await site.run(coop.bob, f"!backup {DOMAIN}", "snapshot `")
@@ -468,6 +469,20 @@ async def test_an_emptied_volume_is_suspect_and_holds_retention(site: Site) -> N
     assert "⏸ retention paused" in table, table
     assert "holds no files" in table or "dropped by" in table, table
     assert "KiB" in table.splitlines()[2].split("|")[5], table  # the repository size
+
+    # `!restore` without an id takes the newest GOOD snapshot, not the empty one, and
+    # says which it skipped and how to pick it; restored, the data is back.
+    (suspect,) = [s for s in await site.repo.snapshots() if s.id != good.id]
+    body = await coop.ask(coop.bob, f"!restore {DOMAIN}", "Proposal `")
+    assert f"from snapshot `{good.short_id}`" in body, body
+    assert f"Newer snapshots were skipped, as not good: `{suspect.short_id}`" in body, body
+    assert f"`!restore {DOMAIN} {suspect.short_id}`" in body, body
+    proposal = re.search(r"Proposal `(\w+)`", body)
+    assert proposal, body
+    await coop.ask(coop.alice, f"!approve {proposal.group(1)}", "Counted")
+    await site.said(f"restored from `{good.short_id}`", timeout=180)
+    assert (data / "a.txt").read_text() == "alpha\n"
+    assert (data / "sub" / "b.bin").stat().st_size == 300_000
 
     # A viewer may not accept; an operator does, and retention resumes.
     refused = await coop.ask(coop.carol, f"!backup accept {DOMAIN}", "operator")
