@@ -439,6 +439,11 @@ class BackupsConfig(_Section):
     # An image with restic and sh (the bot's own), run as a one-off task on the node
     # that holds an app's volumes when that is not the bot's node; None: refused.
     remote_image: str | None = None
+    # How many apps of one node `!backup all` backs up at once (each node's apps run
+    # beside the other nodes' anyway). restic's backup locks are shared, and much of a
+    # small app's backup is restic's start-up and key derivation (CPU): more than the
+    # cores gains nothing.
+    parallel: Annotated[int, Field(ge=1, le=16)] = 2
 
     @field_validator("password_file", "env_file", mode="after")
     @classmethod

@@ -152,8 +152,8 @@ async def backup_all(ctx: CommandContext) -> None:
     failed: list[str] = []
     suspect: list[str] = []  # looks empty or shrunk: its retention waits for a person
 
-    async def one_after_another(group: list[AppEnv]) -> None:
-        for env in group:
+    async def one(env: AppEnv, limit: asyncio.Semaphore) -> None:
+        async with limit:
             sink = _Prefixed(ctx, f"[{envs.index(env) + 1}/{len(envs)}] ")
             try:
                 # Each app's own lock in turn: never beside its restore, deploy or upgrade.
@@ -166,10 +166,13 @@ async def backup_all(ctx: CommandContext) -> None:
                 failed.append(env.domain)
                 reports[env.domain] = f"❌ **{env.domain}**: {e}"
 
-    # Apps whose data is on different nodes side by side (one group on a single node).
+    # Apps whose data is on different nodes side by side (one group on a single node),
+    # and up to backups.parallel apps of one node at once (still one snapshot each).
     async with asyncio.TaskGroup() as tasks:
         for group in await backups.by_node(envs):
-            tasks.create_task(one_after_another(group))
+            limit = asyncio.Semaphore(backups.config.parallel)
+            for env in group:
+                tasks.create_task(one(env, limit))
     lines = [reports[env.domain] for env in envs]
     lines += [f"⚠️ {p}" for p in problems]
     retention_failed = False
