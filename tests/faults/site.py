@@ -11,8 +11,10 @@ process started again goes past it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import re
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -207,6 +209,19 @@ class FaultSite:
             return await swarm.services(stack_of(domain))
         finally:
             await swarm.close()
+
+    def deploys(self, domain: str) -> list[dict[str, Any]]:
+        """The bot's deploy history of the app, read from its store (read-only)."""
+        store = self.coop.data_dir / "coopbot.sqlite"
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM deploys WHERE app = ? ORDER BY id", (domain,))
+            return [dict(row) for row in rows]
+
+    def pinned(self, domain: str) -> str:
+        """The app's .env TYPE line (the version abra and the bot pin there)."""
+        env = self.abra / "servers" / "default" / f"{domain}.env"
+        return next(line for line in env.read_text().splitlines() if line.startswith("TYPE="))
 
     async def snapshots(self) -> list[Any]:
         if not (pathlib.Path(self.repo.repository) / "config").exists():

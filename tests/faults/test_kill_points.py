@@ -60,6 +60,21 @@ async def test_an_upgrade_killed_after_its_backup_or_while_converging(
     assert f"`!snapshots {domain}`" in told, told
     (snap,) = await site.snapshots()  # the backup first was made before the kill
     assert f"app={domain}" in snap.tags
+    if point == "deploy.converging":
+        # Written as the finished job would have: the history row and the .env pin.
+        assert f"{domain}'s .env pins 1.1.0+1.0" in told, told
+        (row,) = site.deploys(domain)
+        assert (row["version"], row["previous_version"], row["result"]) == (
+            "1.1.0+1.0",
+            "1.0.0+1.0",
+            "ok",
+        )
+        assert row["job_id"] is not None
+        assert site.pinned(domain) == "TYPE=demo:1.1.0+1.0"
+    else:  # killed before `docker stack deploy`: no deploy happened, none is recorded
+        assert "deploy history" not in told, told
+        assert site.deploys(domain) == []
+        assert site.pinned(domain) == "TYPE=demo"
 
 
 @pytest.mark.parametrize(
