@@ -345,10 +345,12 @@ class Bot:
             log.warning("which app this bot runs as: no answer in %.0f s", SELF_DETECT_TIMEOUT)
 
     async def _housekeeping(self) -> None:
-        """The seen-events table is pruned now and every few hours, not only at start:
-        a bot that runs for months must not grow it without end."""
+        """The seen-events table (and the kv keys of jobs finished long ago) is pruned
+        now and every few hours, not only at start: a bot that runs for months must
+        not grow it without end."""
         while True:
             self.store.forget_old_events()
+            self.store.forget_old_job_keys()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     @contextlib.asynccontextmanager

@@ -185,6 +185,18 @@ class Store(BackupHealthRows):
         cutoff = (now or time.time()) - SEEN_RETENTION_S
         self._db.execute("DELETE FROM seen_events WHERE seen_at < ?", (cutoff,))
 
+    def forget_old_job_keys(self, now: float | None = None) -> int:
+        """The kv keys of jobs (`job.<id>.…`: thread, deploy checkpoint) are only read
+        after a crash, for a job left open: those of jobs finished long ago go."""
+        cutoff = (now or time.time()) - SEEN_RETENTION_S
+        cursor = self._db.execute(
+            "DELETE FROM kv WHERE key LIKE 'job.%' AND CAST(substr(key, 5, "
+            "instr(substr(key, 5), '.') - 1) AS INTEGER) IN "
+            "(SELECT id FROM jobs WHERE finished_at < ?)",
+            (cutoff,),
+        )
+        return cursor.rowcount
+
     def room_joined_at(self, room_id: str) -> int | None:
         row = self._db.execute(
             "SELECT joined_at_ms FROM rooms WHERE room_id = ?", (room_id,)

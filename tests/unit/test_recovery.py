@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import hold_data_dir
-from bot.core.records import JobState
+from bot.core.records import JobState, job_thread_key
 from bot.core.recovery import tell_interrupted
+from bot.core.store import SEEN_RETENTION_S
 from bot.errors import AlreadyRunning
-from bot.features.deploy_record import DeployCheckpoint, save_checkpoint
+from bot.features.deploy_record import DeployCheckpoint, load_checkpoint, save_checkpoint
 from bot.ops.abra import AppEnv
 from bot.ops.swarm import Convergence
 from tests.fakes import FakeApps, FakeSwarm, swap_services
@@ -179,3 +181,27 @@ async def test_a_resumed_deploy_that_converged_writes_the_history_and_the_pin(
         assert "deploy history" not in shown, shown
         assert history == []
         assert path.read_text().splitlines()[0] == "TYPE=demo:1.0.0+1.0"
+
+
+def test_housekeeping_prunes_the_job_keys_of_jobs_finished_long_ago(
+    make_bot: BotFactory,
+) -> None:
+    store = make_bot().store
+    done = store.add_job("deploy", "!deploy a.test", "a.test", OPERATOR, ROOM, "$a")
+    store_open = store.add_job("deploy", "!deploy b.test", "b.test", OPERATOR, ROOM, "$b")
+    store.set_job_state(done, JobState.DONE, "ok")
+    store.set_job_state(store_open, JobState.RUNNING)
+    for job_id in (done, store_open):
+        store.put(job_thread_key(job_id), f"$thread{job_id}")
+        save_checkpoint(store, job_id, DeployCheckpoint("1.1.0", "1.0.0", OPERATOR))
+    store.put("jobs.other", "kept")  # not a job's key
+
+    assert store.forget_old_job_keys() == 0  # finished just now: still kept
+    later = time.time() + SEEN_RETENTION_S + 60
+    assert store.forget_old_job_keys(now=later) == 2
+    assert store.get(job_thread_key(done)) is None
+    assert load_checkpoint(store, done) is None
+    # A job still open keeps what a crash recovery reads.
+    assert store.get(job_thread_key(store_open)) == f"$thread{store_open}"
+    assert load_checkpoint(store, store_open) is not None
+    assert store.get("jobs.other") == "kept"
