@@ -22,12 +22,20 @@ from bot.core.context import Services
 from bot.core.records import JobRow, job_thread_key
 from bot.errors import UserError
 from bot.features.apps.resume import resume_deploy
-from bot.features.backups.resume import backup_report, resume_restore
+from bot.features.backups.resume import (
+    backup_all_report,
+    backup_report,
+    repository_report,
+    resume_restore,
+)
 from bot.fmt import code, utc_time
 
 log = logging.getLogger(__name__)
 
 DEPLOYS = ("deploy", "upgrade", "rollback")
+# `!backup`'s subcommand words: its job's "app" (its lock) then, not an app's domain.
+_REPOSITORY_WORDS = ("check", "drill", "prune")
+_BACKUP_WORDS = ("all", "accept", *_REPOSITORY_WORDS)
 
 # What was left half-done by a job of each kind, and what to check.
 _AFTERMATH = {
@@ -116,10 +124,16 @@ def _finishing(job: JobRow, services: Services) -> tuple[str, Callable[[], Await
             partial(resume_deploy, services.apps, services.store, job.app, job.id),
         )
     if job.command == "backup" and services.backups is not None:
-        return (
-            "⏳ Looking at the restic repository…",
-            partial(backup_report, services.backups, job.app, job.started_at, services.prefix),
-        )
+        backups, since, prefix = services.backups, job.started_at, services.prefix
+        if job.app == "all":
+            work = partial(backup_all_report, backups, since, prefix)
+        elif job.app in _REPOSITORY_WORDS:
+            work = partial(repository_report, backups, job.app, prefix)
+        elif job.app in _BACKUP_WORDS:
+            return None  # `backup accept` only writes the store: nothing was left half-done
+        else:
+            work = partial(backup_report, backups, job.app, since, prefix)
+        return ("⏳ Looking at the restic repository…", work)
     if job.command == "restore" and services.backups is not None:
         return (
             f"⏳ Looking at what the restore left of {job.app}…",
@@ -142,9 +156,9 @@ def _next(job: JobRow, services: Services) -> list[str]:
     told = job.started_at is not None and job.command in ("restore", "backup")
     if aftermath and not told:
         lines.append(aftermath.format(prefix=prefix, app=job.app))
-    if job.app is not None:
+    if (domain := _domain(job)) is not None:
         lines.append(
-            f"Check with `{prefix}status {job.app}`; if it is still wanted, send "
+            f"Check with `{prefix}status {domain}`; if it is still wanted, send "
             f"{code(job.text)} again."
         )
     else:
@@ -152,8 +166,16 @@ def _next(job: JobRow, services: Services) -> list[str]:
     return lines
 
 
+def _domain(job: JobRow) -> str | None:
+    """The app a job worked on: not `!backup all` (or check, ...), whose lock word it is."""
+    if job.command == "backup" and job.app in _BACKUP_WORDS:
+        return None
+    return job.app
+
+
 async def _app_now(job: JobRow, services: Services) -> str:
-    now = await _app_now_text(job.app, services) if job.app is not None else ""
+    domain = _domain(job)
+    now = await _app_now_text(domain, services) if domain is not None else ""
     return "\n".join([now, *_next(job, services)]).strip()
 
 

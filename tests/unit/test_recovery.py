@@ -6,21 +6,25 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from bot.app import hold_data_dir
 from bot.core.records import JobState, job_thread_key
 from bot.core.recovery import tell_interrupted
-from bot.core.store import SEEN_RETENTION_S
+from bot.core.store import SEEN_RETENTION_S, Store
 from bot.errors import AlreadyRunning
+from bot.features.backups.resume import mark_started
 from bot.features.deploy_record import DeployCheckpoint, load_checkpoint, save_checkpoint
 from bot.ops.abra import AppEnv
+from bot.ops.restic import Snapshot
 from bot.ops.swarm import Convergence
-from tests.fakes import FakeApps, FakeSwarm, swap_services
+from tests.fakes import FakeApps, FakeRestic, FakeSwarm, swap_services
 from tests.unit.helpers import OPERATOR, ROOM, BotFactory, chat_of, drain, message, until
+from tests.unit.test_backups import snap
 from tests.unit.test_jobs import Work
 from tests.unit.test_upgrades import service
 
@@ -205,3 +209,58 @@ def test_housekeeping_prunes_the_job_keys_of_jobs_finished_long_ago(
     assert store.get(job_thread_key(store_open)) == f"$thread{store_open}"
     assert load_checkpoint(store, store_open) is not None
     assert store.get("jobs.other") == "kept"
+
+
+class _Repository:
+    """What the report after a cut-short `!backup all` reads: the labelled apps, the
+    repository's snapshots and locks (FakeRestic), the store."""
+
+    def __init__(self, store: Store, envs: list[AppEnv], restic: FakeRestic) -> None:
+        self.store, self.envs, self.restic = store, envs, restic
+
+    async def labelled_apps(self) -> tuple[list[AppEnv], list[str]]:
+        return self.envs, []
+
+    async def _snapshots(self, tag: str) -> list[Snapshot]:
+        return await self.restic.snapshots(tags=[tag])
+
+
+async def test_an_interrupted_backup_all_reports_per_app_what_it_reached(
+    make_bot: BotFactory,
+) -> None:
+    bot = make_bot()
+    envs = [
+        AppEnv(f"{name}.test", "default", Path(f"/abra/{name}.test.env"), "demo", None, {})
+        for name in ("a", "b", "c", "d")
+    ]
+    job_id = bot.store.add_job("backup", "!backup all", "all", OPERATOR, ROOM, "$all")
+    bot.store.set_job_state(job_id, JobState.RUNNING)
+    started = time.time()
+    after = datetime.fromtimestamp(started + 1, UTC)
+    restic = FakeRestic()
+    restic.snaps = [snap("aaaa1111", "a.test", after), snap("bbbb2222", "b.test", after)]
+    restic.held_locks = [{"id": "cccc3333" * 8, "pid": 7, "hostname": "elsewhere", "time": after}]
+    # a finished and was recorded; b's restic finished, the kill came before the row;
+    # c was running restic; d had not started.
+    bot.store.add_backup("a.test", OPERATOR, "ok", started_at=started + 1, snapshot_id="aaaa1111")
+    for domain in ("a.test", "b.test", "c.test"):
+        mark_started(bot.store, domain, started + 1)
+    mark_started(bot.store, "d.test", started - 86400)  # last night's run
+    repository = cast(Any, _Repository(bot.store, envs, restic))
+    swap_services(bot.services, backups=repository)
+
+    await tell_interrupted(bot.store.interrupt_unfinished_jobs(), bot.services, _always)
+
+    (told,) = [s for s in chat_of(bot).sent if s.reply_to == "$all"]
+    shown = chat_of(bot).shown(told.event_id)
+    assert "- a.test: finished before the stop, recorded as ok (snapshot `aaaa1111`)" in shown
+    assert "- b.test: snapshot `bbbb2222` made (restic finished; the job did not record it)" in (
+        shown
+    )
+    assert "- c.test: cut short while backing up, no snapshot made" in shown
+    assert "Not started: d.test" in shown
+    assert "restic lock `cccc3333`" in shown
+    assert "If b.test, c.test has a backup pre-hook" in shown
+    assert "no snapshot of all" not in shown  # not an app named "all"
+    assert "status all" not in shown
+    assert "send `!backup all` again" in shown

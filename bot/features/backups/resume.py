@@ -34,6 +34,7 @@ from bot.ops.restic import ResticError
 from bot.ops.swarm.oneoff import OneOffMount
 
 CHECKPOINT = "restore.checkpoint."  # store kv, + the app's domain; one restore per app
+STARTED = "backup.started."  # store kv, + the app's domain: when its last backup began
 
 
 def save_checkpoint(store: Store, domain: str, state: dict[str, Any] | None) -> None:
@@ -158,6 +159,85 @@ async def backup_report(owner: Repository, domain: str, since: float, prefix: st
         "run after a stop during the backup: check the app."
     )
     return "\n".join(lines)
+
+
+def mark_started(store: Store, domain: str, at: float) -> None:
+    """When an app's backup began (store kv, one key per app, overwritten): after a
+    crash, what tells an app a cut-short `!backup all` had reached from one it had not."""
+    store.put(STARTED + domain, repr(at))
+
+
+async def backup_all_report(owner: Repository, since: float, prefix: str) -> str:
+    """After a `!backup all` cut short: per labelled app, what the run had reached
+    (a snapshot made, a run recorded, cut short while running, not started), read
+    from the repository and the store; then the repository's locks, left in place."""
+    try:
+        envs, _ = await owner.labelled_apps()
+        made = {
+            env.domain: [
+                s
+                for s in await owner._snapshots(APP_TAG + env.domain)
+                if s.time.timestamp() >= since
+            ]
+            for env in envs
+        }
+        locks = await _locks(owner)
+    except UserError as exc:
+        return f"The repository could not be read: {exc}"
+    lines, cut, waiting = ["Repository, per app of `backup all`:"], [], []
+    for env in envs:
+        domain = env.domain
+        run = next(
+            (r for r in owner.store.backups(domain, limit=5) if r["started_at"] >= since), None
+        )
+        snaps = ", ".join(f"`{s.short_id}`" for s in made[domain])
+        if run is not None:
+            of = f" (snapshot {snaps})" if snaps else ""
+            lines.append(f"- {domain}: finished before the stop, recorded as {run['result']}{of}")
+        elif snaps:
+            lines.append(
+                f"- {domain}: snapshot {snaps} made (restic finished; the job did not record it)"
+            )
+            cut.append(domain)
+        elif _started(owner.store, domain) >= since:
+            lines.append(f"- {domain}: cut short while backing up, no snapshot made")
+            cut.append(domain)
+        else:
+            waiting.append(domain)
+    if waiting:
+        lines.append(f"Not started: {', '.join(waiting)} (`{prefix}backup <app>` backs one up).")
+    lines += await asyncio.to_thread(_lock_lines, locks, prefix)
+    if not locks:
+        lines.append("The repository holds no lock.")
+    if cut:
+        lines.append(
+            f"If {', '.join(cut)} has a backup pre-hook (maintenance mode, a dump), its "
+            "post-hook did not run after the stop: check the app."
+        )
+    return "\n".join(lines)
+
+
+async def repository_report(owner: Repository, what: str, prefix: str) -> str:
+    """After `!backup check`, `drill` or `prune` cut short: only the locks matter (no
+    app's data was touched; prune's and check's are exclusive and block every backup)."""
+    try:
+        locks = await _locks(owner)
+    except UserError as exc:
+        return f"The repository could not be read: {exc}"
+    lines = [
+        f"Repository: `{prefix}backup {what}` stopped with the bot; no app's data was changed."
+    ]
+    lines += await asyncio.to_thread(_lock_lines, locks, prefix)
+    if not locks:
+        lines.append("The repository holds no lock.")
+    return "\n".join(lines)
+
+
+def _started(store: Store, domain: str) -> float:
+    try:
+        return float(store.get(STARTED + domain) or 0.0)
+    except ValueError:
+        return 0.0
 
 
 async def lock_note(owner: Repository, prefix: str) -> str:

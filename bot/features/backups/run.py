@@ -26,7 +26,7 @@ from bot.features.backups import health
 from bot.features.backups.hooks import run_hook
 from bot.features.backups.remote import Remote
 from bot.features.backups.repository import PARTIAL, snapshot_app
-from bot.features.backups.resume import lock_note
+from bot.features.backups.resume import lock_note, mark_started
 from bot.features.backups.space import check_room
 from bot.features.backups.targets import APP_TAG, COOPBOT_TAG, BackupTarget, tree_totals
 from bot.fmt import human_age, human_bytes
@@ -112,6 +112,7 @@ class Runs(Remote):
         """Back one app up now: settle, pre-hook, restic, post-hook. Every run is
         recorded; failures raise UserError with the reason."""
         started = time.time()
+        mark_started(self.store, env.domain, started)  # read after a crash (resume.py)
         try:
             await self._ready()
             target = await self.target(env)
