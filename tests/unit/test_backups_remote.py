@@ -248,3 +248,14 @@ async def test_a_pre_hook_on_a_dead_node_endpoint_names_the_node(
     assert "docker.sock" not in str(caught.value)  # the node, not the socket
     assert site.swarm.oneoffs == []  # no restic without its pre-hook
     site.store.close()
+
+
+async def test_the_repository_is_looked_at_once_per_process(remote: Remote) -> None:
+    remote.place(data_on("id-w1"))
+    for _ in range(3):
+        remote.swarm.oneoff_results.append(OneOffResult(0, [summary_line()], []))
+    restic = remote.backups.restic
+    for _ in range(3):
+        await remote.backups.backup(env_of(), Sink(), "@bob:test")
+    assert len(remote.swarm.oneoffs) == 3
+    assert restic.calls.count("snapshots") == 1  # type: ignore[attr-defined]

@@ -238,12 +238,20 @@ class Remote(Repository):
         await self._remote_shell(env, where, "cleanup", script, mounts)
 
     async def _ensure_repository(self) -> None:
+        """The one-off's restic cannot create the repository (two nodes' first backups
+        would each write a key): the bot makes sure it exists first, once per process
+        (a look costs a restic start-up and key derivation; `!backup all` of many apps
+        on other nodes paid it for each)."""
+        if self._repo_created:  # made, or seen, by this process
+            return
         try:
             await self.restic.snapshots(["coopbot-never-a-tag"])
         except ResticError as e:
             if e.kind != "no_repository":
                 raise
             await self._create_repository()
+            return
+        self._repo_created = True
 
     async def _remote_backup(
         self,
