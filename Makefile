@@ -64,6 +64,7 @@ bench: deps venv
 	$(BIN)/python -m bench.upgrade_check
 	$(BIN)/python -m bench.backup
 	$(BIN)/python -m bench.multinode_backup
+	$(BIN)/python -m bench.backup_many
 	$(BIN)/python -m bench.compose_render
 	$(BIN)/python -m bench.corpus_scale
 	$(BIN)/python -m bench.watch_latency
