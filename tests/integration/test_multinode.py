@@ -526,3 +526,31 @@ async def test_a_worker_killed_mid_backup_fails_its_apps_only(site: Site) -> Non
         worker.kill()
         worker.revive()
         site.swarm.wait_ready(timeout=90)
+
+
+# docker-py leaves the socket of its failed connect to the dead worker unclosed.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_pre_hook_on_a_node_that_is_down_names_the_node(site: Site) -> None:
+    m, worker = site.swarm.manager, site.swarm.node("mn-worker-1")
+    worker.kill()
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            "mn-worker-1 Down"
+            not in m.cli("node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout
+        ):
+            assert time.monotonic() < deadline, "the manager never marked mn-worker-1 down"
+            await asyncio.sleep(1)
+        await site.coop.bob.send(site.room, f"!backup {PINNED}")
+        body = await site.said("could not run on node", timeout=120)
+        assert "pre-hook in app could not run on node mn-worker-1" in body, body
+        assert "the manager says mn-worker-1 is down" in body, body
+        assert f"`!backup {PINNED}` runs it again" in body, body
+        assert ".sock" not in body  # the node and the next step, not the socket
+        assert site.runner.bot is not None
+        last = site.runner.bot.store.last_backups()[PINNED]["last"] or {}
+        assert last.get("result") == "failed"
+    finally:
+        worker.kill()
+        worker.revive()
+        site.swarm.wait_ready(timeout=90)
