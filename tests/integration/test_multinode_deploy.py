@@ -13,13 +13,19 @@ from typing import Any
 import docker
 import pytest
 
+from bot.config import BackupsConfig
+from bot.core.store import Store
+from bot.features.backups import Backups
+from bot.features.backups.resume import resume_restore, save_checkpoint
 from bot.features.watch import Rules, Thresholds
+from bot.ops.restic import Restic
+from bot.ops.swarm import Swarm
 from bot.ops.swarm.convergence import node_down_line
 from bot.ops.swarm.events import SwarmSnapshot, snapshot_sync
 from tests.harness.coop import Coop, make_coop
 from tests.harness.fixtures_multinode import multinode  # noqa: F401
 from tests.harness.member import MemberFactory
-from tests.harness.multinode import MultiNodeSwarm
+from tests.harness.multinode import RESTIC_IMAGE, MultiNodeSwarm
 from tests.harness.recipes import make_app_env, make_recipe
 from tests.harness.synapse import Synapse
 from tests.integration.test_multinode import wait_running
@@ -140,3 +146,107 @@ async def test_a_worker_stopped_during_a_deploy_names_what_it_hit(
         worker.kill()
         worker.revive()
         multinode.wait_ready(timeout=90)
+
+
+RS_DOMAIN = "rs.coop.test"
+RS_STACK = "rs_coop_test"
+RS_COMPOSE = """version: "3.8"
+services:
+  app:
+    image: local/busybox:1.0
+    command: sleep 3600
+    stop_grace_period: 1s
+    volumes: [data:/data]
+    deploy:
+      endpoint_mode: dnsrr
+      placement: {constraints: ["node.hostname == mn-worker-1"]}
+volumes:
+  data:
+"""
+
+
+class OneServer:
+    """What Backups uses of Apps here: the server's Swarm adapter."""
+
+    def __init__(self, swarm: Swarm) -> None:
+        self._swarm = swarm
+        self.prefix = "!"
+
+    def swarm(self, server: str) -> Swarm:
+        return self._swarm
+
+
+async def test_a_restore_on_a_worker_cut_short_is_resumed_there(
+    multinode: MultiNodeSwarm,  # noqa: F811
+    tmp_path: pathlib.Path,
+) -> None:
+    """What the bot finds after a crash mid-way through a restore of data on mn-worker-1
+    (the app at 0, the replaced data kept beside it there): resume_restore scales it
+    back through the manager and lists the copy on the worker, by a one-off task."""
+    m, worker = multinode.manager, multinode.node("mn-worker-1")
+    compose = tmp_path / "rs.yml"
+    compose.write_text(RS_COMPOSE)
+    m.cli("stack", "deploy", "-c", str(compose), RS_STACK)
+    manager, on_worker = Swarm(m.host), Swarm(worker.host)
+    store = Store(tmp_path / "store.sqlite")
+    try:
+        assert wait_running(multinode, f"{RS_STACK}_app", 1) == ["mn-worker-1"]
+        await manager.scale(RS_STACK, {"app": 0})  # where the crash left it
+        folder = worker.volumes_root / f"{RS_STACK}_data"
+        kept = folder / "coopbot-previous-c0ffee"
+        (kept / "_data").mkdir(parents=True)  # the replaced data, kept on the worker
+        (kept / "_data" / "old.txt").write_text("old\n")
+        root = m.volumes_root  # the paths as the bot names them (its volumes_root)
+        aside = str(root / f"{RS_STACK}_data" / "coopbot-previous-c0ffee")
+        staging = str(root / f"{RS_STACK}_data" / "coopbot-restore-c0ffee")  # not there
+        assert not pathlib.Path(aside).exists()  # noqa: ASYNC240 - only the worker has it
+        save_checkpoint(
+            store,
+            RS_DOMAIN,
+            {
+                "step": "1 of 1 path(s) swapped in",
+                "server": "default",
+                "stack": RS_STACK,
+                "snapshot": "feedbeef",
+                "replicas": {"app": 1},
+                "scope": [f"{RS_STACK}_data/_data"],
+                "replaced": [f"{RS_STACK}_data/_data"],
+                "aside": [aside],
+                "staging": [staging],
+                "node": {"id": worker.node_id, "hostname": "mn-worker-1"},
+            },
+        )
+        password = tmp_path / "pw"
+        password.write_text("pw\n")
+        config = BackupsConfig.model_validate(
+            {
+                "repository": str(tmp_path / "repo"),
+                "password_file": str(password),
+                "volumes_root": str(root),
+                "remote_image": RESTIC_IMAGE,
+            }
+        )
+        backups = Backups(
+            config,
+            OneServer(manager),  # type: ignore[arg-type]
+            store,
+            Restic(str(tmp_path / "repo"), password),
+            data_dir=tmp_path,
+            node_swarms={"default": {"mn-worker-1": on_worker}},
+        )
+        text = await resume_restore(backups, store, RS_DOMAIN, "!")
+        assert text is not None
+        assert text.startswith("The restore (of its data on mn-worker-1) had got to:"), text
+        assert f"scaled {RS_DOMAIN} back to app=1: it runs again" in text, text
+        assert f"- the data it replaced is kept at `{aside}` on mn-worker-1" in text, text
+        assert staging not in text, text
+        assert "maybe" not in text, text
+        assert wait_running(multinode, f"{RS_STACK}_app", 1) == ["mn-worker-1"]
+        assert (kept / "_data" / "old.txt").read_text() == "old\n"  # nothing deleted
+        services = m.cli("service", "ls", "--format", "{{.Name}}").stdout
+        assert "coopbot-resume" not in services  # the listing task is gone
+    finally:
+        store.close()
+        await manager.close()
+        await on_worker.close()
+        m.cli("stack", "rm", RS_STACK, check=False)
