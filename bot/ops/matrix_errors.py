@@ -20,20 +20,9 @@ import logging
 import aiohttp
 
 from bot.incident import note, report
+from bot.ops.explain import causes as _causes
 
 log = logging.getLogger(__name__)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        os_error = getattr(current, "os_error", None)
-        if isinstance(os_error, BaseException) and os_error not in seen:
-            seen.append(os_error)
-        current = current.__cause__ or current.__context__
-    return seen
 
 
 def why_unreachable(exc: BaseException, homeserver: str) -> str:

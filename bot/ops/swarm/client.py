@@ -29,6 +29,7 @@ import requests.exceptions
 
 from bot.labels import NAMESPACE_LABEL, is_rollback, namespace_filter, service_filter
 from bot.ops.compose import load_compose
+from bot.ops.explain import causes as _causes
 from bot.ops.process import ProcessTimeout, run_process
 from bot.ops.swarm.convergence import ConvergenceWatch
 from bot.ops.swarm.events import SwarmEvent, SwarmSnapshot, follow
@@ -579,18 +580,3 @@ class Swarm(NodeCalls, OneOffCalls):
         return follow(
             self._client_sync, poll_interval=poll_interval, fallback_interval=fallback_interval
         )
-
-
-def _causes(e: BaseException) -> list[BaseException]:
-    """The exception and everything it was raised from or wraps (requests and urllib3
-    keep the socket error in args)."""
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [e]
-    while todo and len(seen) < 20:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.append(current)
-        todo += [a for a in current.args if isinstance(a, BaseException)]
-        todo += [c for c in (current.__cause__, current.__context__) if c is not None]
-    return seen
