@@ -100,6 +100,10 @@ class BenchChat:
     async def home_room(self) -> str | None:
         return ROOM
 
+    async def room_for(self, ref: str) -> str | None:
+        # Only the one room exists here: rooms with roles name it by id.
+        return ref if ref == ROOM else None
+
     def alive(self) -> bool:
         return True
 

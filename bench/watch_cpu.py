@@ -23,8 +23,8 @@ from pathlib import Path
 
 from bench.common import arguments, machine, result
 from bench.inproc import dockerd
+from bench.watch_latency import Chat
 from bot.config import WatchConfig
-from bot.core.chat import Membership, Reaction
 from bot.core.store import Store
 from bot.features.watch import Reporter, Watch
 from bot.ops.swarm import Swarm
@@ -32,31 +32,7 @@ from bot.ops.swarm.events import SwarmSnapshot
 from tests.harness.dockerd import DOCKER, Dockerd
 
 IMAGE = "local/busybox:1.0"
-ROOM = "!bench:local"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-class Chat:
-    """Only what the reporter uses; counts what it would have said (nothing, idle)."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def send(self, room_id: str, markdown: str, **_: object) -> str:
-        self.sent.append(markdown)
-        return f"$m{len(self.sent)}"
-
-    async def edit(self, room_id: str, event_id: str, markdown: str) -> None:
-        return None
-
-    async def home_room(self) -> str | None:
-        return ROOM
-
-    async def membership(self, room_id: str, user_id: str) -> Membership:
-        return Membership(True, 100)
-
-    async def reactions(self, room_id: str, event_id: str) -> list[Reaction]:
-        return []
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
