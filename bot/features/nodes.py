@@ -75,7 +75,7 @@ class Nodes:
         """The server a node command is about: the one named, or the only one."""
         if name is not None:
             if name not in self.servers:
-                raise UserError(f"No server {name!r}; configured: {', '.join(self.servers)}.")
+                raise UserError(f"No server {code(name)}; configured: {', '.join(self.servers)}.")
             return name
         if len(self.servers) != 1:
             raise UserError(

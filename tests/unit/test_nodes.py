@@ -243,6 +243,10 @@ async def test_drain_plan_and_run() -> None:
         await nodes.plan_availability(None, "nope", "drain")
     with pytest.raises(UserError, match="No server"):
         nodes.server("elsewhere")
+    # The member's text is shown inert: no mention or link rides along.
+    with pytest.raises(UserError) as refused:
+        nodes.server("@room[x](https://evil.test)")
+    assert "No server `@room[x](https://evil.test)`" in str(refused.value)
 
 
 async def test_deploy_preflight_warning_from_compose() -> None:
