@@ -27,6 +27,7 @@ from bot.core.chat import Chat
 from bot.core.cron import crontab_trigger
 from bot.core.records import ProposalRow
 from bot.core.store import Store
+from bot.errors import UserError
 from bot.fmt import code, utc_time
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,11 @@ class Windows:
             return None
         try:
             return await self.server_of(app)
-        except Exception:  # an app gone from the inventory: no window to respect
+        except UserError:  # an app gone from the inventory: no window to respect
             log.warning("maintenance window: cannot find the server of %s", app)
             return None
+        # Anything else propagates: the gate's sweep logs it and asks again next time,
+        # so a held upgrade never runs outside its window because a lookup failed.
 
     async def outside(self, app: str) -> tuple[str, float] | None:
         """(server, next start) when the app's server has a window and now is outside it."""

@@ -18,6 +18,7 @@ from bot.app import Bot
 from bot.core.approvals import State
 from bot.core.records import ProposalRow, StoredPlan
 from bot.core.windows import delayed, inside, next_start
+from bot.errors import UserError
 from tests.unit.helpers import ADMIN, OPERATOR, BotFactory, drain
 from tests.unit.test_gate import (  # noqa: F401 (the fixtures: clock, risky, room, make_room)
     APP,
@@ -116,6 +117,23 @@ def windowed_room(make_room: Any, **sections: Any) -> Room:
 
     windows.server_of = server_of
     return made
+
+
+async def test_only_an_app_gone_means_no_window(make_room: Any) -> None:
+    windows = windowed_room(make_room).bot.services.windows
+    assert windows is not None
+
+    async def gone(domain: str) -> str | None:
+        raise UserError(f"No app {domain} on any configured server.")
+
+    async def broken(domain: str) -> str | None:
+        raise RuntimeError("abra_dir unreadable")
+
+    windows.server_of = gone
+    assert await windows.server(APP) is None  # nothing to hold it to
+    windows.server_of = broken
+    with pytest.raises(RuntimeError):  # not "no window": the sweep tries again
+        await windows.server(APP)
 
 
 async def approve(room: Room) -> Any:
