@@ -363,7 +363,7 @@ class Bot:
             self.metrics,
             self.chat.alive,
             self.config.web.listen,
-            self.chat.problems,
+            lambda: [*self.store.problems(), *self.chat.problems()],
             metrics_token=_secret(web_config.metrics_token_file),
             hooks=self._hooks(),
         )

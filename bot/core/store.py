@@ -25,7 +25,7 @@ from bot.core.records import (
     VoteRow,
 )
 from bot.core.store_backups import BackupHealthRows
-from bot.core.storefull import connect
+from bot.core.storefull import Guarded, connect
 
 # Append only: each entry upgrades the schema by one version (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -152,6 +152,15 @@ class Store(BackupHealthRows):
 
     def close(self) -> None:
         self._db.close()
+
+    def problems(self) -> list[str]:
+        """For /healthz: a full data disk (until a write goes through again)."""
+        if not (isinstance(self._db, Guarded) and self._db.full):
+            return []
+        return [
+            "the disk of the bot's data folder is full: jobs are refused, reads still "
+            "answer; free space in data_dir"
+        ]
 
     # -- key/value ---------------------------------------------------------
     def get(self, key: str) -> str | None:

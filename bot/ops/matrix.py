@@ -52,6 +52,7 @@ from bot.errors import CoopbotError
 from bot.ops.matrix_content import mentions_of, notice, reaction, relate
 from bot.ops.matrix_identity import Identity
 from bot.ops.matrix_rooms import is_hydra
+from bot.ops.matrix_store import FullDiskStore
 from bot.ops.matrix_undecrypted import Undecrypted
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class MatrixChat:
             store_path=str(store_dir),
             config=AsyncClientConfig(
                 encryption_enabled=config.encryption,
+                store=FullDiskStore,  # a full data disk must not end the sync loop
                 store_sync_tokens=False,  # we keep next_batch ourselves
                 max_limit_exceeded=config.max_rate_limit_retries,
                 max_timeouts=2,  # the sync loop does its own reconnecting with backoff

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.coop import make_coop
-from tests.harness.member import MemberFactory
+from tests.harness.coop import Coop, make_coop
+from tests.harness.member import Member, MemberFactory
 from tests.harness.synapse import Synapse
+from tests.integration.test_undecrypted_matrix import free_port, healthz
 
 
 @pytest.fixture
@@ -64,3 +65,46 @@ async def test_a_full_data_disk_refuses_jobs_and_keeps_answering_reads(
         await coop.bob.wait_for_reply(coop.room, coop.bot_id, "slow 1 done", 60)
     finally:
         await runner.stop()
+
+
+async def test_a_full_data_disk_with_e2ee_on_keeps_decrypting_answering_and_says_so(
+    synapse: Synapse, make_member: MemberFactory, small_disk: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """nio's key store (data_dir/e2ee) is on the same full disk. A member's client starts
+    a new Megolm session, so nio must write an Olm session and a room key inside the
+    sync: that write failing ended the receive loop, and the bot, before
+    bot/ops/matrix_store.py. Now the keys stay in memory, the bot answers, and /healthz
+    names the disk until space is freed."""
+    coop = dataclasses.replace(
+        await make_coop(synapse, make_member, tmp_path, encrypted=True),
+        data_dir=small_disk / "data",
+    )
+    port = free_port()
+    runner = coop.runner({"web": {"listen": f"127.0.0.1:{port}"}}, encryption=True)
+    await runner.start()
+    try:
+        alice = coop.alice
+        await _answered(coop, alice, attempts=3)  # the first may race the key upload
+        filler = fill(small_disk)
+        alice.client.invalidate_outbound_session(coop.room)  # new keys to store
+        await _answered(coop, alice)
+        await _answered(coop, alice)  # and the sync loop goes on after it
+        status, body = await healthz(port)
+        assert status == 503, body
+        assert "the disk of the bot's data folder is full" in body, body
+        filler.unlink()
+        await _answered(coop, alice)
+        assert await healthz(port) == (200, "ok\n")
+    finally:
+        await runner.stop()
+
+
+async def _answered(coop: Coop, member: Member, attempts: int = 1) -> None:
+    for _ in range(attempts):
+        await member.send(coop.room, "!ping")
+        try:
+            await member.wait_for_reply(coop.room, coop.bot_id, "pong", 30)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError("the bot did not answer !ping in the encrypted room")
