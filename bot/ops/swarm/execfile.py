@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.labels import service_filter
 from bot.ops.swarm.client import Swarm
+from bot.ops.swarm.hookexec import exec_bounded
 from bot.ops.swarm.model import SwarmError
 from bot.ops.swarm.parse import check_stack
 
@@ -58,9 +59,8 @@ async def exec_with_files(
         container = running[0]
         if not container.put_archive(folder, archive):
             raise SwarmError(f"could not copy {', '.join(files)} into {name}:{folder}")
-        result = container.exec_run(list(argv), demux=False)
-        output = (result.output or b"")[-OUTPUT_LIMIT:]
-        return int(result.exit_code), output.decode(errors="replace")
+        # Streamed, its tail kept: exec_run would hold all a function prints in memory.
+        return exec_bounded(container, list(argv), OUTPUT_LIMIT)
 
     try:
         async with asyncio.timeout(timeout):
