@@ -442,6 +442,7 @@ async def test_node_calls_of_the_fake_and_the_real_adapter(node_swarm: FakeSwarm
         ("mn-worker-2", "worker"),
     ]  # managers first, then by hostname
     assert [n.leader for n in nodes] == [True, False, False]
+    assert await node_swarm.down_nodes() == {}  # all ready (a down one: test_multinode_deploy)
     (pinned,) = await node_swarm.placements(PINNED_STACK)
     assert (pinned.stack, pinned.service) == (PINNED_STACK, "app")
     assert pinned.local_volumes == (f"{PINNED_STACK}_data",)
