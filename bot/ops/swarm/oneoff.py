@@ -114,10 +114,16 @@ class OneOffCalls:
             return str(service.id)
 
         service_id = ""
+        # A cancel (the job's time limit) does not stop the worker thread that creates:
+        # the service it makes must still be known, so that it is removed too.
+        creating = asyncio.ensure_future(self._sdk(create))
         try:
-            service_id = await self._sdk(create)
+            service_id = await asyncio.shield(creating)
             return await self._wait_oneoff(service_id, name, node_id, on_line, timeout, poll)
         finally:
+            if not service_id:
+                with contextlib.suppress(Exception):  # its own error is already raised
+                    service_id = await asyncio.shield(creating)
             await self._remove_oneoff(service_id, [sid for sid, _, _ in secret_ids])
 
     async def _wait_oneoff(
