@@ -25,6 +25,7 @@ group = CommandGroup("cmd")
     ),
     role=Role.OPERATOR,
     lock_arg="app",
+    recorded_words=1,  # the app: the function's arguments may be passwords
     example="cmd cloud.example.coop app set_admin_pass alice",
 )
 async def cmd(ctx: CommandContext) -> None:

@@ -118,6 +118,19 @@ class CommandSpec:
     # the family's role, lock, vote and timeout. The family's first argument holds
     # the word, so `lock_arg` and `!jobs` see it as before.
     subcommands: tuple[CommandSpec, ...] = ()
+    # How many words after the command's name the audit and the job list keep; None
+    # keeps the whole line. `!cmd` passes arguments (passwords, tokens) to a recipe's
+    # function: the room saw them once, the bot's records need not keep them.
+    recorded_words: int | None = None
+
+    def recorded(self, body: str) -> str:
+        """The command line as the bot's own records keep it (see `recorded_words`)."""
+        if self.recorded_words is None:
+            return body
+        words = body.split()
+        kept = words[: 1 + self.recorded_words]
+        hidden = len(words) - len(kept)
+        return " ".join(kept) + (f" … ({hidden} more words not recorded)" if hidden else "")
 
     @property
     def summary(self) -> str:

@@ -168,7 +168,7 @@ class Dispatcher:
         services.store.audit(
             message.sender,
             "command",
-            _shorten(body, 500),
+            _shorten(spec.recorded(body), 500),
             room_id=message.room_id,
             event_id=message.event_id,
         )

@@ -40,7 +40,7 @@ class Job:
 
     @property
     def text(self) -> str:
-        return self.ctx.message.body
+        return self.ctx.spec.recorded(self.ctx.message.body)
 
 
 Reauthorise = Callable[[CommandContext], Awaitable[None]]
@@ -116,7 +116,12 @@ class JobManager:
         )
         message = ctx.message
         job_id = self._store.add_job(
-            spec.name, message.body, app, message.sender, message.room_id, message.event_id
+            spec.name,
+            spec.recorded(message.body),
+            app,
+            message.sender,
+            message.room_id,
+            message.event_id,
         )
         job = Job(job_id, ctx, app)
         ctx.job = job

@@ -420,6 +420,25 @@ async def test_audit_log_records_commands_denials_and_job_results(
     assert [r.action for r in bot.store.audit_log("cloud.test")] == ["job.done"]
 
 
+async def test_a_command_keeping_few_words_records_no_more_of_its_line(
+    make_bot: BotFactory,
+) -> None:
+    group = CommandGroup("probe")
+
+    @group.command("call", help="Call with secrets.", args=(Arg("app"), Arg("rest", rest=True)),
+                   role=Role.OPERATOR, lock_arg="app", recorded_words=1)  # fmt: skip
+    async def call(ctx: CommandContext) -> None:
+        await ctx.reply("called")
+
+    bot = make_bot(group)
+    replies = await ask(bot, "!call cloud.test set_pass alice hunter2", OPERATOR)
+    assert replies == ["called"]
+    kept = "!call cloud.test … (3 more words not recorded)"
+    assert [r.detail for r in bot.store.audit_log() if r.action == "command"] == [kept]
+    assert [row.text for row in bot.store.jobs()] == [kept]
+    assert not any("hunter2" in r.detail for r in bot.store.audit_log())
+
+
 async def test_quick_commands_leave_no_job_record(make_bot: BotFactory) -> None:
     bot = make_bot()
     await ask(bot, "!ping")
