@@ -185,19 +185,18 @@ async def main() -> None:
             f"{h:8.3f} {h / n * 1000:7.1f} {h / b:8.1f}"
         )
     sizes = [float(n) for n, *_ in rows]
-    fits = {
-        name: fit(sizes, [median(row[i]) for row in rows])
-        for i, name in ((1, "bot"), (2, "bot serial"), (3, "loop"))
+    columns = {
+        "bot": [row[1] for row in rows],
+        "bot serial": [row[2] for row in rows],
+        "loop": [row[3] for row in rows],
     }
+    fits = {name: fit(sizes, [median(times) for times in col]) for name, col in columns.items()}
     print(
         "linear fit: "
         + "; ".join(f"{k} {s * 1000:.1f} ms/app + {c * 1000:.0f} ms" for k, (s, c) in fits.items())
     )
     first, last = rows[0], rows[-1]
-    growth = {
-        name: median(last[i]) / median(first[i])
-        for i, name in ((1, "bot"), (2, "bot serial"), (3, "loop"))
-    }
+    growth = {name: median(col[-1]) / median(col[0]) for name, col in columns.items()}
     print(
         f"growth N={last[0]} / N={first[0]}: "
         + ", ".join(f"{k} {g:.2f}x" for k, g in growth.items())
