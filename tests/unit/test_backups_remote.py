@@ -158,7 +158,12 @@ async def test_a_backup_on_another_node_is_a_one_off_task_there(remote: Remote) 
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
-        (OneOffResult(1, [], ["Fatal: unable to open repository"]), "exited 1: Fatal"),
+        (OneOffResult(1, [], ["Fatal: unable to open repository"]), "exited 1: `Fatal"),
+        # the task's last words come inert and without the repository's password
+        (
+            OneOffResult(1, [], ["Fatal: rest:https://u:hunter2@h/r: [x](https://evil)"]),
+            r"exited 1: `Fatal: rest:https://u:\*\*\*@h/r: \[x\]\(https://evil\)`",
+        ),
         (SwarmError("the node id-w1 is down: the task was lost"), "on w1.*is down"),
         (OneOffResult(0, [], []), "exited 0: no output"),  # no summary: no snapshot
     ],

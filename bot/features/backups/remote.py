@@ -33,11 +33,13 @@ from pathlib import Path
 from bot.errors import UserError
 from bot.features.backups.repository import Repository, restic_environment
 from bot.features.backups.targets import BackupTarget, Location
+from bot.fmt import code
 from bot.ops.abra import AppEnv
 from bot.ops.restic import BackupSummary, ResticError, parse_backup_line
 from bot.ops.restic import Progress as ResticProgress
 from bot.ops.swarm import Swarm, SwarmError, eligible
 from bot.ops.swarm.oneoff import OneOffMount
+from bot.redact import scrub_credentials
 
 NODE_TAG = "node="
 # As restore.py names them (not imported: restore.py builds on this module).
@@ -186,8 +188,10 @@ class Remote(Repository):
         except SwarmError as e:
             raise UserError(f"{purpose} on {where.hostname} failed: {e}") from None
         if result.exit_code != 0:
-            tail = "; ".join([*result.stdout, *result.stderr][-3:])[:500] or "no output"
-            raise UserError(f"{purpose} on {where.hostname} exited {result.exit_code}: {tail}")
+            raise UserError(
+                f"{purpose} on {where.hostname} exited {result.exit_code}: "
+                + _last_words([*result.stdout, *result.stderr])
+            )
 
     async def restore_remote(
         self, env: AppEnv, where: Location, snapshot_id: str, dest: Path, token: str, aside: Path
@@ -316,11 +320,17 @@ class Remote(Repository):
             if isinstance(item, str) and item not in warnings:
                 warnings.append(item)
         if summary is None or result.exit_code not in (0, 3):
-            tail = "; ".join(result.stderr[-3:])[:500] or "no output"
             raise UserError(
                 f"{env.domain} is not backed up: restic on {where.hostname} exited "
-                f"{result.exit_code}: {tail}"
+                f"{result.exit_code}: {_last_words(result.stderr)}"
             )
         if result.exit_code == 3 and not warnings:
             warnings.append("restic could not read some files (exit 3)")
         return dataclasses.replace(summary, warnings=warnings[:50])
+
+
+def _last_words(lines: list[str]) -> str:
+    """A one-off's last lines for the room: as code (they quote paths and file names
+    from the volume) and without credentials (restic may name the repository)."""
+    tail = scrub_credentials("; ".join(lines[-3:])[:500])
+    return code(tail) if tail else "no output"
