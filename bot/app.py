@@ -42,7 +42,7 @@ from bot.features.watch import Reporter, Watch
 from bot.ops.pings import Pings
 from bot.ops.recipes import Recipes
 from bot.ops.restic import Restic
-from bot.ops.swarm import Swarm
+from bot.ops.swarm import Swarm, SwarmError
 from bot.ops.swarm.own import stack_of_container
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,20 @@ class Bot:
         while True:
             self.store.forget_old_events()
             self.store.forget_old_job_keys()
+            await self._sweep_oneoffs()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _sweep_oneoffs(self) -> None:
+        """One-off backup and restore tasks that a stopped bot left on a server (with
+        the repository password as a secret) are removed once they have ended."""
+        for server, swarm in self.swarms.items():
+            try:
+                removed = await swarm.remove_ended_oneoffs()
+            except SwarmError as e:
+                log.warning("one-offs on %s not swept: %s", server, e)
+                continue
+            if removed:
+                log.info("removed one-offs left on %s: %s", server, ", ".join(removed))
 
     @contextlib.asynccontextmanager
     async def _web(self) -> AsyncIterator[None]:

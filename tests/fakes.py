@@ -244,6 +244,9 @@ class FakeSwarm:
     async def info(self) -> dict[str, Any]:
         return {"Swarm": {"NodeID": self.node_id}}
 
+    async def remove_ended_oneoffs(self) -> list[str]:
+        return []  # the fake's one-offs end within run_oneoff: none is ever left
+
     async def run_oneoff(
         self,
         *,

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ONEOFF_LABEL = "coopbot.oneoff"  # on the service and its secrets: what to clean up
+_ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 ENDED = ("complete", "failed", "rejected", "shutdown", "orphaned", "remove")
 
 
@@ -181,6 +182,27 @@ class OneOffCalls:
             return result[0], result[1]
 
         return await self._sdk(fetch)
+
+    async def remove_ended_oneoffs(self) -> list[str]:
+        """Remove the one-offs (and their secrets) a stopped bot left behind: those whose
+        task has ended. A one-off still running is left alone: it may be another bot's,
+        or a restic that will end by itself (restart condition none) and be removed by
+        the next sweep. Returns the names removed."""
+
+        def sweep(c: Any) -> list[tuple[str, str, list[str]]]:
+            ended = []
+            for service in c.api.services(filters={"label": ONEOFF_LABEL}):
+                tasks = c.api.tasks(filters={"service": service["ID"]})
+                if all(t["Status"]["State"] in _ENDED for t in tasks):
+                    name = service["Spec"]["Name"]
+                    own = c.api.secrets(filters={"label": f"{ONEOFF_LABEL}={name}"})
+                    ended.append((service["ID"], name, [s["ID"] for s in own]))
+            return ended
+
+        ended = await self._sdk(sweep)
+        for service_id, _, secret_ids in ended:
+            await self._remove_oneoff(service_id, secret_ids)
+        return [name for _, name, _ in ended]
 
     async def _remove_oneoff(self, service_id: str, secret_ids: list[str]) -> None:
         def remove(c: Any) -> None:
