@@ -46,12 +46,12 @@ $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
 unit: venv
 	$(BIN)/pytest tests/unit
 
-## lint: ruff, mypy over bot/commands and over tests, and the import contracts of pyproject.toml
+## lint: ruff, mypy over bot/commands and over tests and bench, and the import contracts of pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy tests
+	$(BIN)/mypy tests bench
 	$(BIN)/lint-imports
 
 ## bench: the figures named in the issues, each beside its baseline

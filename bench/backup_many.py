@@ -119,7 +119,7 @@ class BotSide:
             }
         )
         self.chat = BenchChat()
-        self.bot = Bot(config, chat=self.chat)  # type: ignore[arg-type]  # as bench/inproc.py
+        self.bot = Bot(config, chat=self.chat)
 
     async def backup_all(self, apps: int) -> float:
         os.sync()

@@ -125,7 +125,7 @@ async def run(args: Any, workdir: Path) -> None:
                     backups = Backups(config, OneServer(swarm), store, restic, data_dir=workdir)  # type: ignore[arg-type]
                     started = time.monotonic()
                     if side == "bare":
-                        env = {
+                        bare_env = {
                             **os.environ,
                             "RESTIC_REPOSITORY": str(repo),
                             "RESTIC_PASSWORD_FILE": str(password),
@@ -141,7 +141,7 @@ async def run(args: Any, workdir: Path) -> None:
                                 "--",
                                 *map(str, folders),
                             ],
-                            env=env,
+                            env=bare_env,
                             check=True,
                             capture_output=True,
                         )
