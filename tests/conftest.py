@@ -1,7 +1,8 @@
 """Fixtures shared by the tests that talk to real components (tests/integration and
 tests/faults), defined once here so one pytest run starts one Synapse and one swarm
-(the test dockerd holds a machine-wide lock: a second fixture instance would wait for
-the first forever).
+(the test dockerd and the three-node swarm each hold a machine-wide lock: a second
+fixture instance, as a test module importing the fixture itself makes, would wait for
+the first until its lock wait ends).
 
 Synapse is session-scoped and synchronous (started once, stopped by pid at
 teardown even when tests fail). Members are function-scoped: create them with
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.harness.fixtures_docker import docker_client, dockerd, registry  # noqa: F401
+from tests.harness.fixtures_multinode import multinode  # noqa: F401
 from tests.harness.member import DEFAULT_PASSWORD, Member, MemberFactory
 from tests.harness.synapse import Synapse
 

@@ -1,7 +1,7 @@
 """Session-scoped pytest fixture: the three-node swarm (tests/harness/multinode.py).
 
-Import it into a conftest.py or test module:
-    from tests.harness.fixtures_multinode import multinode  # noqa: F401
+Registered once, in tests/conftest.py: a test module that imported it itself would
+get a second instance, which waits for the first one's lock.
 Torn down by pid and by namespace name at session end, even when tests fail.
 """
 

@@ -23,7 +23,6 @@ from bot.ops.swarm import Swarm
 from bot.ops.swarm.convergence import node_down_line
 from bot.ops.swarm.events import SwarmSnapshot, snapshot_sync
 from tests.harness.coop import Coop, make_coop
-from tests.harness.fixtures_multinode import multinode  # noqa: F401
 from tests.harness.member import MemberFactory
 from tests.harness.multinode import RESTIC_IMAGE, MultiNodeSwarm
 from tests.harness.recipes import make_app_env, make_recipe
@@ -66,7 +65,7 @@ RELEASES = [
 async def coop(
     synapse: Synapse,
     make_member: MemberFactory,
-    multinode: MultiNodeSwarm,  # noqa: F811
+    multinode: MultiNodeSwarm,
     tmp_path: pathlib.Path,
 ) -> AsyncIterator[Coop]:
     abra = tmp_path / "abra"
@@ -106,7 +105,7 @@ async def snapshot(client: docker.DockerClient, at: float) -> SwarmSnapshot:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_worker_stopped_during_a_deploy_names_what_it_hit(
     coop: Coop,
-    multinode: MultiNodeSwarm,  # noqa: F811
+    multinode: MultiNodeSwarm,
 ) -> None:
     m, worker = multinode.manager, multinode.node("mn-worker-1")
     await coop.bob.send(coop.room, f"!deploy {DOMAIN} 1.0.0+1.0")
@@ -177,7 +176,7 @@ class OneServer:
 
 
 async def test_a_restore_on_a_worker_cut_short_is_resumed_there(
-    multinode: MultiNodeSwarm,  # noqa: F811
+    multinode: MultiNodeSwarm,
     tmp_path: pathlib.Path,
 ) -> None:
     """What the bot finds after a crash mid-way through a restore of data on mn-worker-1
