@@ -18,8 +18,11 @@ Anything else keeps git's own text (it is usually a sentence already)."""
 from __future__ import annotations
 
 import logging
+import re
 
+from bot.fmt import code
 from bot.incident import note, report
+from bot.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +85,30 @@ def explain(stderr: str) -> str | None:
     return None
 
 
+# Where git says it went: curl's "unable to access '<url>'" and ssh's "host <h>".
+_REMOTE = re.compile(
+    r"unable to access '([^']+)'|connect to host (\S+)|resolve host(?:name)?:? (\S+)"
+)
+
+
+def remote_of(stderr: str) -> str | None:
+    """The remote git names in its error, without credentials, or None."""
+    found = _REMOTE.search(stderr)
+    if found is None:
+        return None
+    return redact_url(next(g for g in found.groups() if g).rstrip(":"))
+
+
 def git_message(recipe: str, op: str, stderr: str) -> str:
     """What a RecipeError says for a failed `git <op>` in `recipe`: a sentence with an
-    incident id (git's text in the log), or git's own text when it is none we know."""
+    incident id (git's text in the log), or git's own text when it is none we know.
+    The remote git tried is named (as code, without credentials): with several
+    recipes on several forges, it says which one to look at."""
     detail = stderr.strip()
     sentence = explain(detail)
     if sentence is None:
         return f"recipe {recipe}: git {op} failed: {detail}"
     ident = report(log, f"recipe {recipe}: git {op} failed", detail)
-    return f"recipe {recipe}: git {op} failed: {sentence} ({note(ident)})"
+    remote = remote_of(detail)
+    where = f" (remote {code(remote)})" if remote else ""
+    return f"recipe {recipe}: git {op} failed{where}: {sentence} ({note(ident)})"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.ops.git_errors import explain, git_message
+from bot.ops.git_errors import explain, git_message, remote_of
 
 # No user or system config (a safe.directory=* there would hide dubious ownership), no
 # terminal: as the bot runs git.
@@ -107,6 +107,20 @@ def test_a_remote_that_wants_a_password(repo: Path, asks_for_a_password: str) ->
 
 
 @pytest.mark.parametrize(
+    ("stderr", "remote"),
+    [
+        ("fatal: unable to access 'https://bot:s3cret@forge.coop/x.git/': Failed to connect",
+         "https://bot:***@forge.coop/x.git/"),
+        ("ssh: connect to host forge port 22: Connection timed out", "forge"),
+        ("ssh: Could not resolve hostname forge: Name or service not known", "forge"),
+        ("fatal: not a git repository (or any of the parent directories): .git", None),
+    ],
+)  # fmt: skip
+def test_the_remote_is_named_without_credentials(stderr: str, remote: str | None) -> None:
+    assert remote_of(stderr) == remote
+
+
+@pytest.mark.parametrize(
     ("stderr", "start"),
     [
         (
@@ -148,9 +162,12 @@ def test_the_message_has_an_incident_id_and_the_log_has_gits_text(
     with caplog.at_level(logging.WARNING, logger="bot.ops.git_errors"):
         message = git_message("bonfire", "fetch", stderr)
     ident = message.rsplit("id ", 1)[1].rstrip(")")
-    assert message.startswith("recipe bonfire: git fetch failed: the recipe's remote cannot")
+    assert message.startswith(
+        "recipe bonfire: git fetch failed (remote `http://127.0.0.1:1/coop/recipe.git/`): "
+        "the recipe's remote cannot"
+    )
     assert message.endswith(f"(details in the log, id {ident})")
-    assert "127.0.0.1" not in message  # the library's text stays in the log
+    assert "127.0.0.1 port 1" not in message  # the library's text stays in the log
     (record,) = caplog.records
     assert ident in record.getMessage()
     assert "127.0.0.1 port 1" in record.getMessage()
